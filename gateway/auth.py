@@ -1,0 +1,212 @@
+"""Agent tokens: verify a scoped JWT and turn its claims into a `Principal`.
+
+RFC 8725 practice, enforced here rather than left to the library's defaults:
+- the algorithm allow-list comes from config and never contains `none`;
+- every key is pinned to the algorithms of its own key type (and to its JWK `alg`), so the
+  token header cannot make an RSA public key act as an HMAC secret;
+- `kid` is only a lookup key; an unknown `kid` is a 401, never a fallback to another key;
+- `iss`, `aud`, `exp` are required; `exp`/`nbf` are checked with the configured leeway.
+Verified tokens are cached, but a cache entry never outlives the token's own `exp`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from gateway.config import AuthSettings
+from gateway.errors import Unauthenticated
+
+FAMILIES: Mapping[str, frozenset[str]] = {
+    "RSA": frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+    "EC": frozenset({"ES256", "ES384", "ES512"}),
+    "OKP": frozenset({"EdDSA"}),
+    "oct": frozenset({"HS256", "HS384", "HS512"}),
+}
+MIN_HMAC_SECRET_BYTES = 32
+# What the agent is told (RFC 6750 error_description); never the library's own text.
+_JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidSignatureError, "invalid signature"),
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, from a verified token. `claims` are the token's claims as verified."""
+
+    sub: str
+    agent: str | None
+    tenant: str | None
+    scopes: frozenset[str]
+    roles: tuple[str, ...]
+    run_id: str | None
+    claims: Mapping[str, Any]
+
+    def as_input(self) -> dict[str, Any]:
+        return {"sub": self.sub, "agent": self.agent, "tenant": self.tenant,
+                "scopes": sorted(self.scopes), "roles": list(self.roles),
+                "claims": dict(self.claims)}
+
+    def as_audit(self) -> dict[str, Any]:
+        return {"sub": self.sub, "agent": self.agent, "tenant": self.tenant}
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    kid: str | None
+    key: Any
+    algorithms: frozenset[str]
+
+
+class KeyConfigError(Exception):
+    """The configured key material cannot be used."""
+
+
+def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[VerificationKey]:
+    allowed = frozenset(settings.algorithms)
+    keys: list[VerificationKey] = []
+    if settings.jwks_file is not None:
+        try:
+            jwks = json.loads(settings.jwks_file.read_text(encoding="utf-8"))
+            jwk_set = jwt.PyJWKSet.from_dict(jwks)
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise KeyConfigError(f"{settings.jwks_file}: not a usable JWKS: {exc}") from exc
+        for raw, jwk in zip(jwks["keys"], jwk_set.keys, strict=False):
+            family = FAMILIES.get(str(raw.get("kty")), frozenset())
+            if raw.get("alg"):
+                family = family & {raw["alg"]}
+            keys.append(VerificationKey(jwk.key_id, jwk.key, family & allowed))
+    elif settings.public_key_file is not None:
+        try:
+            pem = settings.public_key_file.read_bytes()
+            public = serialization.load_pem_public_key(pem)
+        except (OSError, ValueError) as exc:
+            raise KeyConfigError(f"{settings.public_key_file}: not a PEM public key") from exc
+        keys.append(VerificationKey(None, public, _family_of(public) & allowed))
+    elif settings.hs256_secret_env is not None:
+        secret = environ.get(settings.hs256_secret_env, "").encode()
+        if len(secret) < MIN_HMAC_SECRET_BYTES:
+            raise KeyConfigError(f"environment variable {settings.hs256_secret_env} must hold "
+                                 f"an HMAC secret of at least {MIN_HMAC_SECRET_BYTES} bytes")
+        keys.append(VerificationKey(None, secret, FAMILIES["oct"] & allowed))
+    usable = [k for k in keys if k.algorithms]
+    if not usable:
+        raise KeyConfigError("no verification key can be used with the allowed algorithms "
+                             f"{sorted(allowed)}")
+    return usable
+
+
+def _family_of(public: Any) -> frozenset[str]:
+    if isinstance(public, rsa.RSAPublicKey):
+        return FAMILIES["RSA"]
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return FAMILIES["EC"]
+    if isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return FAMILIES["OKP"]
+    return frozenset()
+
+
+def _unauthenticated(description: str) -> Unauthenticated:
+    return Unauthenticated(description, headers={"WWW-Authenticate": (
+        f'Bearer realm="toolgate", error="invalid_token", error_description="{description}"')})
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    scope = claims.get("scope")
+    scp = claims.get("scp")
+    scopes: set[str] = set()
+    if isinstance(scope, str):
+        scopes.update(scope.split())
+    if isinstance(scp, list):
+        scopes.update(s for s in scp if isinstance(s, str))
+    elif isinstance(scp, str):
+        scopes.update(scp.split())
+    roles = claims.get("roles")
+
+    def text(name: str) -> str | None:
+        value = claims.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return Principal(
+        sub=str(claims["sub"]), agent=text("agent"), tenant=text("tenant"),
+        scopes=frozenset(scopes),
+        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
+        run_id=text("run_id"), claims=dict(claims))
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against pinned keys; keeps a bounded cache of results."""
+
+    def __init__(self, settings: AuthSettings, keys: list[VerificationKey]) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._by_kid = {k.kid: k for k in keys if k.kid is not None}
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        """The token's principal, or `Unauthenticated` with an RFC 6750 description."""
+        now = time.time() if now is None else now
+        hit = self._cache.get(token)
+        if hit is not None:
+            principal, exp = hit
+            # SECURITY: a cached verification is only good until the token's own exp.
+            if now < exp:
+                self._cache.move_to_end(token)
+                return principal
+            del self._cache[token]
+        claims = self._decode(token, now)
+        principal = principal_from_claims(claims)
+        exp = float(claims["exp"])
+        nbf = claims.get("nbf")
+        cacheable = nbf is None or (isinstance(nbf, int | float) and now >= nbf)
+        if self._settings.token_cache_size and cacheable and now < exp:
+            self._cache[token] = (principal, exp)
+            if len(self._cache) > self._settings.token_cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str, now: float) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _unauthenticated("malformed token") from None
+        alg = header.get("alg")
+        # SECURITY: the allow-list is checked before any key is touched; "none" is never in it.
+        if not isinstance(alg, str) or alg not in self._settings.algorithms:
+            raise _unauthenticated("token algorithm not allowed")
+        kid = header.get("kid")
+        if kid is not None:
+            key = self._by_kid.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise _unauthenticated("unknown key id")
+        elif len(self._keys) == 1:
+            key = self._keys[0]
+        else:
+            raise _unauthenticated("token has no key id")
+        # SECURITY: the key decides which algorithms it verifies, not the token header.
+        if alg not in key.algorithms:
+            raise _unauthenticated("token algorithm does not match its key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key.key, algorithms=[alg], audience=self._settings.audience,
+                issuer=self._settings.issuer, leeway=self._settings.leeway_s,
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False})
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthenticated(f"missing claim {exc.claim}") from None
+        except jwt.PyJWTError as exc:
+            description = next((text for cls, text in _JWT_ERRORS if isinstance(exc, cls)),
+                               "invalid token")
+            raise _unauthenticated(description) from None
+        return claims

@@ -1,0 +1,271 @@
+"""The gateway config (`toolgate.yaml`, DESIGN §2.3) as one typed, validated `Settings`.
+
+Loading order: read YAML (with lines) → apply `TOOLGATE_<KEY>` environment overrides → check
+against `CONFIG_SCHEMA` (unknown keys are errors) → construct frozen dataclasses. Relative
+paths are relative to the config file. Nothing here opens a socket or reads a secret; the
+secrets named by `env:`/`file:` are read when the gateway starts (`gateway.forward`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway import yamlfile
+from gateway.errors import LoadError, LoadErrors
+
+ENV_PREFIX = "TOOLGATE_"
+ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+              "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
+
+_STR = {"type": "string", "minLength": 1}
+_POS_INT = {"type": "integer", "minimum": 1}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["auth", "upstreams"],
+    "properties": {
+        "listen": _STR,
+        "admin_listen": _STR,
+        "tool_specs": {"type": "array", "items": _STR, "minItems": 1},
+        "policies": {"type": "array", "items": _STR, "minItems": 1},
+        "policy": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "engine": {"enum": ["embedded", "opa"]},
+                "query": {"type": "string", "pattern": r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$"},
+                "opa_url": _STR,
+                "timeout_ms": _POS_INT,
+            },
+        },
+        "store": {"type": "string", "pattern": r"^(sqlite:///.+|postgres(ql)?://.+)$"},
+        "auth": {
+            "type": "object", "additionalProperties": False,
+            "required": ["issuer", "audience", "algorithms"],
+            "properties": {
+                "issuer": _STR,
+                "audience": _STR,
+                # SECURITY: "none" is not in the enum, so it can never be allowed.
+                "algorithms": {"type": "array", "items": {"enum": ALGORITHMS}, "minItems": 1},
+                "jwks_file": _STR,
+                "public_key_file": _STR,
+                "hs256_secret_env": _STR,
+                "leeway_s": {"type": "integer", "minimum": 0, "maximum": 300},
+                "approver_scope": _STR,
+                "token_cache_size": {"type": "integer", "minimum": 0},
+            },
+            "oneOf": [
+                {"required": ["jwks_file"]},
+                {"required": ["public_key_file"]},
+                {"required": ["hs256_secret_env"]},
+            ],
+        },
+        "upstreams": {
+            "type": "object", "minProperties": 1,
+            "propertyNames": {"pattern": r"^[a-z0-9_.-]+$"},
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False, "required": ["url"],
+                "properties": {
+                    "url": {"type": "string", "pattern": r"^https?://"},
+                    "credential": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["header"],
+                        "properties": {"header": _STR, "prefix": {"type": "string"},
+                                       "env": _STR, "file": _STR},
+                        "oneOf": [{"required": ["env"]}, {"required": ["file"]}],
+                    },
+                    "max_connections": _POS_INT,
+                },
+            },
+        },
+        "audit": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"file": {"type": ["string", "null"]}, "stdout": {"type": "boolean"}},
+        },
+        "limits": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"max_body_bytes": _POS_INT, "max_response_bytes": _POS_INT},
+        },
+        "approvals": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"ttl_seconds": _POS_INT},
+        },
+        "fail_open": {"type": "boolean"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    header: str
+    prefix: str = ""
+    env: str | None = None
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    credential: Credential | None = None
+    max_connections: int = 100
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_file: Path | None = None
+    public_key_file: Path | None = None
+    hs256_secret_env: str | None = None
+    leeway_s: int = 30
+    approver_scope: str = "toolgate:approve"
+    token_cache_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    engine: str = "embedded"
+    query: str = "data.toolgate.decision"
+    opa_url: str = "http://127.0.0.1:8181"
+    timeout_ms: int = 100
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    file: Path | None
+    stdout: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_dir: Path
+    auth: AuthSettings
+    upstreams: Mapping[str, Upstream]
+    listen: Address = Address("127.0.0.1", 8080)
+    admin_listen: Address = Address("127.0.0.1", 8081)
+    tool_specs: tuple[Path, ...] = ()
+    policies: tuple[Path, ...] = ()
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    store: str = "sqlite:///state/toolgate.db"
+    audit: AuditSettings = field(default_factory=lambda: AuditSettings(None))
+    max_body_bytes: int = 1_048_576
+    max_response_bytes: int = 10_485_760
+    approval_ttl_seconds: int = 86_400
+    fail_open: bool = False
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of `store`, resolved against the config file; None for others."""
+        if not self.store.startswith("sqlite:///"):
+            return None
+        return self.base_dir / self.store.removeprefix("sqlite:///")
+
+
+def load(path: Path, environ: Mapping[str, str]) -> Settings:
+    """Read, override, validate and construct. Raises `LoadErrors` listing every problem."""
+    doc = yamlfile.load(path)
+    raw = doc.value if doc.value is not None else {}
+    if not isinstance(raw, dict):
+        raise LoadErrors([doc.error((), "the config must be a mapping")])
+    errors = _apply_env(raw, environ, str(path))
+    errors += yamlfile.schema_errors(doc, raw, CONFIG_SCHEMA)
+    if errors:
+        raise LoadErrors(errors)
+    return _construct(raw, path.resolve().parent)
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> list[LoadError]:
+    """`TOOLGATE_AUDIT__FILE=x` sets `audit.file`; values are parsed as YAML scalars/lists."""
+    errors = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = name.removeprefix(ENV_PREFIX).lower().split("__")
+        if any(not k for k in keys):
+            errors.append(LoadError(file, None, f"environment variable {name}: malformed key"))
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                errors.append(LoadError(file, None, f"environment variable {name}: "
+                                        f"{key!r} is not a section"))
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+    return errors
+
+
+def parse_address(text: str) -> Address:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    return Address(host.strip("[]"), int(port))
+
+
+def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
+    def rel(p: str) -> Path:
+        return (base / p).resolve()
+
+    auth = raw["auth"]
+    upstreams = {}
+    for name, up in raw["upstreams"].items():
+        cred = up.get("credential")
+        upstreams[name] = Upstream(
+            name=name, url=up["url"].rstrip("/"),
+            max_connections=up.get("max_connections", 100),
+            credential=None if cred is None else Credential(
+                header=cred["header"], prefix=cred.get("prefix", ""), env=cred.get("env"),
+                file=rel(cred["file"]) if "file" in cred else None),
+        )
+    policy = raw.get("policy", {})
+    audit = raw.get("audit", {})
+    limits = raw.get("limits", {})
+    audit_file = audit.get("file", "audit/toolgate.jsonl")
+    return Settings(
+        base_dir=base,
+        listen=parse_address(raw.get("listen", "127.0.0.1:8080")),
+        admin_listen=parse_address(raw.get("admin_listen", "127.0.0.1:8081")),
+        tool_specs=tuple(rel(p) for p in raw.get("tool_specs", ["tool_specs/"])),
+        policies=tuple(rel(p) for p in raw.get("policies", ["policies/"])),
+        policy=PolicySettings(**policy),
+        store=raw.get("store", "sqlite:///state/toolgate.db"),
+        auth=AuthSettings(
+            issuer=auth["issuer"], audience=auth["audience"],
+            algorithms=tuple(auth["algorithms"]),
+            jwks_file=rel(auth["jwks_file"]) if "jwks_file" in auth else None,
+            public_key_file=rel(auth["public_key_file"]) if "public_key_file" in auth else None,
+            hs256_secret_env=auth.get("hs256_secret_env"),
+            leeway_s=auth.get("leeway_s", 30),
+            approver_scope=auth.get("approver_scope", "toolgate:approve"),
+            token_cache_size=auth.get("token_cache_size", 10_000),
+        ),
+        upstreams=upstreams,
+        audit=AuditSettings(file=rel(audit_file) if audit_file else None,
+                            stdout=audit.get("stdout", False)),
+        max_body_bytes=limits.get("max_body_bytes", 1_048_576),
+        max_response_bytes=limits.get("max_response_bytes", 10_485_760),
+        approval_ttl_seconds=raw.get("approvals", {}).get("ttl_seconds", 86_400),
+        fail_open=raw.get("fail_open", False),
+    )

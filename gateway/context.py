@@ -1,0 +1,65 @@
+"""The call model and what the pipeline learns about a call.
+
+`Call` is what an entrance hands the pipeline: transport facts only, no aiohttp types, so an
+MCP `tools/call` entrance can produce one too. `CallContext` collects the facts each stage
+establishes; `Runtime` is everything long-lived the stages use (built once per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit import AuditLog
+from gateway.auth import Principal, TokenVerifier
+from gateway.config import Settings
+from gateway.decision import PolicyDecision
+from gateway.forward import Forwarder
+from gateway.policy import PolicyEngine
+from gateway.specs import SpecSet, ToolSpec
+from gateway.store import StateStore
+
+
+@dataclass(frozen=True)
+class Call:
+    request_id: str
+    method: str
+    raw_path: str                            # still percent-encoded, no query
+    query: tuple[tuple[str, str], ...]       # decoded (name, value) pairs, in order
+    query_string: str                        # raw, forwarded as is
+    headers: Mapping[str, str]               # case-insensitive
+    read_body: Callable[[int], Awaitable[bytes]]  # raises BodyTooLarge past the limit
+    source_ip: str
+    host: str
+    scheme: str
+    received_at: float                       # epoch seconds
+    started: float                           # perf_counter at arrival
+
+
+@dataclass
+class CallContext:
+    call: Call
+    stage: str = ""
+    body: bytes = b""
+    body_args: dict[str, Any] = field(default_factory=dict)
+    spec: ToolSpec | None = None
+    path_params: dict[str, str] = field(default_factory=dict)
+    args: dict[str, Any] | None = None
+    principal: Principal | None = None
+    run_id: str | None = None
+    idempotency_key: str | None = None
+    policy: PolicyDecision | None = None
+    policy_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    specs: SpecSet
+    verifier: TokenVerifier
+    engine: PolicyEngine
+    store: StateStore
+    forwarder: Forwarder
+    audit: AuditLog
+    environ: Mapping[str, str]

@@ -1,0 +1,209 @@
+"""`toolgate demo`: the gateway on its embedded defaults, an example upstream, scripted calls.
+
+Everything runs in this process on 127.0.0.1 with free ports: the gateway exactly as
+`toolgate serve` runs it (in-process Rego, SQLite state, JSON-lines audit file, the shipped
+`tool_specs/` and `policies/`), plus the clearly-labelled example upstream. Tokens are minted
+with a key pair generated for this run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+import yaml
+from aiohttp import web
+
+from gateway.config import load as load_config
+from gateway.devtokens import DevKey
+from gateway.example_upstream import CREDENTIALS, make_app
+from gateway.serve import _serve
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    method: str
+    path: str
+    token: str
+    body: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_root() -> Path:
+    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (candidate / "tool_specs").is_dir() and (candidate / "policies").is_dir():
+            return candidate
+    raise SystemExit("toolgate demo: run it from the Toolgate checkout "
+                     "(it needs tool_specs/ and policies/)")
+
+
+def write_config(work: Path, root: Path, upstream_port: int) -> Path:
+    up = f"http://127.0.0.1:{upstream_port}"
+    config = {
+        "listen": f"127.0.0.1:{_free_port()}", "admin_listen": f"127.0.0.1:{_free_port()}",
+        "tool_specs": [str(root / "tool_specs")], "policies": [str(root / "policies")],
+        "store": "sqlite:///state/toolgate.db",
+        "auth": {"issuer": "https://idp.example.com", "audience": "toolgate",
+                 "algorithms": ["RS256"], "jwks_file": "keys/jwks.json"},
+        "upstreams": {
+            "crm": {"url": up, "credential": {"header": "Authorization", "prefix": "Bearer ",
+                                              "env": "CRM_TOKEN"}},
+            "billing": {"url": up, "credential": {"header": "Authorization",
+                                                  "prefix": "Bearer ", "env": "BILLING_TOKEN"}},
+            "hr": {"url": up, "credential": {"header": "X-Api-Key", "env": "HR_TOKEN"}},
+        },
+        "audit": {"file": "audit/toolgate.jsonl"},
+    }
+    path = work / "toolgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def steps(key: DevKey) -> list[Step]:
+    agent = key.token("svc-support-agent", agent="support-bot", tenant="acme",
+                      scopes=["crm:read", "orders:read", "support:write", "billing:refund",
+                              "payroll:write"])
+    reader = key.token("svc-readonly-agent", agent="faq-bot", tenant="acme",
+                       scopes=["crm:read", "orders:read"])
+    expired = key.token("svc-support-agent", tenant="acme", scopes=["crm:read"], ttl_s=-120)
+    refund = {"tenant_id": "acme", "order_id": "ord_8842", "currency": "USD",
+              "reason": "damaged"}
+    return [
+        Step("look up a customer (green)", "GET",
+             "/crm/customers/cus_1001?tenant_id=acme", agent),
+        Step("read an order (green)", "GET", "/orders/ord_8842?tenant_id=acme", agent),
+        Step("add a ticket note (green)", "POST", "/support/tickets/tkt_5521/notes", agent,
+             {"tenant_id": "acme", "note": "Customer reports a cracked screen."}),
+        Step("refund $120 (yellow, within limit)", "POST", "/billing/refunds", agent,
+             {**refund, "amount": 120}, {"Idempotency-Key": "refund-ord_8842-1"}),
+        Step("refund $250 (yellow, over $200)", "POST", "/billing/refunds", agent,
+             {**refund, "amount": 250}, {"Idempotency-Key": "refund-ord_8842-2"}),
+        Step("refund without amount", "POST", "/billing/refunds", agent, refund,
+             {"Idempotency-Key": "refund-ord_8842-3"}),
+        Step("refund without Idempotency-Key", "POST", "/billing/refunds", agent,
+             {**refund, "amount": 20}),
+        Step("refund by a read-only agent", "POST", "/billing/refunds", reader,
+             {**refund, "amount": 20}, {"Idempotency-Key": "refund-ord_8842-4"}),
+        Step("look up another tenant's customer", "GET",
+             "/crm/customers/cus_1001?tenant_id=globex", agent),
+        Step("change payroll bank account (red)", "PUT",
+             "/payroll/employees/emp_0042/bank-account", agent,
+             {"tenant_id": "acme", "iban": "DE89370400440532013000"},
+             {"Idempotency-Key": "bank-1"}),
+        Step("call an undeclared admin API", "POST", "/admin/users", agent, {"role": "admin"}),
+        Step("call with an expired token", "GET",
+             "/crm/customers/cus_1001?tenant_id=acme", expired),
+    ]
+
+
+def outcome(status: int, body: Any) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    if status == 202:
+        return f"QUEUED for approval  {body.get('approval_id')}"
+    if error is None:
+        return "FORWARDED"
+    labels = {"schema_invalid": "SCHEMA REJECTED", "insufficient_scope": "SCOPE REJECTED",
+              "policy_denied": "POLICY DENIED", "unauthenticated": "UNAUTHENTICATED",
+              "tool_not_allowed": "TOOL NOT ALLOWED",
+              "idempotency_key_required": "KEY REQUIRED"}
+    code = str(error["code"])
+    return labels.get(code, code.upper())
+
+
+def detail(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    if error is None:
+        return "; ".join(body.get("reasons", [])) or orjson.dumps(body).decode()[:70]
+    if error.get("details"):
+        d = error["details"][0]
+        return f"{d['path']}: {d['message']}"
+    if error.get("reasons"):
+        return "; ".join(error["reasons"])
+    return str(error["message"])
+
+
+async def _run(work: Path, root: Path) -> int:
+    upstream = web.AppRunner(make_app(), access_log=None)
+    await upstream.setup()
+    upstream_port = _free_port()
+    await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
+    key = DevKey.generate()
+    key.save(work / "keys")
+    config_path = write_config(work, root, upstream_port)
+    environ = {"CRM_TOKEN": CREDENTIALS["crm"], "BILLING_TOKEN": CREDENTIALS["billing"],
+               "HR_TOKEN": CREDENTIALS["hr"]}
+    settings = load_config(config_path, environ)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(_serve(settings, environ, ready, stop))
+    await asyncio.wait([server, asyncio.create_task(ready.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        await server  # raises the start-up error
+    base = f"http://{settings.listen}"
+    print(f"example upstream (stand-in for CRM/billing/HR APIs): http://127.0.0.1:{upstream_port}")
+    print(f"gateway:  {base}   admin: http://{settings.admin_listen}")
+    print(f"config:   {config_path}\n")
+    print(f"{'#':>2}  {'call':<38} {'status':>6}  {'outcome':<36} detail")
+    approval_poll = None
+    try:
+        async with aiohttp.ClientSession() as client:
+            for i, step in enumerate(steps(key), 1):
+                headers = {"Authorization": f"Bearer {step.token}", **step.headers}
+                async with client.request(step.method, base + step.path, json=step.body,
+                                          headers=headers) as resp:
+                    body = await resp.json(content_type=None)
+                    status = resp.status
+                if status == 202:
+                    approval_poll = (body["poll"], step.token)
+                print(f"{i:>2}  {step.title:<38} {status:>6}  {outcome(status, body):<36} "
+                      f"{detail(body)[:90]}")
+            if approval_poll is not None:
+                async with client.get(base + approval_poll[0], headers={
+                        "Authorization": f"Bearer {approval_poll[1]}"}) as resp:
+                    held = await resp.json()
+                print(f"\nthe held refund, as the agent sees it at {approval_poll[0]}:")
+                print(f"  status={held['status']} tool={held['tool']} "
+                      f"amount={held['args']['amount']} {held['args']['currency']} "
+                      f"approver_roles={held['approver_roles']}")
+    finally:
+        stop.set()
+        await server
+        await upstream.cleanup()
+    audit = settings.audit.file
+    assert audit is not None
+    records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
+    decisions = sum(1 for r in records if r["kind"] == "decision")
+    print(f"\naudit log: {audit}  ({decisions} decision records, "
+          f"{len(records) - decisions} outcome records)")
+    print(f"last decision record:\n  {orjson.dumps(records[-1]).decode()}")
+    return 0
+
+
+def run_demo(directory: Path | None = None) -> int:
+    """Run the demo; its config, keys, state and audit log stay in `directory` afterwards."""
+    root = find_root()
+    if directory is None:
+        work = Path(tempfile.mkdtemp(prefix="toolgate-demo-"))
+    else:
+        work = directory.resolve()
+        if work.exists() and any(work.iterdir()):
+            raise SystemExit(f"toolgate demo: {work} is not empty")
+        work.mkdir(parents=True, exist_ok=True)
+    return uvloop.run(_run(work, root))

@@ -1,0 +1,171 @@
+"""One error hierarchy: every rejection the gateway makes is a `GatewayError`.
+
+The HTTP status and the machine-readable code live on the class; `gateway.app` is the one
+place that turns them into JSON bodies. The codes are `ReasonCode` values, so the body, the
+audit record and the metric label always agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ReasonCode(StrEnum):
+    """The `error.code` values of DESIGN §3, plus the gateway's own failure codes."""
+
+    POLICY_DENIED = "policy_denied"
+    POLICY_ERROR = "policy_error"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    UNAUTHENTICATED = "unauthenticated"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    SCHEMA_INVALID = "schema_invalid"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    IDEMPOTENCY_KEY_INVALID = "idempotency_key_invalid"
+    BODY_TOO_LARGE = "body_too_large"
+    INVALID_JSON = "invalid_json"
+    POLICY_UNAVAILABLE = "policy_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    INTERNAL_ERROR = "internal_error"
+
+
+class GatewayError(Exception):
+    """A rejection with a status, a code and an agent-readable message.
+
+    `extra` members are added to the error body (`details`, `reasons`, `fallback`, ...).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[ReasonCode] = ReasonCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": str(self.code),
+                "message": self.message,
+                "request_id": request_id,
+                **self.extra,
+            }
+        }
+
+
+class InvalidJson(GatewayError):
+    status = 400
+    code = ReasonCode.INVALID_JSON
+
+
+class InvalidArguments(GatewayError):
+    status = 400
+    code = ReasonCode.INVALID_ARGUMENTS
+
+
+class IdempotencyKeyRequired(GatewayError):
+    status = 400
+    code = ReasonCode.IDEMPOTENCY_KEY_REQUIRED
+
+
+class IdempotencyKeyInvalid(GatewayError):
+    status = 400
+    code = ReasonCode.IDEMPOTENCY_KEY_INVALID
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    code = ReasonCode.BODY_TOO_LARGE
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    code = ReasonCode.UNAUTHENTICATED
+
+
+class InsufficientScope(GatewayError):
+    status = 403
+    code = ReasonCode.INSUFFICIENT_SCOPE
+
+
+class ToolNotAllowed(GatewayError):
+    status = 403
+    code = ReasonCode.TOOL_NOT_ALLOWED
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = ReasonCode.FORBIDDEN
+
+
+class PolicyDenied(GatewayError):
+    status = 403
+    code = ReasonCode.POLICY_DENIED
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = ReasonCode.NOT_FOUND
+
+
+class SchemaInvalid(GatewayError):
+    status = 422
+    code = ReasonCode.SCHEMA_INVALID
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = ReasonCode.UPSTREAM_ERROR
+
+
+class PolicyUnavailable(GatewayError):
+    status = 503
+    code = ReasonCode.POLICY_UNAVAILABLE
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    code = ReasonCode.STORE_UNAVAILABLE
+
+
+class AuditUnavailable(GatewayError):
+    status = 503
+    code = ReasonCode.AUDIT_UNAVAILABLE
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = ReasonCode.UPSTREAM_TIMEOUT
+
+
+class InternalError(GatewayError):
+    status = 500
+    code = ReasonCode.INTERNAL_ERROR
+
+
+class LoadError(Exception):
+    """A config, spec or policy file that cannot be loaded; `str()` is `file:line: message`."""
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {message}")
+
+
+class LoadErrors(Exception):
+    """Every problem found while loading, so `toolgate check` can report them all at once."""
+
+    def __init__(self, errors: list[LoadError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))

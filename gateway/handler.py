@@ -1,0 +1,171 @@
+"""Carry out a verdict: forward, queue for approval, or block — audited first, every time.
+
+`handle` is the whole life of one tool call: run the pipeline, write the decision record
+(if that fails, nothing happens and the agent gets 503 `audit_unavailable`), then act, then
+write the outcome record. `CallAudit` makes sure no exit path skips a record.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from multidict import CIMultiDict
+
+from gateway import pipeline
+from gateway.audit import CallAudit, redact, trace_id
+from gateway.context import Call, CallContext, Runtime
+from gateway.decision import Action, Verdict
+from gateway.errors import GatewayError
+from gateway.forward import forwarded_headers
+from gateway.store.base import Approval, ApprovalStatus, StoredCall, call_hash
+
+JSON = "application/json"
+
+
+@dataclass
+class Reply:
+    """What the entrance sends back; `decision` becomes `X-Toolgate-Decision`."""
+
+    status: int
+    body: bytes
+    decision: str
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    content_type: str | None = JSON
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def error_reply(exc: GatewayError, request_id: str, decision: str = "deny") -> Reply:
+    return Reply(exc.status, orjson.dumps(exc.body(request_id)), decision,
+                 CIMultiDict(exc.headers))
+
+
+def _stored_call(ctx: CallContext, rt: Runtime) -> StoredCall:
+    spec = ctx.spec
+    assert spec is not None
+    return StoredCall(
+        upstream=spec.upstream, method=spec.method,
+        path=spec.forward.render(ctx.path_params), query=ctx.call.query_string,
+        headers=forwarded_headers(ctx.call.headers, rt.forwarder.credential_headers()),
+        body=ctx.body)
+
+
+async def handle(call: Call, rt: Runtime) -> Reply:
+    ctx = CallContext(call)
+    audit = CallAudit(rt.audit, decision_id=call.request_id,
+                      trace_id=trace_id(call.headers.get("traceparent")))
+    async with audit:
+        verdict = await pipeline.run(ctx, rt)
+        approval_id = (new_id("apr") if verdict.action is Action.REQUIRE_APPROVAL
+                       and not verdict.shadow else None)
+        try:
+            audit.decision(**_decision_fields(ctx, rt, verdict, approval_id))
+        except GatewayError as exc:
+            return error_reply(exc, call.request_id)
+        if verdict.shadow and verdict.error is None:
+            return Reply(200, orjson.dumps({"status": "shadow", "action": str(verdict.action),
+                                            "reasons": list(verdict.reasons)}), "shadow")
+        if verdict.error is not None:
+            return error_reply(verdict.error, call.request_id)
+        audit.expect_outcome()
+        if verdict.action is Action.REQUIRE_APPROVAL:
+            assert approval_id is not None
+            return await _queue(ctx, rt, verdict, approval_id, audit)
+        return await _forward(ctx, rt, audit)
+
+
+def _decision_fields(ctx: CallContext, rt: Runtime, verdict: Verdict,
+                     approval_id: str | None) -> dict[str, Any]:
+    spec, principal = ctx.spec, ctx.principal
+    pointers = list(spec.pii_pointers) if spec else []
+    if ctx.policy is not None:
+        pointers += ctx.policy.redact
+    status = verdict.error.status if verdict.error else (
+        202 if verdict.action is Action.REQUIRE_APPROVAL else None)
+    return {
+        "principal": principal.as_audit() if principal else None,
+        "run_id": ctx.run_id,
+        "tool": spec.name if spec else None,
+        "action": str(verdict.action),
+        "shadow": verdict.shadow,
+        "stage": verdict.stage,
+        "code": verdict.code,
+        "status": status,
+        "reasons": list(verdict.reasons),
+        "policy_revision": rt.engine.revision,
+        "args": redact(ctx.args, pointers) if ctx.args is not None else None,
+        "idempotency_key": ctx.idempotency_key,
+        "approval_id": approval_id,
+        "latency_ms": {"total": round((time.perf_counter() - ctx.call.started) * 1000, 3),
+                       "policy": round(ctx.policy_ms, 3)},
+    }
+
+
+async def _queue(ctx: CallContext, rt: Runtime, verdict: Verdict, approval_id: str,
+                 audit: CallAudit) -> Reply:
+    spec, principal, policy = ctx.spec, ctx.principal, ctx.policy
+    assert spec is not None and principal is not None and policy is not None
+    assert ctx.args is not None
+    now = time.time()
+    ttl = policy.ttl_seconds or rt.settings.approval_ttl_seconds
+    approval = Approval(
+        id=approval_id, status=ApprovalStatus.PENDING, decision_id=ctx.call.request_id,
+        tool=spec.name, args=ctx.args,
+        call_hash=call_hash(spec.name, ctx.args, principal.sub, principal.tenant),
+        principal=principal.as_audit(), reasons=verdict.reasons,
+        approvals_required=policy.approvals_required, approver_roles=policy.approver_roles,
+        created_at=now, expires_at=now + ttl, call=_stored_call(ctx, rt),
+        idempotency_key=ctx.idempotency_key)
+    try:
+        await rt.store.create_approval(approval)
+    except GatewayError as exc:
+        audit.outcome(error=str(exc.code), status=exc.status)
+        return error_reply(exc, ctx.call.request_id)
+    audit.outcome(status=202, approval_id=approval_id, expires_at=approval.expires_at)
+    body = {"status": "pending_approval", "approval_id": approval_id,
+            "poll": f"/v1/approvals/{approval_id}", "reasons": list(verdict.reasons),
+            "expires_at": approval.expires_at}
+    return Reply(202, orjson.dumps(body), str(Action.REQUIRE_APPROVAL))
+
+
+async def _forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
+    spec = ctx.spec
+    assert spec is not None
+    call = ctx.call
+    total_start = call.started
+    try:
+        resp = await rt.forwarder.send(
+            _stored_call(ctx, rt), request_id=call.request_id, client_ip=call.source_ip,
+            host=call.host, scheme=call.scheme, idempotency_key=ctx.idempotency_key,
+            timeout_ms=spec.timeout_ms)
+    except GatewayError as exc:
+        audit.outcome(error=str(exc.code), status=exc.status, upstream_status=None,
+                      latency_ms=_latency(total_start, ctx, None))
+        return error_reply(exc, call.request_id, str(Action.ALLOW))
+    output_valid = None
+    if spec.output_validator is not None and 200 <= resp.status < 300:
+        output_valid = _output_valid(spec.output_validator, resp.body)
+    audit.outcome(status=resp.status, upstream_status=resp.status, output_valid=output_valid,
+                  latency_ms=_latency(total_start, ctx, resp.latency_ms))
+    content_type = resp.headers.pop("Content-Type", None)
+    return Reply(resp.status, resp.body, str(Action.ALLOW), resp.headers, content_type)
+
+
+def _output_valid(validator: Any, body: bytes) -> bool:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return bool(validator.is_valid(value))
+
+
+def _latency(start: float, ctx: CallContext, upstream_ms: float | None) -> dict[str, Any]:
+    return {"total": round((time.perf_counter() - start) * 1000, 3),
+            "policy": round(ctx.policy_ms, 3),
+            "upstream": None if upstream_ms is None else round(upstream_ms, 3)}

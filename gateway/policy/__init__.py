@@ -1,0 +1,5 @@
+"""Policy engines: one interface (`PolicyEngine`), the embedded Rego engine behind it."""
+
+from gateway.policy.engine import PolicyEngine, PolicySources, load_sources
+
+__all__ = ["PolicyEngine", "PolicySources", "load_sources"]

@@ -1,0 +1,1 @@
+"""The pipeline's stages, one concept per module; the order is in `gateway.pipeline`."""

@@ -1,0 +1,25 @@
+"""Stage `authenticate`: the agent's bearer token.
+
+Reads: `Authorization`, `X-Agent-Run-Id`. Sets: `ctx.principal`, `ctx.run_id` (the token's
+`run_id` claim wins over the header: it is signed). Refuses: 401 `unauthenticated` with
+`WWW-Authenticate` for a missing, malformed, expired, not-yet-valid, wrongly signed or
+wrongly addressed token.
+"""
+
+from __future__ import annotations
+
+from gateway.context import CallContext, Runtime
+from gateway.errors import Unauthenticated
+
+MAX_RUN_ID = 128
+
+
+async def authenticate(ctx: CallContext, rt: Runtime) -> None:
+    header = ctx.call.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("a bearer token is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="toolgate"'})
+    ctx.principal = rt.verifier.verify(token.strip())
+    run_id = ctx.principal.run_id or ctx.call.headers.get("X-Agent-Run-Id") or None
+    ctx.run_id = run_id[:MAX_RUN_ID] if run_id else None

@@ -1,0 +1,111 @@
+"""YAML files that remember where each value came from.
+
+Config and tool specs are written by people; an error must say `file:line`. PyYAML's safe
+loader gives values without positions and silently keeps the last of two equal keys, so we
+compose the node tree once, build plain values from it, and record the line of every path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from gateway.errors import LoadError
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class YamlDoc:
+    """A loaded document: its value and the 1-based line of every path in it."""
+
+    file: str
+    value: Any
+    lines: Mapping[JsonPath, int]
+
+    def line(self, path: Iterable[str | int]) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), None)
+
+    def error(self, path: Iterable[str | int], message: str) -> LoadError:
+        return LoadError(self.file, self.line(path), message)
+
+
+def load(path: Path) -> YamlDoc:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LoadError(str(path), None, f"cannot read: {exc.strerror}") from exc
+    return loads(text, str(path))
+
+
+def loads(text: str, file: str) -> YamlDoc:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise LoadError(file, line, f"invalid YAML: {exc.problem}") from exc
+    lines: dict[JsonPath, int] = {}
+    if node is None:
+        return YamlDoc(file, None, lines)
+    value = _build(node, (), lines, file)
+    return YamlDoc(file, value, lines)
+
+
+def _build(node: yaml.Node, path: JsonPath, lines: dict[JsonPath, int], file: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, file)
+            if not isinstance(key, str):
+                raise LoadError(file, key_node.start_mark.line + 1, f"key {key!r} is not a string")
+            if key in out:
+                raise LoadError(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            out[key] = _build(value_node, (*path, key), lines, file)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
+    return _scalar(node, file)
+
+
+def _scalar(node: yaml.Node, file: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise LoadError(file, node.start_mark.line + 1, "a key must be a plain value")
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        raise LoadError(file, node.start_mark.line + 1, f"invalid value: {exc.problem}") from exc
+    finally:
+        loader.dispose()
+
+
+def schema_errors(doc: YamlDoc, value: Any, schema: Mapping[str, Any],
+                  base: JsonPath = ()) -> list[LoadError]:
+    """Validate `value` (found at `base` in `doc`) against a JSON Schema; errors carry lines."""
+    validator = Draft202012Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
+        path = (*base, *err.absolute_path)
+        where = ".".join(str(p) for p in path) or "(top level)"
+        errors.append(doc.error(path, f"{where}: {_message(err)}"))
+    return errors
+
+
+def _message(err: Any) -> str:
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
+    return str(err.message)
