@@ -37,7 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    # One id per request, made here so that every response, error or not, carries it.
+    request_id = f"req_{uuid.uuid4().hex}"
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -77,8 +78,7 @@ def _reader(request: web.Request) -> Callable[[int], Awaitable[bytes]]:
 
 async def tool_call(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    request_id = f"req_{uuid.uuid4().hex}"
-    request[REQUEST_ID] = request_id
+    request_id: str = request[REQUEST_ID]
     # raw_path is the request target as sent: still encoded, dot segments untouched.
     raw_path, _, query_string = request.raw_path.partition("?")
     call = Call(

@@ -94,18 +94,23 @@ def _scalar(node: yaml.Node, file: str) -> Any:
 
 def schema_errors(doc: YamlDoc, value: Any, schema: Mapping[str, Any],
                   base: JsonPath = ()) -> list[LoadError]:
-    """Validate `value` (found at `base` in `doc`) against a JSON Schema; errors carry lines."""
+    """Validate `value` (found at `base` in `doc`) against a JSON Schema; errors carry lines.
+
+    An unknown key is reported at the key's own line, one error per key.
+    """
     validator = Draft202012Validator(schema)
     errors = []
     for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
         path = (*base, *err.absolute_path)
-        where = ".".join(str(p) for p in path) or "(top level)"
-        errors.append(doc.error(path, f"{where}: {_message(err)}"))
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = err.schema.get("properties", {})
+            for key in sorted(set(err.instance) - set(known)):
+                where = _dotted((*path, key))
+                errors.append(doc.error((*path, key), f"{where}: unknown key {key!r}"))
+            continue
+        errors.append(doc.error(path, f"{_dotted(path)}: {err.message}"))
     return errors
 
 
-def _message(err: Any) -> str:
-    if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        return f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
-    return str(err.message)
+def _dotted(path: JsonPath) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"

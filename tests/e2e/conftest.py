@@ -1,0 +1,40 @@
+"""Session fixtures: one recording upstream and one `toolgate serve` subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.devtokens import DevKey
+from tests.e2e.harness import Gateway, Upstream, running
+
+HERE = Path(__file__).resolve().parent
+ALL_SCOPES = ["crm:read", "orders:read", "support:write", "billing:refund", "payroll:write",
+              "echo:read", "echo:write"]
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
+            repo_root: Path) -> Iterator[Gateway]:
+    """The shipped tool specs and policies, plus the test tools in tests/e2e/specs."""
+    gw = Gateway(tmp_path_factory.mktemp("gateway"), dev_key, upstream.url,
+                 tool_specs=[repo_root / "tool_specs", HERE / "specs"],
+                 policies=[repo_root / "policies"])
+    with running(gw):
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def token(dev_key: DevKey) -> str:
+    """A support agent of tenant acme with every scope the tools ask for."""
+    return dev_key.token("svc-agent", agent="support-bot", tenant="acme", scopes=ALL_SCOPES)

@@ -1,0 +1,266 @@
+"""End-to-end harness: a real `toolgate serve` subprocess and a fake upstream on 127.0.0.1.
+
+The upstream is the one fake allowed: it stands for the internal APIs outside the product.
+It runs its own event loop on a thread and records every request exactly as it arrived
+(raw path, headers, body), so tests can assert on what the gateway sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from gateway.devtokens import DevKey
+
+UPSTREAM_SECRET = "upstream-secret-9f8e7d6c5b4a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    raw_path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A recording HTTP server: `/v1/slow/...` sleeps, `/v1/status/<n>` answers n."""
+
+    port: int = field(default_factory=free_port)
+    seen: list[Seen] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+        path = request.rel_url.path
+        if path.startswith("/v1/slow"):
+            await asyncio.sleep(float(request.headers.get("X-Delay", "3")))
+        if path.startswith("/v1/status/"):
+            status = int(path.rsplit("/", 1)[1])
+            return web.json_response({"status": status}, status=status)
+        if path == "/v1/refunds":
+            return web.json_response({"refund_id": f"re_{len(self.seen)}", "status": "created"},
+                                     status=201, headers={
+                                         "Keep-Alive": "timeout=99",
+                                         "Proxy-Authenticate": 'Basic realm="up"',
+                                         "X-Upstream": "billing"})
+        return web.json_response({"method": request.method, "path": request.raw_path,
+                                  "n": len(self.seen)}, headers={"X-Upstream": "echo"})
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="upstream")
+        self._thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def paths(self) -> list[str]:
+        return [s.raw_path for s in self.seen]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+    @property
+    def code(self) -> str | None:
+        body = self.json
+        return body.get("error", {}).get("code") if isinstance(body, dict) else None
+
+    @property
+    def request_id(self) -> str:
+        return str(self.headers["X-Request-Id"])
+
+
+def request(port: int, method: str, path: str, *, token: str | None = None,
+            body: Any = None, raw_body: bytes | None = None,
+            headers: Mapping[str, str] | None = None, timeout: float = 10) -> Reply:
+    """One HTTP request with the path sent exactly as given (no client-side normalizing)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    data = raw_body if raw_body is not None else (
+        json.dumps(body).encode() if body is not None else None)
+    if data is not None:
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def toolgate_command() -> list[str]:
+    """The console script installed next to this interpreter, as the README runs it."""
+    script = Path(sys.executable).parent / "toolgate"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("toolgate")
+    assert found, "the toolgate console script is not installed"
+    return [found]
+
+
+@dataclass
+class Gateway:
+    """`toolgate serve --config <dir>/toolgate.yaml` in a subprocess."""
+
+    directory: Path
+    key: DevKey
+    upstream_url: str
+    tool_specs: list[Path]
+    policies: list[Path]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def audit_file(self) -> Path:
+        return self.directory / "audit" / "toolgate.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "gateway.log"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "listen": f"127.0.0.1:{self.port}",
+            "admin_listen": f"127.0.0.1:{self.admin_port}",
+            "tool_specs": [str(p) for p in self.tool_specs],
+            "policies": [str(p) for p in self.policies],
+            "store": "sqlite:///state/toolgate.db",
+            "auth": {"issuer": "https://idp.example.com", "audience": "toolgate",
+                     "algorithms": ["RS256"], "jwks_file": "keys/jwks.json", "leeway_s": 5},
+            "upstreams": {
+                name: {"url": self.upstream_url,
+                       "credential": {"header": "Authorization", "prefix": "Bearer ",
+                                      "env": "UPSTREAM_TOKEN"}}
+                for name in ("crm", "billing", "hr", "echo")
+            },
+            "audit": {"file": "audit/toolgate.jsonl"},
+        }
+        config["upstreams"]["down"] = {"url": f"http://127.0.0.1:{closed_port()}"}
+        for key, value in self.extra.items():
+            config[key] = value
+        return config
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.key.save(self.directory / "keys")
+        config = self.directory / "toolgate.yaml"
+        config.write_text(yaml.safe_dump(self.config(), sort_keys=False), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLGATE_")}
+        env.update({"UPSTREAM_TOKEN": UPSTREAM_SECRET, **self.environ})
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*toolgate_command(), "serve", "--config", str(config)], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if request(self.admin_port, "GET", "/readyz", timeout=2).status == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Reply:
+        return request(self.port, method, path, **kwargs)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.audit_file.exists():
+            return []
+        return [json.loads(line) for line in self.audit_file.read_bytes().splitlines()]
+
+    def records_for(self, request_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["decision_id"] == request_id]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound and released; nothing else binds it in a test run)."""
+    return free_port()
+
+
+@contextlib.contextmanager
+def running(gateway: Gateway) -> Iterator[Gateway]:
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

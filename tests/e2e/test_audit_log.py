@@ -1,0 +1,97 @@
+"""The audit log through a real gateway: one decision record per call on every path, one
+outcome record per call that reached an upstream, no secrets — and when the sink cannot be
+written, nothing is forwarded."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.devtokens import DevKey
+from tests.e2e.conftest import HERE
+from tests.e2e.harness import UPSTREAM_SECRET, Gateway, Reply, Upstream, running
+
+REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
+          "customer_email": "ada@example.com"}
+
+
+def every_outcome(gw: Gateway, token: str, key: DevKey) -> list[tuple[str, Reply]]:
+    """One call per outcome row; (expected kind of action, reply)."""
+    refund_key = iter(f"walk-{i}" for i in range(100))
+    return [
+        ("forwarded", gw.call("POST", "/billing/refunds", token=token,
+                              body={**REFUND, "amount": 10},
+                              headers={"Idempotency-Key": next(refund_key)})),
+        ("queued", gw.call("POST", "/billing/refunds", token=token,
+                           body={**REFUND, "amount": 900},
+                           headers={"Idempotency-Key": next(refund_key)})),
+        ("denied", gw.call("PUT", "/payroll/employees/emp_0042/bank-account", token=token,
+                           body={"tenant_id": "acme", "iban": "DE89370400440532013000"},
+                           headers={"Idempotency-Key": next(refund_key)})),
+        ("denied", gw.call("GET", "/nope", token=token)),
+        ("denied", gw.call("GET", "/orders/ord_1234?tenant_id=acme")),
+        ("denied", gw.call("GET", "/orders/ord_1234?tenant_id=acme",
+                           token=key.token("x", tenant="acme", scopes=[]))),
+        ("denied", gw.call("POST", "/billing/refunds", token=token, body=REFUND,
+                           headers={"Idempotency-Key": next(refund_key)})),
+        ("denied", gw.call("POST", "/billing/refunds", token=token,
+                           body={**REFUND, "amount": 1})),
+        ("denied", gw.call("POST", "/echo/items", token=token, raw_body=b"{")),
+        ("denied", gw.call("GET", "/echo/items/%2e%2e", token=token)),
+        ("forwarded", gw.call("GET", "/echo/down", token=token)),
+        ("forwarded", gw.call("GET", "/echo/slow", token=token, headers={"X-Delay": "1"})),
+        ("forwarded", gw.call("GET", "/echo/status/500", token=token)),
+        ("shadow", gw.call("POST", "/echo/shadow", token=token, body={})),
+    ]
+
+
+def test_one_decision_record_per_call_and_one_outcome_per_action(
+        gateway: Gateway, token: str, dev_key: DevKey) -> None:
+    replies = every_outcome(gateway, token, dev_key)
+    records = gateway.records()
+    for kind, reply in replies:
+        mine = [r for r in records if r["decision_id"] == reply.request_id]
+        counts = Counter(r["kind"] for r in mine)
+        assert counts["decision"] == 1, (kind, reply.status, mine)
+        expected_outcomes = 1 if kind in ("forwarded", "queued") else 0
+        assert counts["outcome"] == expected_outcomes, (kind, reply.status, mine)
+        decision = next(r for r in mine if r["kind"] == "decision")
+        assert decision["stage"]
+        assert decision["policy_revision"]
+        assert mine[0]["kind"] == "decision", "the decision is written before the outcome"
+
+
+def test_no_secret_in_the_audit_log(gateway: Gateway, token: str, dev_key: DevKey) -> None:
+    every_outcome(gateway, token, dev_key)
+    text = gateway.audit_file.read_text()
+    assert UPSTREAM_SECRET not in text
+    assert token not in text
+    assert token.split(".")[2] not in text  # not even the signature
+    assert "ada@example.com" not in text, "x-pii arguments are redacted"
+    assert "[REDACTED]" in text
+
+
+@pytest.fixture(scope="module")
+def full_disk_gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+                      upstream: Upstream, repo_root: Path) -> Iterator[Gateway]:
+    """A gateway whose audit file is /dev/full: every write fails with ENOSPC."""
+    gw = Gateway(tmp_path_factory.mktemp("full"), dev_key, upstream.url,
+                 tool_specs=[repo_root / "tool_specs", HERE / "specs"],
+                 policies=[repo_root / "policies"], extra={"audit": {"file": "/dev/full"}})
+    with running(gw):
+        yield gw
+
+
+def test_audit_sink_down_forwards_nothing(full_disk_gateway: Gateway, upstream: Upstream,
+                                          token: str) -> None:
+    before = len(upstream.seen)
+    for method, path, body in [("GET", "/echo/items/abc", None),
+                               ("POST", "/echo/items", {"name": "a", "count": 1})]:
+        reply = full_disk_gateway.call(method, path, token=token, body=body)
+        assert reply.status == 503
+        assert reply.code == "audit_unavailable"
+    assert len(upstream.seen) == before
+    assert "audit sink write failed" in full_disk_gateway.log()
