@@ -185,6 +185,12 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
         raise LoadErrors([doc.error((), "the config must be a mapping")])
     errors = _apply_env(raw, environ, str(path))
     errors += yamlfile.schema_errors(doc, raw, CONFIG_SCHEMA)
+    for key in ("listen", "admin_listen"):
+        if isinstance(raw.get(key), str):
+            try:
+                parse_address(raw[key])
+            except ValueError as exc:
+                errors.append(doc.error((key,), f"{key}: {exc}"))
     if errors:
         raise LoadErrors(errors)
     return _construct(raw, path.resolve().parent)
@@ -200,10 +206,20 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
         if any(not k for k in keys):
             errors.append(LoadError(file, None, f"environment variable {name}: malformed key"))
             continue
+        raw_value = environ[name]
         try:
-            value = yaml.safe_load(environ[name])
+            value = yaml.safe_load(raw_value)
         except yaml.YAMLError:
-            value = environ[name]
+            value = raw_value
+        # Numbers, booleans and lists are parsed; a string is taken exactly as given, so
+        # `TOOLGATE_..._PREFIX="Bearer "` keeps its space and "#x" is not a comment.
+        if isinstance(value, str) or (value is None and raw_value.strip() not in
+                                      ("", "null", "~")):
+            value = raw_value
+        if not _known(keys):
+            errors.append(LoadError(file, None, f"environment variable {name}: "
+                                    f"{'.'.join(keys)} is not a config key"))
+            continue
         node = raw
         for key in keys[:-1]:
             child = node.setdefault(key, {})
@@ -217,10 +233,24 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
     return errors
 
 
+def _known(keys: list[str]) -> bool:
+    """Whether CONFIG_SCHEMA has a place for this key path (any name under upstreams)."""
+    schema: Any = CONFIG_SCHEMA
+    for key in keys:
+        props = schema.get("properties", {})
+        if key in props:
+            schema = props[key]
+        elif isinstance(schema.get("additionalProperties"), dict):
+            schema = schema["additionalProperties"]
+        else:
+            return False
+    return True
+
+
 def parse_address(text: str) -> Address:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{text!r} is not host:port")
+    if not sep or not port.isdigit() or not host or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port (port 0-65535)")
     return Address(host.strip("[]"), int(port))
 
 

@@ -114,7 +114,7 @@ def steps(key: DevKey) -> list[Step]:
 def outcome(status: int, body: Any) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     if status == 202:
-        return f"QUEUED for approval  {body.get('approval_id')}"
+        return "QUEUED for approval"
     if error is None:
         return "FORWARDED"
     labels = {"schema_invalid": "SCHEMA REJECTED", "insufficient_scope": "SCOPE REJECTED",
@@ -130,7 +130,9 @@ def detail(body: Any) -> str:
         return ""
     error = body.get("error")
     if error is None:
-        return "; ".join(body.get("reasons", [])) or orjson.dumps(body).decode()[:70]
+        if "approval_id" in body:
+            return f"{body['approval_id']}: {'; '.join(body.get('reasons', []))}"
+        return orjson.dumps(body).decode()
     if error.get("details"):
         d = error["details"][0]
         return f"{d['path']}: {d['message']}"
@@ -160,7 +162,7 @@ async def _run(work: Path, root: Path) -> int:
     print(f"example upstream (stand-in for CRM/billing/HR APIs): http://127.0.0.1:{upstream_port}")
     print(f"gateway:  {base}   admin: http://{settings.admin_listen}")
     print(f"config:   {config_path}\n")
-    print(f"{'#':>2}  {'call':<38} {'status':>6}  {'outcome':<36} detail")
+    print(f"{'#':>2}  {'call':<38} {'status':>6}  {'outcome':<20} detail")
     approval_poll = None
     try:
         async with aiohttp.ClientSession() as client:
@@ -172,8 +174,8 @@ async def _run(work: Path, root: Path) -> int:
                     status = resp.status
                 if status == 202:
                     approval_poll = (body["poll"], step.token)
-                print(f"{i:>2}  {step.title:<38} {status:>6}  {outcome(status, body):<36} "
-                      f"{detail(body)[:90]}")
+                print(f"{i:>2}  {step.title:<38} {status:>6}  {outcome(status, body):<20} "
+                      f"{detail(body)[:100]}")
             if approval_poll is not None:
                 async with client.get(base + approval_poll[0], headers={
                         "Authorization": f"Bearer {approval_poll[1]}"}) as resp:
@@ -192,7 +194,9 @@ async def _run(work: Path, root: Path) -> int:
     decisions = sum(1 for r in records if r["kind"] == "decision")
     print(f"\naudit log: {audit}  ({decisions} decision records, "
           f"{len(records) - decisions} outcome records)")
-    print(f"last decision record:\n  {orjson.dumps(records[-1]).decode()}")
+    held = next((r for r in records if r["kind"] == "decision" and r.get("approval_id")), None)
+    if held is not None:
+        print(f"the held refund's decision record:\n  {orjson.dumps(held).decode()}")
     return 0
 
 

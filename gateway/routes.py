@@ -24,7 +24,7 @@ PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 # Literal path segments a spec may declare: unreserved characters only, so the raw form
 # and the decoded form of a literal are the same text.
 LITERAL = re.compile(r"^[A-Za-z0-9._~-]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, line separators
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,11 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator:
         for ref in _refs(schema):
             resolver.lookup(ref)
     except referencing.exceptions.Unresolvable as exc:
-        raise ValueError(f"$ref {exc.ref!r} cannot be resolved (remote $ref is never "
-                         "fetched; use $defs)") from None
+        ref = next((r for r in _refs(schema) if r.endswith(str(exc.ref))), str(exc.ref))
+        if ref.startswith("#"):
+            raise ValueError(f"$ref {ref!r} points at nothing in this schema") from None
+        raise ValueError(f"$ref {ref!r} cannot be resolved: a remote $ref is never fetched; "
+                         "put the schema under $defs") from None
     return Draft202012Validator(schema, registry=LOCAL_REGISTRY, format_checker=FORMAT_CHECKER)
 
 
@@ -146,18 +149,44 @@ def _refs(schema: Any) -> list[str]:
     return [s["$ref"] for s in _walk(schema) if isinstance(s.get("$ref"), str)]
 
 
-def pii_pointers(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """JSON pointers of properties marked `x-pii: true` (nested objects followed)."""
-    out = []
-    for name, sub in (schema.get("properties") or {}).items():
-        if not isinstance(sub, Mapping):
-            continue
-        pointer = f"{prefix}/{name.replace('~', '~0').replace('/', '~1')}"
-        if sub.get("x-pii") is True:
+def pii_pointers(schema: Mapping[str, Any], prefix: str = "",
+                 root: Mapping[str, Any] | None = None, depth: int = 0) -> list[str]:
+    """JSON pointers of every argument marked `x-pii: true`.
+
+    Follows nested `properties` (whatever the `type`), `items` (as the wildcard segment
+    `*`), local `$ref`s and `allOf`/`anyOf`/`oneOf`, so a marked field is found however the
+    schema reaches it.
+    """
+    root = schema if root is None else root
+    if depth > 32:  # a recursive $ref; deeper values are not marked
+        return []
+    out: list[str] = []
+    for pointer, sub in _children(schema, prefix, root):
+        if sub.get("x-pii") is True and pointer:
             out.append(pointer)
-        elif sub.get("type") == "object":
-            out.extend(pii_pointers(sub, pointer))
-    return out
+        else:
+            out += pii_pointers(sub, pointer, root, depth + 1)
+    return sorted(set(out))
+
+
+def _children(schema: Mapping[str, Any], prefix: str,
+              root: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """The subschemas that describe `prefix` itself or a value below it."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            key = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(key) if isinstance(target, Mapping) else None
+        if isinstance(target, Mapping):
+            yield prefix, target
+    for key in ("allOf", "anyOf", "oneOf"):
+        yield from ((prefix, sub) for sub in schema.get(key) or () if isinstance(sub, Mapping))
+    if isinstance(schema.get("items"), Mapping):
+        yield f"{prefix}/*", schema["items"]
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, Mapping):
+            yield f"{prefix}/{name.replace('~', '~0').replace('/', '~1')}", sub
 
 
 def spec_files(paths: Iterable[Path], suffixes: tuple[str, ...]) -> list[Path]:
@@ -172,6 +201,7 @@ def spec_files(paths: Iterable[Path], suffixes: tuple[str, ...]) -> list[Path]:
 
 def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) -> SpecSet:
     """Load every spec under `paths`; `upstreams` (if given) are the names specs may use."""
+    paths = list(paths)
     known = set(upstreams) if upstreams is not None else None
     errors: list[LoadError] = []
     tools: dict[str, ToolSpec] = {}
@@ -198,24 +228,33 @@ def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) ->
             except LoadError as exc:
                 errors.append(exc)
                 continue
-            if known is not None and spec.upstream not in known:
-                errors.append(doc.error((*base, "upstream"),
-                                        f"upstream {spec.upstream!r} is not in the config "
-                                        f"(known: {', '.join(sorted(known)) or 'none'})"))
-            if spec.name in tools:
-                errors.append(doc.error((*base, "name"), f"duplicate tool name {spec.name!r} "
-                                        f"(first defined at {tools[spec.name].source})"))
-                continue
-            clash = routes.add(spec.method, spec.route, spec)
-            if clash is not None:
-                errors.append(doc.error((*base, "route"),
-                                        f"route {spec.method} {spec.route.text} is already "
-                                        f"the route of {clash.name!r} ({clash.source})"))
-                continue
-            tools[spec.name] = spec
+            errors += _register(spec, doc, base, known=known, tools=tools, routes=routes)
     if errors:
         raise LoadErrors(errors)
     return SpecSet(tools=tools, routes=routes)
+
+
+def _register(spec: ToolSpec, doc: yamlfile.YamlDoc, base: tuple[int, ...], *,
+              known: set[str] | None, tools: dict[str, ToolSpec],
+              routes: RouteTable[ToolSpec]) -> list[LoadError]:
+    """Add a compiled spec to the set; the problems that keep it out, if any."""
+    errors = []
+    if known is not None and spec.upstream not in known:
+        errors.append(doc.error((*base, "upstream"),
+                                f"upstream {spec.upstream!r} is not in the config "
+                                f"(known: {', '.join(sorted(known)) or 'none'})"))
+    if spec.name in tools:
+        errors.append(doc.error((*base, "name"), f"duplicate tool name {spec.name!r} "
+                                f"(first defined at {tools[spec.name].source})"))
+        return errors
+    clash = routes.add(spec.method, spec.route, spec)
+    if clash is not None:
+        errors.append(doc.error((*base, "route"),
+                                f"route {spec.method} {spec.route.text} is already "
+                                f"the route of {clash.name!r} ({clash.source})"))
+        return errors
+    tools[spec.name] = spec
+    return errors
 
 
 def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...]) -> ToolSpec:

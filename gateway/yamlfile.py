@@ -58,26 +58,57 @@ def loads(text: str, file: str) -> YamlDoc:
     lines: dict[JsonPath, int] = {}
     if node is None:
         return YamlDoc(file, None, lines)
-    value = _build(node, (), lines, file)
+    value = _Builder(file, lines).build(node, ())
     return YamlDoc(file, value, lines)
 
 
-def _build(node: yaml.Node, path: JsonPath, lines: dict[JsonPath, int], file: str) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+MAX_NODES = 100_000  # alias expansion ("billion laughs") stops here
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+
+class _Builder:
+    """Plain values from a node tree, refusing what a config file never needs: recursive
+    aliases, runaway alias expansion, and tags on mappings or sequences."""
+
+    def __init__(self, file: str, lines: dict[JsonPath, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.active: set[int] = set()
+        self.count = 0
+
+    def fail(self, node: yaml.Node, message: str) -> LoadError:
+        return LoadError(self.file, node.start_mark.line + 1, message)
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self.fail(node, f"more than {MAX_NODES} values (alias expansion?)")
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if node.tag not in (_MAP, _SEQ):
+                raise self.fail(node, f"unsupported tag {node.tag}")
+            if id(node) in self.active:
+                raise self.fail(node, "recursive alias")
+            self.active.add(id(node))
+            try:
+                return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else [
+                    self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            finally:
+                self.active.discard(id(node))
+        return _scalar(node, self.file)
+
+    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node, file)
+            key = _scalar(key_node, self.file)
             if not isinstance(key, str):
-                raise LoadError(file, key_node.start_mark.line + 1, f"key {key!r} is not a string")
+                raise self.fail(key_node, f"key {key!r} is not a string")
             if key in out:
-                raise LoadError(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
-            out[key] = _build(value_node, (*path, key), lines, file)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+                raise self.fail(key_node, f"duplicate key {key!r}")
+            out[key] = self.build(value_node, (*path, key))
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
-    return _scalar(node, file)
 
 
 def _scalar(node: yaml.Node, file: str) -> Any:

@@ -1,22 +1,24 @@
 """The embedded engine: Rego evaluated in-process by regorus.
 
-A regorus `Engine` may only be used on the thread that created it, so each
-`EmbeddedEngine` owns one worker thread that compiles the policy and runs every evaluation.
-That also keeps evaluation off the event loop and lets the gateway stop waiting after
-`timeout_ms` (the call then fails closed with 503 `policy_unavailable`).
+regorus holds the GIL while it evaluates, so a worker thread would buy no parallelism and
+would cost a GIL hand-off per call (measured by `bench/bench_gateway.py`: ~2.5x the
+decision's own time, and far worse under load). The engine is therefore built and used
+on the event-loop thread — the one thread a regorus `Engine` may be used on. A decision
+takes tens of microseconds; `timeout_ms` is enforced on the evaluation's measured duration
+(an answer that came too late is not used: 503 `policy_unavailable`), and the README asks
+policy authors to keep rules bounded, since a runaway rule would hold the loop.
 
 regorus lacks the `crypto.*` and `io.jwt.*` builtins; policies that call them fail to load
-here with the line of the call, instead of failing at request time.
+with the line of the call, instead of failing at request time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -67,62 +69,43 @@ def evaluate_json(engine: Any, rule: str, input_json: str) -> Any:
 
 
 class EmbeddedEngine:
-    """`PolicyEngine` on regorus; create with `await EmbeddedEngine.start(...)`."""
+    """`PolicyEngine` on regorus; create with `await EmbeddedEngine.start(...)` on the loop."""
 
     def __init__(self, sources: PolicySources, query: str, timeout_ms: int) -> None:
         self._sources = sources
         self._query = query
         self._timeout = timeout_ms / 1000
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rego")
-        self._engine: Any = None
+        self._thread = threading.get_ident()
+        self._engine: Any = compile_engine(sources)
 
     @classmethod
     async def start(cls, sources: PolicySources, query: str,
                     timeout_ms: int) -> EmbeddedEngine:
-        self = cls(sources, query, timeout_ms)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._compile)
-        except BaseException:
-            self._executor.shutdown(wait=False)
-            raise
-        return self
-
-    def _compile(self) -> None:
-        self._engine = compile_engine(self._sources)
+        return cls(sources, query, timeout_ms)
 
     @property
     def revision(self) -> str:
         return self._sources.revision
 
-    def _evaluate(self, input_json: str) -> tuple[PolicyDecision, float]:
+    async def evaluate(self, input_doc: Mapping[str, Any]) -> PolicyDecision:
+        # SECURITY: pyo3 panics if an Engine is touched from another thread; fail loudly
+        # here instead, which the pipeline turns into a deny.
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("the embedded engine is bound to the thread that built it")
+        input_json = orjson.dumps(input_doc).decode()
         start = time.perf_counter()
         try:
             value = evaluate_json(self._engine, self._query, input_json)
         except RuntimeError as exc:
-            message = error_location(str(exc))[2]
-            return (PolicyDecision.error(f"policy evaluation error: {message}"),
-                    time.perf_counter() - start)
-        elapsed = time.perf_counter() - start
-        if value == UNDEFINED:
-            return PolicyDecision.error(f"{self._query} is undefined"), elapsed
-        return PolicyDecision.parse(value), elapsed
-
-    async def evaluate(self, input_doc: Mapping[str, Any]) -> PolicyDecision:
-        input_json = orjson.dumps(input_doc).decode()
-        loop = asyncio.get_running_loop()
-        try:
-            decision, elapsed = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self._evaluate, input_json), self._timeout)
-        except TimeoutError:
-            elapsed = self._timeout
-        # regorus holds the GIL while it evaluates, so the wait above cannot always fire in
-        # time; the evaluation's own duration decides, and an answer that came too late is
-        # not used (fail closed, like an OPA sidecar that missed its deadline).
-        if elapsed >= self._timeout:
+            decision = PolicyDecision.error(
+                f"policy evaluation error: {error_location(str(exc))[2]}")
+        else:
+            decision = (PolicyDecision.error(f"{self._query} is undefined")
+                        if value == UNDEFINED else PolicyDecision.parse(value))
+        if time.perf_counter() - start >= self._timeout:
             raise PolicyUnavailable(f"policy evaluation took longer than "
                                     f"{self._timeout * 1000:.0f} ms")
         return decision
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._engine = None
