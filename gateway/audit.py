@@ -32,6 +32,7 @@ from gateway.config import AuditSettings
 from gateway.errors import AuditUnavailable, ReasonCode
 
 REDACTED = "[REDACTED]"
+_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")  # a JSON-pointer array index, ASCII digits only
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 log = logging.getLogger("toolgate")
 
@@ -132,7 +133,7 @@ def _redact(node: Any, parts: list[str]) -> None:
                     else list(node.items()) if isinstance(node, dict) else [])
     elif isinstance(node, dict) and head in node:
         children = [(head, node[head])]
-    elif isinstance(node, list) and head.isdigit() and int(head) < len(node):
+    elif isinstance(node, list) and _INDEX.match(head) and int(head) < len(node):
         children = [(int(head), node[int(head)])]
     else:
         return

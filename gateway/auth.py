@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -34,8 +35,6 @@ FAMILIES: Mapping[str, frozenset[str]] = {
 MIN_HMAC_SECRET_BYTES = 32
 # What the agent is told (RFC 6750 error_description); never the library's own text.
 _JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (jwt.ExpiredSignatureError, "token expired"),
-    (jwt.ImmatureSignatureError, "token not yet valid"),
     (jwt.InvalidAudienceError, "wrong audience"),
     (jwt.InvalidIssuerError, "wrong issuer"),
     (jwt.InvalidSignatureError, "invalid signature"),
@@ -78,12 +77,15 @@ def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[Verifi
     allowed = frozenset(settings.algorithms)
     keys: list[VerificationKey] = []
     if settings.jwks_file is not None:
-        try:
-            jwks = json.loads(settings.jwks_file.read_text(encoding="utf-8"))
-            jwk_set = jwt.PyJWKSet.from_dict(jwks)
-        except (OSError, ValueError, jwt.PyJWTError) as exc:
-            raise KeyConfigError(f"{settings.jwks_file}: not a usable JWKS: {exc}") from exc
-        for raw, jwk in zip(jwks["keys"], jwk_set.keys, strict=False):
+        for raw in _jwks_entries(settings.jwks_file):
+            # Identity providers publish encryption keys in the same set; only signing keys
+            # (no `use`, or `use: sig`) that this library understands can verify tokens.
+            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
+                continue
+            try:
+                jwk = jwt.PyJWK(raw)
+            except jwt.PyJWTError:
+                continue
             family = FAMILIES.get(str(raw.get("kty")), frozenset())
             if raw.get("alg"):
                 family = family & {raw["alg"]}
@@ -108,6 +110,17 @@ def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[Verifi
     return usable
 
 
+def _jwks_entries(path: Path) -> list[Any]:
+    try:
+        jwks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KeyConfigError(f"{path}: not a usable JWKS: {exc}") from exc
+    entries = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(entries, list):
+        raise KeyConfigError(f"{path}: not a usable JWKS: no 'keys' list")
+    return entries
+
+
 def _family_of(public: Any) -> frozenset[str]:
     if isinstance(public, rsa.RSAPublicKey):
         return FAMILIES["RSA"]
@@ -116,6 +129,10 @@ def _family_of(public: Any) -> frozenset[str]:
     if isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return FAMILIES["OKP"]
     return frozenset()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _unauthenticated(description: str) -> Unauthenticated:
@@ -177,6 +194,20 @@ class TokenVerifier:
                 self._cache.popitem(last=False)
         return principal
 
+    def _select_key(self, kid: Any) -> VerificationKey:
+        """The key for a token; `kid` is only ever a lookup key (RFC 8725)."""
+        if len(self._keys) == 1 and (self._keys[0].kid is None or kid is None):
+            # One configured key with no id (a PEM file, an HMAC secret) has nothing to look
+            # up, so a `kid` in the token header selects nothing and is ignored; a token
+            # without a kid can only mean the one key there is.
+            return self._keys[0]
+        if kid is None:
+            raise _unauthenticated("token has no key id")
+        key = self._by_kid.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise _unauthenticated("unknown key id")
+        return key
+
     def _decode(self, token: str, now: float) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
@@ -186,27 +217,29 @@ class TokenVerifier:
         # SECURITY: the allow-list is checked before any key is touched; "none" is never in it.
         if not isinstance(alg, str) or alg not in self._settings.algorithms:
             raise _unauthenticated("token algorithm not allowed")
-        kid = header.get("kid")
-        if kid is not None:
-            key = self._by_kid.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                raise _unauthenticated("unknown key id")
-        elif len(self._keys) == 1:
-            key = self._keys[0]
-        else:
-            raise _unauthenticated("token has no key id")
+        key = self._select_key(header.get("kid"))
         # SECURITY: the key decides which algorithms it verifies, not the token header.
         if alg not in key.algorithms:
             raise _unauthenticated("token algorithm does not match its key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, key.key, algorithms=[alg], audience=self._settings.audience,
-                issuer=self._settings.issuer, leeway=self._settings.leeway_s,
-                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False})
+                issuer=self._settings.issuer,
+                # exp/nbf are checked below against `now`, the same clock the cache uses.
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False,
+                         "verify_exp": False, "verify_nbf": False})
         except jwt.MissingRequiredClaimError as exc:
             raise _unauthenticated(f"missing claim {exc.claim}") from None
         except jwt.PyJWTError as exc:
             description = next((text for cls, text in _JWT_ERRORS if isinstance(exc, cls)),
                                "invalid token")
             raise _unauthenticated(description) from None
+        leeway = self._settings.leeway_s
+        exp, nbf = claims["exp"], claims.get("nbf")
+        if not _is_number(exp) or (nbf is not None and not _is_number(nbf)):
+            raise _unauthenticated("exp and nbf must be numbers")
+        if now >= exp + leeway:
+            raise _unauthenticated("token expired")
+        if nbf is not None and now < nbf - leeway:
+            raise _unauthenticated("token not yet valid")
         return claims

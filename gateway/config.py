@@ -216,9 +216,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
         if isinstance(value, str) or (value is None and raw_value.strip() not in
                                       ("", "null", "~")):
             value = raw_value
-        if not _known(keys):
-            errors.append(LoadError(file, None, f"environment variable {name}: "
-                                    f"{'.'.join(keys)} is not a config key"))
+        problem = _unknown(keys)
+        if problem:
+            errors.append(LoadError(file, None, f"environment variable {name}: {problem}"))
             continue
         node = raw
         for key in keys[:-1]:
@@ -233,18 +233,21 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
     return errors
 
 
-def _known(keys: list[str]) -> bool:
-    """Whether CONFIG_SCHEMA has a place for this key path (any name under upstreams)."""
+def _unknown(keys: list[str]) -> str | None:
+    """Why CONFIG_SCHEMA has no place for this key path, or None (any name under upstreams)."""
     schema: Any = CONFIG_SCHEMA
-    for key in keys:
+    for depth, key in enumerate(keys):
+        where = f" under {'.'.join(keys[:depth])!r}" if depth else ""
+        if schema.get("type") != "object":
+            return f"{'.'.join(keys[:depth])!r} is not a section"
         props = schema.get("properties", {})
         if key in props:
             schema = props[key]
         elif isinstance(schema.get("additionalProperties"), dict):
             schema = schema["additionalProperties"]
         else:
-            return False
-    return True
+            return f"unknown key {key!r}{where}"
+    return None
 
 
 def parse_address(text: str) -> Address:

@@ -45,7 +45,7 @@ class PolicyDecision:
             action = Action(str(value.get("action")))
         except ValueError:
             return cls.error("policy decision has no valid action")
-        reasons = value.get("reasons", [])
+        reasons = value.get("reasons")
         if not _str_list(reasons):
             return cls.error("policy reasons must be a list of strings")
         required = value.get("approvals_required", 1)
@@ -62,10 +62,12 @@ class PolicyDecision:
                                 or not math.isfinite(ttl) or ttl <= 0):
             return cls.error("ttl_seconds must be a positive number")
         redact = value.get("redact", [])
-        if not _str_list(redact) or any(p and not p.startswith("/") for p in redact):
+        if not _str_list(redact) or any(not p.startswith("/") for p in redact):
             return cls.error("redact must be a list of JSON pointers")
+        assert reasons is not None  # checked by _str_list
         return cls(action=action, reasons=tuple(reasons), approvals_required=int(required),
-                   approver_roles=tuple(roles), ttl_seconds=None if ttl is None else int(ttl),
+                   approver_roles=tuple(roles),
+                   ttl_seconds=None if ttl is None else math.ceil(ttl),
                    redact=tuple(redact))
 
 

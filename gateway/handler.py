@@ -21,7 +21,7 @@ from gateway.context import Call, CallContext, Runtime
 from gateway.decision import Action, Verdict
 from gateway.errors import GatewayError
 from gateway.forward import forwarded_headers
-from gateway.store.base import Approval, ApprovalStatus, StoredCall, call_hash
+from gateway.store.base import Approval, ApprovalStatus, StoredCall, call_hash, rfc3339
 
 JSON = "application/json"
 
@@ -128,10 +128,11 @@ async def _queue(ctx: CallContext, rt: Runtime, verdict: Verdict, approval_id: s
     except GatewayError as exc:
         audit.outcome(error=str(exc.code), status=exc.status)
         return error_reply(exc, ctx.call.request_id)
-    audit.outcome(status=202, approval_id=approval_id, expires_at=approval.expires_at)
+    audit.outcome(status=202, approval_id=approval_id,
+                  expires_at=rfc3339(approval.expires_at))
     body = {"status": "pending_approval", "approval_id": approval_id,
             "poll": f"/v1/approvals/{approval_id}", "reasons": list(verdict.reasons),
-            "expires_at": approval.expires_at}
+            "expires_at": rfc3339(approval.expires_at)}
     return Reply(202, orjson.dumps(body), str(Action.REQUIRE_APPROVAL))
 
 

@@ -77,15 +77,16 @@ def load_sources(paths: Iterable[Path], *, tests: bool = False) -> PolicySources
                     text = file.read_text(encoding="utf-8")
                     value = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
                 except (OSError, ValueError, yaml.YAMLError) as exc:
-                    errors.append(LoadError(str(file), getattr(exc, "lineno", None),
-                                            f"invalid data file: {exc}"))
+                    mark = getattr(exc, "problem_mark", None)
+                    line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
+                    errors.append(LoadError(str(file), line, f"invalid data file: {exc}"))
                     continue
                 if not isinstance(value, dict):
                     errors.append(LoadError(str(file), None, "a data file must hold an object"))
                     continue
                 try:
                     _merge(data, prefix, value)
-                except ValueError as exc:
+                except (ValueError, TypeError) as exc:
                     errors.append(LoadError(str(file), None, str(exc)))
                 digest.update(f"{'/'.join(prefix)}\0{text}\0".encode())
     if not modules and not errors:
@@ -97,8 +98,11 @@ def load_sources(paths: Iterable[Path], *, tests: bool = False) -> PolicySources
 
 def _merge(data: dict[str, Any], prefix: tuple[str, ...], value: dict[str, Any]) -> None:
     node = data
-    for key in prefix:
+    for depth, key in enumerate(prefix):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise TypeError(f"data key {'.'.join(prefix[:depth + 1])} is not an object, so "
+                             "this file cannot be mounted below it")
     for key, item in value.items():
         if key in node and not (isinstance(node[key], dict) and isinstance(item, dict)):
             raise ValueError(f"data key {'.'.join((*prefix, key))} is defined twice")

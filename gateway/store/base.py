@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -23,6 +24,11 @@ class ApprovalStatus(StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     EXPIRED = "expired"
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -85,7 +91,7 @@ class Approval:
             "decision_id": self.decision_id, "call_hash": self.call_hash,
             "approvals_required": self.approvals_required,
             "approver_roles": list(self.approver_roles),
-            "created_at": self.created_at, "expires_at": self.expires_at,
+            "created_at": rfc3339(self.created_at), "expires_at": rfc3339(self.expires_at),
             "idempotency_key": self.idempotency_key,
         }
 
