@@ -29,8 +29,8 @@ from gateway.store import open_store
 
 log = logging.getLogger("toolgate")
 RUNTIME = web.AppKey("runtime", Runtime)
-REQUEST_ID = "toolgate.request_id"
-DECISION = "toolgate.decision"
+REQUEST_ID = web.RequestKey("request_id", str)
+DECISION = web.RequestKey("decision", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +78,7 @@ def _reader(request: web.Request) -> Callable[[int], Awaitable[bytes]]:
 
 async def tool_call(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    request_id: str = request[REQUEST_ID]
+    request_id = request[REQUEST_ID]
     # raw_path is the request target as sent: still encoded, dot segments untouched.
     raw_path, _, query_string = request.raw_path.partition("?")
     call = Call(
