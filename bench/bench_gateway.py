@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiohttp
 import uvloop
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,7 +47,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-async def load(url: str, n: int, concurrency: int, method: str, headers: dict[str, str],
+async def load(url: str, n: int, concurrency: int, *, method: str, headers: dict[str, str],
                body: bytes | None) -> tuple[float, list[float]]:
     latencies: list[float] = []
     counter = iter(range(n))
@@ -99,15 +98,16 @@ async def drive(args: argparse.Namespace, upstream_port: int, gw: Gateway,
     ]
     for label, method, path, upstream_path, headers, body in cases:
         # Warm both paths (connections, caches) before measuring.
-        await load(f"http://127.0.0.1:{upstream_port}{upstream_path}", 200, args.concurrency,
-                   method, headers, body)
-        await load(f"http://127.0.0.1:{gw.port}{path}", 200, args.concurrency, method,
-                   {**auth, **headers}, body)
-        elapsed, lat = await load(f"http://127.0.0.1:{upstream_port}{upstream_path}",
-                                  args.requests, args.concurrency, method, headers, body)
+        direct = f"http://127.0.0.1:{upstream_port}{upstream_path}"
+        gateway = f"http://127.0.0.1:{gw.port}{path}"
+        through = {**auth, **headers}
+        await load(direct, 200, args.concurrency, method=method, headers=headers, body=body)
+        await load(gateway, 200, args.concurrency, method=method, headers=through, body=body)
+        elapsed, lat = await load(direct, args.requests, args.concurrency, method=method,
+                                  headers=headers, body=body)
         base = summary(f"baseline: upstream direct, {method}", elapsed, lat, None, None)
-        elapsed, lat = await load(f"http://127.0.0.1:{gw.port}{path}", args.requests,
-                                  args.concurrency, method, {**auth, **headers}, body)
+        elapsed, lat = await load(gateway, args.requests, args.concurrency, method=method,
+                                  headers=through, body=body)
         summary(f"gateway:  {label}", elapsed, lat, *base)
 
 

@@ -37,18 +37,25 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 log = logging.getLogger("toolgate")
 
 
-class FdSink:
-    """A structlog logger that appends each rendered record as one line to a descriptor."""
+class FanoutSink:
+    """A structlog logger that appends each rendered record, the same bytes, as one line to
+    every descriptor. All are tried; if any fails, `OSError` is raised after the others."""
 
-    def __init__(self, fd: int, name: str) -> None:
-        self.fd = fd
-        self.name = name
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
 
     def msg(self, message: bytes) -> None:
         data = message + b"\n"
-        written = os.write(self.fd, data)
-        while written < len(data):  # only on a full disk or a pipe; keep the line whole
-            written += os.write(self.fd, data[written:])
+        failure: OSError | None = None
+        for fd in self.fds:
+            try:
+                written = os.write(fd, data)
+                while written < len(data):  # only on a full disk or a pipe; keep it whole
+                    written += os.write(fd, data[written:])
+            except OSError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
 
     info = msg
 
@@ -68,19 +75,17 @@ class AuditLog:
 
     def __init__(self, settings: AuditSettings) -> None:
         self._owned: list[int] = []
-        sinks = []
+        fds = []
         if settings.file is not None:
-            sinks.append(FdSink(self._open(settings.file), str(settings.file)))
+            fds.append(self._open(settings.file))
         if settings.stdout:
-            sinks.append(FdSink(sys.stdout.fileno(), "stdout"))
+            fds.append(sys.stdout.fileno())
         self.location = str(settings.file) if settings.file else "stdout"
-        self._loggers = [
-            structlog.wrap_logger(
-                sink, processors=[_to_record, _render],
-                wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                context_class=dict, cache_logger_on_first_use=True)
-            for sink in sinks
-        ]
+        # One logger, one rendering: every sink gets the same bytes (and the same ts).
+        self._logger = structlog.wrap_logger(
+            FanoutSink(fds), processors=[_to_record, _render],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            context_class=dict, cache_logger_on_first_use=True)
 
     def _open(self, path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +96,7 @@ class AuditLog:
 
     def write(self, kind: str, record: Mapping[str, Any]) -> None:
         try:
-            for logger in self._loggers:
-                logger.info(kind, **record)
+            self._logger.info(kind, **record)
         except OSError as exc:
             log.exception("audit sink write failed")
             raise AuditUnavailable("the audit log cannot be written; no action was taken") \
@@ -150,39 +154,46 @@ class CallAudit:
     def __init__(self, log: AuditLog, **base: Any) -> None:
         self._log = log
         self.base: dict[str, Any] = base
-        self.decision_written = False
+        self._decision_tried = False
         self._outcome_due = False
 
     def decision(self, **fields: Any) -> None:
-        """Write the decision record. Raises `AuditUnavailable` (then take no action)."""
+        """Write the decision record. Raises `AuditUnavailable`: then take no action.
+
+        Tried once only: if one sink took the record and another failed, a second attempt
+        would leave two decision records for one call.
+        """
+        self._decision_tried = True
         self._log.write("decision", {**self.base, **fields})
-        self.decision_written = True
 
     def expect_outcome(self) -> None:
         """The action is starting: from now on an outcome record is owed."""
         self._outcome_due = True
 
     def outcome(self, **fields: Any) -> None:
+        """Write the outcome record. Never raises: the action has already happened, and the
+        agent must be told its real result, not that nothing was done."""
         self._outcome_due = False
-        self._log.write("outcome", {**self.base, **fields})
+        try:
+            self._log.write("outcome", {**self.base, **fields})
+        except AuditUnavailable:
+            log.critical("outcome record for %s lost after the action was taken",
+                         self.base.get("decision_id"))
 
     async def __aenter__(self) -> CallAudit:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None and self.decision_written and not self._outcome_due:
+        if self._decision_tried and not self._outcome_due:
             return
-        code = ReasonCode.INTERNAL_ERROR if exc_type is not None else None
-        if exc_type is not None and issubclass(exc_type, BaseException) and not issubclass(
-                exc_type, Exception):
-            code = None  # cancellation: the call was abandoned, not failed
-        reason = "cancelled" if exc_type is not None and code is None else str(
-            code or ReasonCode.INTERNAL_ERROR)
+        # Cancellation (a BaseException, not an Exception) means the call was abandoned.
+        failed = exc_type is None or issubclass(exc_type, Exception)
+        reason = str(ReasonCode.INTERNAL_ERROR) if failed else "cancelled"
+        if self._outcome_due:
+            self.outcome(error=reason)
+            return
         try:
-            if not self.decision_written:
-                self.decision(action="deny", stage="internal", reasons=[reason], code=reason)
-            elif self._outcome_due:
-                self.outcome(error=reason)
+            self.decision(action="deny", stage="internal", reasons=[reason], code=reason)
         except AuditUnavailable:
-            log.exception("audit record for %s lost", self.base.get("decision_id"))
+            log.exception("decision record for %s lost", self.base.get("decision_id"))

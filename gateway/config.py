@@ -8,6 +8,7 @@ secrets named by `env:`/`file:` are read when the gateway starts (`gateway.forwa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from gateway import yamlfile
 from gateway.errors import LoadError, LoadErrors
 
 ENV_PREFIX = "TOOLGATE_"
+# Kubernetes injects these for a Service named "toolgate" (docker links did the same); they
+# are not config, and no config key can look like them.
+_SERVICE_LINKS = re.compile(r"^TOOLGATE_(SERVICE_(HOST|PORT)(_\w+)?|PORT(_\w+)?)$")
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
               "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
 
@@ -185,6 +189,10 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
         raise LoadErrors([doc.error((), "the config must be a mapping")])
     errors = _apply_env(raw, environ, str(path))
     errors += yamlfile.schema_errors(doc, raw, CONFIG_SCHEMA)
+    policy = raw.get("policy")
+    if isinstance(policy, dict) and policy.get("engine") == "opa":
+        errors.append(doc.error(("policy", "engine"), "policy.engine: 'opa' (an OPA server) "
+                                "is not available in this version; use 'embedded'"))
     for key in ("listen", "admin_listen"):
         if isinstance(raw.get(key), str):
             try:
@@ -200,7 +208,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
     """`TOOLGATE_AUDIT__FILE=x` sets `audit.file`; values are parsed as YAML scalars/lists."""
     errors = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINKS.match(name):
             continue
         keys = name.removeprefix(ENV_PREFIX).lower().split("__")
         if any(not k for k in keys):

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.errors import GatewayError, PolicyDenied, ReasonCode
 
 MAX_APPROVALS_REQUIRED = 10
+MAX_TTL_SECONDS = 30 * 86_400  # a held call older than a month is a forgotten one
 
 
 class Action(StrEnum):
@@ -59,8 +60,8 @@ class PolicyDecision:
             return cls.error("approver_roles must be a list of strings")
         ttl = value.get("ttl_seconds")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)
-                                or not math.isfinite(ttl) or ttl <= 0):
-            return cls.error("ttl_seconds must be a positive number")
+                                or not math.isfinite(ttl) or not 0 < ttl <= MAX_TTL_SECONDS):
+            return cls.error(f"ttl_seconds must be a number from 1 to {MAX_TTL_SECONDS}")
         redact = value.get("redact", [])
         if not _str_list(redact) or any(not p.startswith("/") for p in redact):
             return cls.error("redact must be a list of JSON pointers")

@@ -34,6 +34,11 @@ STRIPPED_REQUEST = HOP_BY_HOP | frozenset({
     "authorization", "cookie", "host", "content-length", "expect", "accept-encoding",
     "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id",
     "idempotency-key",
+    # Headers that some frameworks and proxies honour to change the method or the path:
+    # the tool's method and path are the spec's, never the agent's.
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+    "x-original-url", "x-rewrite-url", "x-forwarded-path", "x-forwarded-prefix",
+    "x-forwarded-uri", "x-original-uri",
 })
 STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({
     "content-length", "content-encoding", "x-request-id", "x-toolgate-decision", "date",
@@ -95,27 +100,30 @@ class Forwarder:
         self._credentials = {name: read_credential(up, environ)
                              for name, up in upstreams.items()}
         self._max_response = max_response_bytes
-        self._session: aiohttp.ClientSession | None = None
-
-    def credential_headers(self) -> frozenset[str]:
-        return frozenset(c[0].lower() for c in self._credentials.values() if c is not None)
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # SECURITY: a header of the agent's with the same name as an injected credential is
+        # dropped, so the agent can never smuggle its own.
+        self.credential_headers = frozenset(
+            c[0].lower() for c in self._credentials.values() if c is not None)
 
     async def start(self) -> None:
-        limit = sum(up.max_connections for up in self._upstreams.values())
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=True),
-            auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent",))
+        # One pool per upstream, so a slow upstream can exhaust only its own connections.
+        for name, up in self._upstreams.items():
+            self._sessions[name] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=up.max_connections),
+                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
     async def send(self, call: StoredCall, *, request_id: str, client_ip: str,
                    host: str, scheme: str, idempotency_key: str | None,
                    timeout_ms: int) -> UpstreamResponse:
         """Send one call; raises `UpstreamError` (502) or `UpstreamTimeout` (504)."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
+        session = self._sessions[call.upstream]  # KeyError: start() was not awaited
         upstream = self._upstreams[call.upstream]
         headers = CIMultiDict(call.headers)
         # The agent's own X-Forwarded-* were stripped: as a sidecar, the peer is the agent.
@@ -132,7 +140,7 @@ class Forwarder:
                   encoded=True)
         start = time.perf_counter()
         try:
-            async with self._session.request(
+            async with session.request(
                     call.method, url, headers=headers, data=call.body or None,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000)) as resp:

@@ -52,7 +52,7 @@ def _stored_call(ctx: CallContext, rt: Runtime) -> StoredCall:
     return StoredCall(
         upstream=spec.upstream, method=spec.method,
         path=spec.forward.render(ctx.path_params), query=ctx.call.query_string,
-        headers=forwarded_headers(ctx.call.headers, rt.forwarder.credential_headers()),
+        headers=forwarded_headers(ctx.call.headers, rt.forwarder.credential_headers),
         body=ctx.body)
 
 

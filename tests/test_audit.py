@@ -337,7 +337,6 @@ async def test_decision_raises_when_sink_is_down() -> None:
         async with CallAudit(log, decision_id="req-10") as audit:
             with pytest.raises(AuditUnavailable):
                 audit.decision(action="allow", stage="policy", reasons=[])
-            assert audit.decision_written is False
     finally:
         log.close()
 
@@ -362,3 +361,26 @@ async def test_base_fields_in_every_record(audit_log: AuditLog, audit_path: Path
         assert record["decision_id"] == "req-12"
         assert record["trace_id"] == "t" * 32
         assert record["principal"] == {"sub": "s", "agent": None, "tenant": "acme"}
+
+
+async def test_outcome_write_failure_does_not_raise(tmp_path: Path) -> None:
+    """The action already happened: a lost outcome record is logged, never turned into an
+    error that would tell the agent nothing was done."""
+    log = AuditLog(AuditSettings(file=Path("/dev/full")))
+    try:
+        audit = CallAudit(log, decision_id="req-12")
+        audit.expect_outcome()
+        audit.outcome(status=201)  # must not raise
+    finally:
+        log.close()
+
+
+async def test_file_and_stdout_get_identical_bytes(tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditSettings(file=path, stdout=True))
+    try:
+        log.write("decision", {"decision_id": "same"})
+    finally:
+        log.close()
+    assert capfd.readouterr().out == path.read_text()

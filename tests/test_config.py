@@ -364,3 +364,19 @@ def test_a_missing_config_file_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as info:
         config.load(tmp_path / "absent.yaml", {})
     assert "cannot read" in str(info.value)
+
+
+def test_kubernetes_service_link_variables_are_not_config(tmp_path: Path) -> None:
+    """A Service named toolgate makes Kubernetes inject TOOLGATE_SERVICE_HOST and friends."""
+    path = write(tmp_path, MINIMAL)
+    settings = config.load(path, {
+        "TOOLGATE_SERVICE_HOST": "10.0.0.1", "TOOLGATE_SERVICE_PORT": "80",
+        "TOOLGATE_SERVICE_PORT_HTTP": "80", "TOOLGATE_PORT": "tcp://x:80",
+        "TOOLGATE_PORT_80_TCP_ADDR": "10.0.0.1"})
+    assert settings.listen.port == 8080
+
+
+def test_opa_engine_is_refused_until_it_exists(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    errors = load_errors(path, {"TOOLGATE_POLICY__ENGINE": "opa"})
+    assert any("policy.engine" in e.message and "not available" in e.message for e in errors)

@@ -8,8 +8,9 @@ takes tens of microseconds; `timeout_ms` is enforced on the evaluation's measure
 (an answer that came too late is not used: 503 `policy_unavailable`), and the README asks
 policy authors to keep rules bounded, since a runaway rule would hold the loop.
 
-regorus lacks the `crypto.*` and `io.jwt.*` builtins; policies that call them fail to load
-with the line of the call, instead of failing at request time.
+regorus lacks the `crypto.*` and `io.jwt.*` builtins, and `http.send` evaluates to undefined.
+regorus itself compiles calls to them, so `compile_engine` looks for them and makes each a
+load error with its line (`toolgate check` shows it), instead of a deny at request time.
 """
 
 from __future__ import annotations
@@ -24,12 +25,24 @@ from typing import Any
 import orjson
 import regorus
 
-from gateway.decision import PolicyDecision
+from gateway.decision import Action, PolicyDecision
 from gateway.errors import LoadError, LoadErrors, PolicyUnavailable
 from gateway.policy.engine import PolicySources
 
 _LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)")
 UNDEFINED = "<undefined>"
+_UNSUPPORTED = re.compile(r"(?<![\w.])(crypto\.[a-z0-9_.]+|io\.jwt\.[a-z0-9_.]+|http\.send)\s*\(")
+
+
+def unsupported_calls(name: str, text: str) -> list[LoadError]:
+    """Calls to builtins the embedded engine does not have (comments skipped)."""
+    errors = []
+    for number, line in enumerate(text.splitlines(), 1):
+        code = line.split("#", 1)[0]
+        for m in _UNSUPPORTED.finditer(code):
+            errors.append(LoadError(name, number, f"{m.group(1)} is not available in the "
+                                    "embedded engine (regorus)"))
+    return errors
 
 
 def error_location(message: str) -> tuple[str | None, int | None, str]:
@@ -49,8 +62,9 @@ def compile_engine(sources: PolicySources) -> Any:
     # file and line; a Rust backtrace helps nobody who writes Rego.
     os.environ["RUST_BACKTRACE"] = "0"
     engine = regorus.Engine()
-    errors = []
+    errors: list[LoadError] = []
     for name, text in sources.modules:
+        errors += unsupported_calls(name, text)
         try:
             engine.add_policy(name, text)
         except RuntimeError as exc:
@@ -102,7 +116,9 @@ class EmbeddedEngine:
         else:
             decision = (PolicyDecision.error(f"{self._query} is undefined")
                         if value == UNDEFINED else PolicyDecision.parse(value))
-        if time.perf_counter() - start >= self._timeout:
+        # A late deny is still a deny (safe to use even under fail_open); a late allow or
+        # hold is not trusted.
+        if time.perf_counter() - start >= self._timeout and decision.action is not Action.DENY:
             raise PolicyUnavailable(f"policy evaluation took longer than "
                                     f"{self._timeout * 1000:.0f} ms")
         return decision

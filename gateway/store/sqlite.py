@@ -8,6 +8,7 @@ recorded in `PRAGMA user_version` and applied at start.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class SqliteStore:
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # SECURITY: queued calls hold their exact arguments; owner-only. SQLite gives its
+        # -wal and -shm files the database file's permissions.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")

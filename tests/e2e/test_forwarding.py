@@ -17,7 +17,8 @@ def test_credentials_and_headers(gateway: Gateway, upstream: Upstream, token: st
         "tracestate": "vendor=1", "Cookie": "session=agent-cookie",
         "Proxy-Authorization": "Basic Zm9vOmJhcg==", "X-Forwarded-For": "6.6.6.6",
         "Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "hop",
-        "TE": "trailers", "X-Custom": "kept"})
+        "TE": "trailers", "X-Custom": "kept", "X-HTTP-Method-Override": "DELETE",
+        "X-Original-URL": "/admin"})
     assert reply.status == 200, reply.raw
     seen = upstream.seen[-1]
     headers = {k.lower(): v for k, v in seen.headers.items()}
@@ -25,7 +26,8 @@ def test_credentials_and_headers(gateway: Gateway, upstream: Upstream, token: st
     assert seen.body == raw, "the upstream gets the body exactly as the agent sent it"
     assert headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
     assert token not in json.dumps(seen.headers)
-    for stripped in ("cookie", "proxy-authorization", "x-secret-hop", "te"):
+    for stripped in ("cookie", "proxy-authorization", "x-secret-hop", "te",
+                     "x-http-method-override", "x-original-url"):
         assert stripped not in headers, stripped
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-request-id"] == reply.request_id

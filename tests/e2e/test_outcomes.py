@@ -165,7 +165,14 @@ def test_body_too_large(gateway: Gateway, token: str) -> None:
     assert one_decision(gateway, reply)["stage"] == "parse"
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [
+    b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe",
+    # One meaning only: the upstream gets these bytes, so a repeated name (which parsers
+    # resolve differently) or a non-JSON constant is refused before anything looks at it.
+    b'{"name": "a", "count": 5000, "count": 10}',
+    b'{"name": "a", "count": 1, "nested": {"secret": "x", "secret": "y"}}',
+    b'{"name": "a", "count": NaN}',
+])
 def test_invalid_json(gateway: Gateway, token: str, raw: bytes) -> None:
     reply = gateway.call("POST", "/echo/items", token=token, raw_body=raw)
     assert reply.status == 400

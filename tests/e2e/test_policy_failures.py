@@ -62,3 +62,29 @@ def test_slow_policy_is_503_policy_unavailable(broken: Gateway, upstream: Upstre
     assert decision["code"] == "policy_unavailable"
     # The engine answers again afterwards.
     assert broken.call("GET", "/echo/items/abc", token=token).status == 200
+
+
+@pytest.fixture(scope="module")
+def fail_open(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
+              repo_root: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("fail_open"), dev_key, upstream.url,
+                 tool_specs=[HERE / "specs"], policies=[HERE / "policies_broken"],
+                 extra={"policy": {"timeout_ms": 100}, "fail_open": True})
+    with running(gw):
+        yield gw
+
+
+def test_fail_open_allows_only_when_the_engine_cannot_answer(
+        fail_open: Gateway, upstream: Upstream, token: str) -> None:
+    before = len(upstream.seen)
+    reply = fail_open.call("GET", "/echo/slow", token=token, headers={"X-Delay": "0"},
+                           timeout=30)
+    assert reply.status == 200, reply.raw
+    assert len(upstream.seen) == before + 1
+    [decision] = [r for r in fail_open.records_for(reply.request_id)
+                  if r["kind"] == "decision"]
+    assert decision["reasons"] == ["fail_open"]
+    # A policy that answered (even malformed) is not "unavailable": still denied.
+    assert fail_open.call("POST", "/echo/items", token=token,
+                          body={"name": "a", "count": 1}).status == 403
+    assert "fail_open is set" in fail_open.log()

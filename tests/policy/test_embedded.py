@@ -15,7 +15,7 @@ import pytest
 
 from gateway.decision import Action, PolicyDecision
 from gateway.errors import LoadErrors
-from gateway.policy.embedded import EmbeddedEngine, error_location
+from gateway.policy.embedded import EmbeddedEngine, compile_engine, error_location
 from gateway.policy.engine import load_sources
 
 QUERY = "data.toolgate.decision"
@@ -343,3 +343,28 @@ async def test_failed_start_releases_the_engine_cleanly(tmp_path: Path) -> None:
         assert info.value.errors[0].file == str(tmp_path / "bad.rego")
         del info
     assert [str(e) for e in seen] == []
+
+
+def test_unsupported_builtins_are_load_errors_with_their_line(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package toolgate\n\nimport rego.v1\n\n# io.jwt.decode(x) in a comment is fine\n"
+        "claims := io.jwt.decode(input.token)\n\ndigest := crypto.sha256(\"a\")\n")
+    with pytest.raises(LoadErrors) as info:
+        compile_engine(load_sources([tmp_path]))
+    found = {(e.line, e.message.split()[0]) for e in info.value.errors}
+    assert found == {(6, "io.jwt.decode"), (8, "crypto.sha256")}
+
+
+async def test_a_late_deny_is_still_a_deny(tmp_path: Path) -> None:
+    """Only a late allow (or hold) is distrusted; under fail_open a late deny must not turn
+    into an allow."""
+    (tmp_path / "p.rego").write_text(
+        "package toolgate\n\nimport rego.v1\n\n"
+        "decision := {\"action\": \"deny\", \"reasons\": [sprintf(\"%d\", [n])]} if {\n"
+        "\tn := count([x | some x in numbers.range(1, 300000)])\n}\n")
+    engine = await EmbeddedEngine.start(load_sources([tmp_path]), "data.toolgate.decision", 1)
+    try:
+        decision = await engine.evaluate({})
+    finally:
+        await engine.close()
+    assert decision.action is Action.DENY
