@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.context import Call, Runtime
 from gateway.errors import BodyTooLarge, GatewayError, InternalError, NotFound, Unauthenticated
 from gateway.forward import Forwarder
+from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.policy import load_sources
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.specs import SpecSet, load_specs
@@ -136,7 +137,7 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
             log.warning("fail_open is set: calls are ALLOWED when the policy engine is "
                         "unavailable")
         app[RUNTIME] = Runtime(settings, specs, verifier, engine, store, forwarder, audit,
-                               environ)
+                               environ, Metrics())
         try:
             yield
         finally:
@@ -174,7 +175,15 @@ def build_apps(settings: Settings, environ: Mapping[str, str]
         return web.json_response({"status": "ready", "policy_revision": rt.engine.revision,
                                   "tools": len(rt.specs.tools)})
 
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        rt = app.get(RUNTIME)
+        if rt is None:
+            return web.json_response({"status": "starting"}, status=503)
+        return web.Response(body=rt.metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE})
+
     admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/metrics", metrics)
     admin.router.add_get("/readyz", readyz)
 
     async def unknown(request: web.Request) -> web.StreamResponse:

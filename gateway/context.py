@@ -16,6 +16,7 @@ from gateway.auth import Principal, TokenVerifier
 from gateway.config import Settings
 from gateway.decision import PolicyDecision
 from gateway.forward import Forwarder
+from gateway.metrics import Metrics
 from gateway.policy import PolicyEngine
 from gateway.specs import SpecSet, ToolSpec
 from gateway.store import StateStore
@@ -63,3 +64,4 @@ class Runtime:
     forwarder: Forwarder
     audit: AuditLog
     environ: Mapping[str, str]
+    metrics: Metrics

@@ -62,6 +62,11 @@ async def handle(call: Call, rt: Runtime) -> Reply:
                       trace_id=trace_id(call.headers.get("traceparent")))
     async with audit:
         verdict = await pipeline.run(ctx, rt)
+        tool = ctx.spec.name if ctx.spec else "-"
+        rt.metrics.calls.labels(tool, str(verdict.action), verdict.code or "").inc()
+        if verdict.action is not Action.ALLOW or verdict.shadow:
+            rt.metrics.fallback.labels(str(verdict.action)).observe(
+                time.perf_counter() - call.started)
         approval_id = (new_id("apr") if verdict.action is Action.REQUIRE_APPROVAL
                        and not verdict.shadow else None)
         try:
@@ -147,12 +152,19 @@ async def _forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
             host=call.host, scheme=call.scheme, idempotency_key=ctx.idempotency_key,
             timeout_ms=spec.timeout_ms)
     except GatewayError as exc:
+        rt.metrics.upstream.labels(spec.name, str(exc.code)).inc()
         audit.outcome(error=str(exc.code), status=exc.status, upstream_status=None,
                       latency_ms=_latency(total_start, ctx, None))
         return error_reply(exc, call.request_id, str(Action.ALLOW))
     output_valid = None
     if spec.output_validator is not None and 200 <= resp.status < 300:
         output_valid = _output_valid(spec.output_validator, resp.body)
+        rt.metrics.output_schema.labels(spec.name, "pass" if output_valid else "fail").inc()
+    m = rt.metrics
+    m.upstream.labels(spec.name, f"{resp.status // 100}xx").inc()
+    m.upstream_latency.labels(spec.name).observe(resp.latency_ms / 1000)
+    m.overhead.labels(spec.name).observe(
+        max(0.0, time.perf_counter() - total_start - resp.latency_ms / 1000))
     audit.outcome(status=resp.status, upstream_status=resp.status, output_valid=output_valid,
                   latency_ms=_latency(total_start, ctx, resp.latency_ms))
     content_type = resp.headers.pop("Content-Type", None)

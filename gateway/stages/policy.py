@@ -52,4 +52,6 @@ async def policy(ctx: CallContext, rt: Runtime) -> None:
                     ctx.call.request_id)
         ctx.policy = PolicyDecision(Action.ALLOW, ("fail_open",))
     finally:
-        ctx.policy_ms = (time.perf_counter() - start) * 1000
+        elapsed = time.perf_counter() - start
+        ctx.policy_ms = elapsed * 1000
+        rt.metrics.policy_latency.observe(elapsed)

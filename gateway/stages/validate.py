@@ -50,6 +50,7 @@ def details(errors: Iterable[ValidationError]) -> list[dict[str, str]]:
 async def validate(ctx: CallContext, rt: Runtime) -> None:
     assert ctx.spec is not None and ctx.args is not None
     errors = list(ctx.spec.input_validator.iter_errors(ctx.args))
+    rt.metrics.schema.labels(ctx.spec.name, "invalid" if errors else "valid").inc()
     if errors:
         raise SchemaInvalid(f"the arguments do not match the schema of tool {ctx.spec.name}",
                             details=details(errors))

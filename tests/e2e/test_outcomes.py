@@ -236,3 +236,28 @@ def test_admin_health_and_readiness(gateway: Gateway) -> None:
     assert ready.status == 200
     assert ready.json["tools"] == 11
     assert len(ready.json["policy_revision"]) == 16
+
+
+def test_metrics_count_calls_by_tool_and_action(gateway: Gateway, token: str) -> None:
+    gateway.call("GET", "/orders/ord_1234?tenant_id=acme", token=token)
+    gateway.call("PUT", "/payroll/employees/emp_0042/bank-account", token=token,
+                 body={"tenant_id": "acme", "iban": "DE89370400440532013000"},
+                 headers={"Idempotency-Key": "metrics-1"})
+    gateway.call("POST", "/echo/items", token=token, body={"count": "x"})
+    reply = request(gateway.admin_port, "GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    text = reply.raw.decode()
+
+    def value(line_start: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(line_start))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('toolgate_calls_total{action="allow",code="",tool="get_order"}') >= 1
+    assert value('toolgate_calls_total{action="deny",code="policy_denied",'
+                 'tool="change_payroll_bank"}') >= 1
+    assert value('toolgate_schema_checks_total{result="invalid",tool="echo_post"}') >= 1
+    assert value('toolgate_upstream_responses_total{status_class="2xx",tool="get_order"}') >= 1
+    assert value('toolgate_time_to_safe_fallback_seconds_count{action="deny"}') >= 1
+    assert value("toolgate_policy_latency_seconds_count") >= 1
+    assert value('toolgate_gateway_overhead_seconds_count{tool="get_order"}') >= 1

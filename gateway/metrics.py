@@ -1,0 +1,47 @@
+"""Prometheus metrics (DESIGN §9), served on the admin port at `/metrics`.
+
+One `CollectorRegistry` per runtime (no process-global registry), so two gateways in one
+process, as in the tests, never share counters. Label values are bounded: tool names come
+from the specs (unknown routes are `-`), actions and codes from enums.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Sub-millisecond to multi-second: gateway overhead is ~1 ms, upstreams take longer.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls = Counter("toolgate_calls", "Tool calls by tool, action and error code",
+                             ["tool", "action", "code"], registry=r)
+        self.schema = Counter("toolgate_schema_checks",
+                              "Argument validations by result (tool-call validity rate)",
+                              ["tool", "result"], registry=r)
+        self.upstream = Counter("toolgate_upstream_responses",
+                                "Upstream responses by status class (tool-call success rate)",
+                                ["tool", "status_class"], registry=r)
+        self.output_schema = Counter("toolgate_output_schema_checks",
+                                     "Output-schema post-conditions by result",
+                                     ["tool", "result"], registry=r)
+        self.fallback = Histogram("toolgate_time_to_safe_fallback_seconds",
+                                  "Time from request to a deny or hold answer",
+                                  ["action"], buckets=BUCKETS, registry=r)
+        self.overhead = Histogram("toolgate_gateway_overhead_seconds",
+                                  "Time spent in the gateway, upstream time excluded",
+                                  ["tool"], buckets=BUCKETS, registry=r)
+        self.upstream_latency = Histogram("toolgate_upstream_latency_seconds",
+                                          "Upstream response time", ["tool"],
+                                          buckets=BUCKETS, registry=r)
+        self.policy_latency = Histogram("toolgate_policy_latency_seconds",
+                                        "Policy decision time", buckets=BUCKETS, registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
