@@ -13,16 +13,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+import orjson
 from aiohttp import web
 
 from gateway import handler as call_handler
+from gateway.admin import RUNTIME_OF, add_routes
+from gateway.approvals import ApprovalService
 from gateway.audit import AuditLog
-from gateway.auth import TokenVerifier, load_keys
+from gateway.auth import TokenVerifier, bearer_principal, load_keys
 from gateway.config import Settings
 from gateway.context import Call, Runtime
-from gateway.errors import BodyTooLarge, GatewayError, InternalError, NotFound, Unauthenticated
+from gateway.errors import BodyTooLarge, GatewayError, InternalError, NotFound
 from gateway.forward import Forwarder
-from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.metrics import Metrics
+from gateway.notify import Notifier
 from gateway.policy import load_sources
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.specs import SpecSet, load_specs
@@ -100,11 +104,7 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
 async def get_approval(request: web.Request) -> web.StreamResponse:
     """The agent polls its held call; only the principal that made it may read it."""
     rt = request.app[RUNTIME]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("a bearer token is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="toolgate"'})
-    principal = rt.verifier.verify(token.strip())
+    principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
     approval = await rt.store.get_approval(request.match_info["approval_id"])
     is_approver = rt.settings.auth.approver_scope in principal.scopes
     # SECURITY: another principal's call looks exactly like a missing one.
@@ -114,7 +114,7 @@ async def get_approval(request: web.Request) -> web.StreamResponse:
     body = approval.public()
     if approval.status == "pending" and time.time() >= approval.expires_at:
         body["status"] = "expired"
-    return web.json_response(body)
+    return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
 
 def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
@@ -133,14 +133,23 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
             audit.close()
             raise
         await forwarder.start()
+        metrics = Metrics()
+        notifier = Notifier(settings.webhook, metrics.webhook_failures)
+        await notifier.start()
+        approvals = ApprovalService(store, forwarder, audit, specs, notifier,
+                                    sweep_interval_s=settings.approval_sweep_interval_s,
+                                    wait_s=settings.approval_wait_s)
         if settings.fail_open:
             log.warning("fail_open is set: calls are ALLOWED when the policy engine is "
                         "unavailable")
         app[RUNTIME] = Runtime(settings, specs, verifier, engine, store, forwarder, audit,
-                               environ, Metrics())
+                               environ, metrics, approvals)
+        await approvals.start()
         try:
             yield
         finally:
+            await approvals.close()
+            await notifier.close()
             await forwarder.close()
             await store.close()
             await engine.close()
@@ -160,31 +169,8 @@ def build_apps(settings: Settings, environ: Mapping[str, str]
     app.router.add_route("*", "/{tail:.*}", tool_call)
 
     admin = web.Application(middlewares=[error_middleware])
-
-    async def healthz(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.StreamResponse:
-        rt = app.get(RUNTIME)
-        if rt is None:
-            return web.json_response({"status": "starting"}, status=503)
-        try:
-            await rt.store.ping()
-        except GatewayError as exc:
-            return web.json_response({"status": "unready", "store": exc.message}, status=503)
-        return web.json_response({"status": "ready", "policy_revision": rt.engine.revision,
-                                  "tools": len(rt.specs.tools)})
-
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        rt = app.get(RUNTIME)
-        if rt is None:
-            return web.json_response({"status": "starting"}, status=503)
-        return web.Response(body=rt.metrics.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE})
-
-    admin.router.add_get("/healthz", healthz)
-    admin.router.add_get("/metrics", metrics)
-    admin.router.add_get("/readyz", readyz)
+    admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
+    add_routes(admin)
 
     async def unknown(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"no admin endpoint {request.path}")

@@ -61,9 +61,9 @@ class FanoutSink:
 
 
 def _to_record(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    kind = event_dict.pop("event")
+    # The fields travel as one argument, so a field may be called "event" like structlog's.
     ts = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return {"ts": ts, "kind": kind, **event_dict}
+    return {"ts": ts, "kind": event_dict["event"], **event_dict["fields"]}
 
 
 def _render(_: Any, __: str, event_dict: Mapping[str, Any]) -> bytes:
@@ -96,7 +96,7 @@ class AuditLog:
 
     def write(self, kind: str, record: Mapping[str, Any]) -> None:
         try:
-            self._logger.info(kind, **record)
+            self._logger.info(kind, fields=record)
         except OSError as exc:
             log.exception("audit sink write failed")
             raise AuditUnavailable("the audit log cannot be written; no action was taken") \

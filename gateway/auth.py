@@ -243,3 +243,12 @@ class TokenVerifier:
         if nbf is not None and now < nbf - leeway:
             raise _unauthenticated("token not yet valid")
         return claims
+
+
+def bearer_principal(authorization: str | None, verifier: TokenVerifier) -> Principal:
+    """The principal of an `Authorization: Bearer <JWT>` header value, or `Unauthenticated`."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("a bearer token is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="toolgate"'})
+    return verifier.verify(token.strip())

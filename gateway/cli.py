@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, cli_approvals
 from gateway.auth import KeyConfigError, load_keys
 from gateway.config import Settings
 from gateway.config import load as load_config
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="policy files or directories (default: policies/)")
     ptest.add_argument("--verbose", "-v", action="store_true", help="list passing tests too")
     ptest.add_argument("--run", "-r", metavar="TEXT", help="only tests whose name contains TEXT")
+
+    cli_approvals.add_parser(sub)
 
     keys = sub.add_parser("keys", help="development signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _check(args.config, env)
     if args.command == "policy":
         return _policy_test(args.paths or [Path("policies")], args.verbose, args.run)
+    if args.command == "approvals":
+        return cli_approvals.run(args, env)
     if args.command == "keys":
         return _keys_init(args.directory)
     if args.command == "token":

@@ -23,6 +23,8 @@ ENV_PREFIX = "TOOLGATE_"
 # Kubernetes injects these for a Service named "toolgate" (docker links did the same); they
 # are not config, and no config key can look like them.
 _SERVICE_LINKS = re.compile(r"^TOOLGATE_(SERVICE_(HOST|PORT)(_\w+)?|PORT(_\w+)?)$")
+# Read by `toolgate approvals`, not by the gateway.
+CLI_VARIABLES = frozenset({"TOOLGATE_ADMIN_URL", "TOOLGATE_APPROVER_TOKEN"})
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
               "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
 
@@ -97,7 +99,21 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
         "approvals": {
             "type": "object", "additionalProperties": False,
-            "properties": {"ttl_seconds": _POS_INT},
+            "properties": {
+                "ttl_seconds": _POS_INT,
+                "sweep_interval_ms": _POS_INT,
+                "wait_ms": {"type": "integer", "minimum": 0},
+                "webhook": {
+                    "type": "object", "additionalProperties": False, "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string", "pattern": r"^https?://"},
+                        "include_args": {"type": "boolean"},
+                        "timeout_ms": _POS_INT,
+                        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20},
+                        "backoff_ms": _POS_INT,
+                    },
+                },
+            },
         },
         "fail_open": {"type": "boolean"},
     },
@@ -157,6 +173,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    url: str
+    include_args: bool = False
+    timeout_ms: int = 3000
+    max_attempts: int = 5
+    backoff_ms: int = 500
+
+
+@dataclass(frozen=True)
 class Settings:
     base_dir: Path
     auth: AuthSettings
@@ -171,6 +196,9 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 10_485_760
     approval_ttl_seconds: int = 86_400
+    approval_sweep_interval_s: float = 1.0
+    approval_wait_s: float = 2.0
+    webhook: WebhookSettings | None = None
     fail_open: bool = False
 
     @property
@@ -208,7 +236,8 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], file: str) -> li
     """`TOOLGATE_AUDIT__FILE=x` sets `audit.file`; values are parsed as YAML scalars/lists."""
     errors = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or _SERVICE_LINKS.match(name):
+        if (not name.startswith(ENV_PREFIX) or _SERVICE_LINKS.match(name)
+                or name in CLI_VARIABLES):
             continue
         keys = name.removeprefix(ENV_PREFIX).lower().split("__")
         if any(not k for k in keys):
@@ -284,6 +313,7 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
     audit = raw.get("audit", {})
     limits = raw.get("limits", {})
     audit_file = audit.get("file", "audit/toolgate.jsonl")
+    approvals = raw.get("approvals", {})
     return Settings(
         base_dir=base,
         listen=parse_address(raw.get("listen", "127.0.0.1:8080")),
@@ -307,6 +337,9 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
                             stdout=audit.get("stdout", False)),
         max_body_bytes=limits.get("max_body_bytes", 1_048_576),
         max_response_bytes=limits.get("max_response_bytes", 10_485_760),
-        approval_ttl_seconds=raw.get("approvals", {}).get("ttl_seconds", 86_400),
+        approval_ttl_seconds=approvals.get("ttl_seconds", 86_400),
+        approval_sweep_interval_s=approvals.get("sweep_interval_ms", 1000) / 1000,
+        approval_wait_s=approvals.get("wait_ms", 2000) / 1000,
+        webhook=WebhookSettings(**approvals["webhook"]) if "webhook" in approvals else None,
         fail_open=raw.get("fail_open", False),
     )

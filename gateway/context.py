@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.approvals import ApprovalService
 from gateway.audit import AuditLog
 from gateway.auth import Principal, TokenVerifier
 from gateway.config import Settings
@@ -20,6 +21,7 @@ from gateway.metrics import Metrics
 from gateway.policy import PolicyEngine
 from gateway.specs import SpecSet, ToolSpec
 from gateway.store import StateStore
+from gateway.store.base import Approval
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class CallContext:
     idempotency_key: str | None = None
     policy: PolicyDecision | None = None
     policy_ms: float = 0.0
+    bound: Approval | None = None     # the held call this idempotent retry belongs to
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,4 @@ class Runtime:
     audit: AuditLog
     environ: Mapping[str, str]
     metrics: Metrics
+    approvals: ApprovalService

@@ -85,6 +85,7 @@ class Verdict:
     reasons: tuple[str, ...]
     error: GatewayError | None = None
     shadow: bool = False
+    bound: bool = False   # a retry answered from its held call, not decided again
 
     @property
     def code(self) -> str | None:
@@ -92,12 +93,16 @@ class Verdict:
 
 
 def decide(stage: str, error: GatewayError | None, policy: PolicyDecision | None,
-           shadow: bool) -> Verdict:
+           shadow: bool, *, bound: bool = False) -> Verdict:
     """Combine the pipeline's facts into one verdict.
 
     `stage` is the stage that ran last (or failed); `error` is what a stage refused with;
-    `policy` is the parsed policy decision when the pipeline got that far.
+    `policy` is the parsed policy decision when the pipeline got that far; `bound` says the
+    call is a retry of a held call (its answer comes from that call).
     """
+    if error is None and bound:
+        return Verdict(Action.REQUIRE_APPROVAL, stage, ("idempotent_retry",), None, shadow,
+                       bound=True)
     if error is not None:
         reasons = tuple(error.extra.get("reasons", ())) or (str(error.code),)
         return Verdict(Action.DENY, stage, reasons, error, shadow)

@@ -31,6 +31,13 @@ class ReasonCode(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     NOT_FOUND = "not_found"
+    SELF_APPROVAL = "self_approval"
+    APPROVER_ROLE_REQUIRED = "approver_role_required"
+    ALREADY_APPROVED_BY_YOU = "already_approved_by_you"
+    APPROVAL_NOT_PENDING = "approval_not_pending"
+    APPROVAL_EXPIRED = "approval_expired"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    OUTCOME_UNKNOWN = "outcome_unknown"
     FORBIDDEN = "forbidden"
     INTERNAL_ERROR = "internal_error"
 
@@ -120,6 +127,41 @@ class NotFound(GatewayError):
 class SchemaInvalid(GatewayError):
     status = 422
     code = ReasonCode.SCHEMA_INVALID
+
+
+class SelfApproval(GatewayError):
+    status = 403
+    code = ReasonCode.SELF_APPROVAL
+
+
+class ApproverRoleRequired(GatewayError):
+    status = 403
+    code = ReasonCode.APPROVER_ROLE_REQUIRED
+
+
+class AlreadyApprovedByYou(GatewayError):
+    status = 409
+    code = ReasonCode.ALREADY_APPROVED_BY_YOU
+
+
+class ApprovalNotPending(GatewayError):
+    status = 409
+    code = ReasonCode.APPROVAL_NOT_PENDING
+
+
+class ApprovalExpired(GatewayError):
+    status = 409
+    code = ReasonCode.APPROVAL_EXPIRED
+
+
+class IdempotencyKeyReused(GatewayError):
+    status = 422
+    code = ReasonCode.IDEMPOTENCY_KEY_REUSED
+
+
+class OutcomeUnknown(GatewayError):
+    status = 502
+    code = ReasonCode.OUTCOME_UNKNOWN
 
 
 class UpstreamError(GatewayError):

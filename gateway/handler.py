@@ -19,9 +19,22 @@ from gateway import pipeline
 from gateway.audit import CallAudit, redact, trace_id
 from gateway.context import Call, CallContext, Runtime
 from gateway.decision import Action, Verdict
-from gateway.errors import GatewayError
+from gateway.errors import (
+    GatewayError,
+    IdempotencyKeyReused,
+    OutcomeUnknown,
+    PolicyDenied,
+    UpstreamError,
+)
 from gateway.forward import forwarded_headers
-from gateway.store.base import Approval, ApprovalStatus, StoredCall, call_hash, rfc3339
+from gateway.store.base import (
+    Approval,
+    ApprovalKeyTaken,
+    ApprovalStatus,
+    StoredCall,
+    call_hash,
+    rfc3339,
+)
 
 JSON = "application/json"
 
@@ -53,7 +66,8 @@ def _stored_call(ctx: CallContext, rt: Runtime) -> StoredCall:
         upstream=spec.upstream, method=spec.method,
         path=spec.forward.render(ctx.path_params), query=ctx.call.query_string,
         headers=forwarded_headers(ctx.call.headers, rt.forwarder.credential_headers),
-        body=ctx.body)
+        body=ctx.body, client_ip=ctx.call.source_ip, host=ctx.call.host,
+        scheme=ctx.call.scheme)
 
 
 async def handle(call: Call, rt: Runtime) -> Reply:
@@ -67,12 +81,15 @@ async def handle(call: Call, rt: Runtime) -> Reply:
         if verdict.action is not Action.ALLOW or verdict.shadow:
             rt.metrics.fallback.labels(str(verdict.action)).observe(
                 time.perf_counter() - call.started)
-        approval_id = (new_id("apr") if verdict.action is Action.REQUIRE_APPROVAL
-                       and not verdict.shadow else None)
+        approval_id = (ctx.bound.id if ctx.bound is not None else new_id("apr")
+                       if verdict.action is Action.REQUIRE_APPROVAL and not verdict.shadow
+                       else None)
         try:
             audit.decision(**_decision_fields(ctx, rt, verdict, approval_id))
         except GatewayError as exc:
             return error_reply(exc, call.request_id)
+        if ctx.bound is not None:
+            return from_held(ctx.bound, call.request_id)
         if verdict.shadow and verdict.error is None:
             return Reply(200, orjson.dumps({"status": "shadow", "action": str(verdict.action),
                                             "reasons": list(verdict.reasons)}), "shadow")
@@ -120,25 +137,71 @@ async def _queue(ctx: CallContext, rt: Runtime, verdict: Verdict, approval_id: s
     assert ctx.args is not None
     now = time.time()
     ttl = policy.ttl_seconds or rt.settings.approval_ttl_seconds
+    stored = _stored_call(ctx, rt)
     approval = Approval(
         id=approval_id, status=ApprovalStatus.PENDING, decision_id=ctx.call.request_id,
         tool=spec.name, args=ctx.args,
         call_hash=call_hash(spec.name, ctx.args, principal.sub, principal.tenant),
         principal=principal.as_audit(), reasons=verdict.reasons,
         approvals_required=policy.approvals_required, approver_roles=policy.approver_roles,
-        created_at=now, expires_at=now + ttl, call=_stored_call(ctx, rt),
-        idempotency_key=ctx.idempotency_key)
+        created_at=now, expires_at=now + ttl, updated_at=now, call=stored,
+        call_digest=stored.digest(), idempotency_key=ctx.idempotency_key,
+        # Only a call that carries a key its upstream dedups on may be sent again after a
+        # crash mid-send; the key is forwarded exactly when the tool uses one.
+        resend_safe=ctx.idempotency_key is not None)
     try:
         await rt.store.create_approval(approval)
+    except ApprovalKeyTaken:
+        # The same key arrived twice at once and the other request queued first.
+        held = await rt.store.find_approval(principal.tenant, spec.name,
+                                            ctx.idempotency_key or "")
+        if held is None or held.call_hash != approval.call_hash:
+            exc: GatewayError = IdempotencyKeyReused("this Idempotency-Key was used for a "
+                                                     "different call")
+            audit.outcome(error=str(exc.code), status=exc.status)
+            return error_reply(exc, ctx.call.request_id)
+        audit.outcome(status=202, approval_id=held.id, bound=True)
+        return from_held(held, ctx.call.request_id)
     except GatewayError as exc:
         audit.outcome(error=str(exc.code), status=exc.status)
         return error_reply(exc, ctx.call.request_id)
     audit.outcome(status=202, approval_id=approval_id,
                   expires_at=rfc3339(approval.expires_at))
-    body = {"status": "pending_approval", "approval_id": approval_id,
-            "poll": f"/v1/approvals/{approval_id}", "reasons": list(verdict.reasons),
-            "expires_at": rfc3339(approval.expires_at)}
-    return Reply(202, orjson.dumps(body), str(Action.REQUIRE_APPROVAL))
+    rt.approvals.notifier.notify("pending", approval)
+    return from_held(approval, ctx.call.request_id)
+
+
+def from_held(held: Approval, request_id: str) -> Reply:
+    """The answer to a held call (or a retry of one), from its current state."""
+    status = held.status
+    if status is ApprovalStatus.PENDING and time.time() >= held.expires_at:
+        status = ApprovalStatus.EXPIRED  # the sweeper has not got to it yet
+    decision = str(Action.REQUIRE_APPROVAL)
+    if status is ApprovalStatus.EXECUTED and held.result_status is not None:
+        headers: CIMultiDict[str] = CIMultiDict({"Idempotent-Replayed": "true"})
+        return Reply(held.result_status, held.result_body or b"", decision, headers,
+                     held.result_content_type)
+    refusal: GatewayError | None = None
+    if status is ApprovalStatus.REJECTED:
+        refusal = PolicyDenied("an approver rejected this call",
+                               reasons=[f"rejected: {held.reason}"], approval_id=held.id,
+                               fallback="route_to_human")
+    elif status is ApprovalStatus.EXPIRED:
+        refusal = PolicyDenied("nobody approved this call before it expired",
+                               reasons=["approval_expired"], approval_id=held.id,
+                               fallback="route_to_human")
+    elif status is ApprovalStatus.FAILED:
+        refusal = UpstreamError(f"the approved call failed: {held.reason}",
+                                approval_id=held.id)
+    elif status is ApprovalStatus.OUTCOME_UNKNOWN:
+        refusal = OutcomeUnknown("the approved call may or may not have run; a person must "
+                                 "check", approval_id=held.id, fallback="route_to_human")
+    if refusal is not None:
+        return error_reply(refusal, request_id, decision)
+    body = {"status": "pending_approval", "approval_id": held.id,
+            "approval_status": str(status), "poll": f"/v1/approvals/{held.id}",
+            "reasons": list(held.reasons), "expires_at": rfc3339(held.expires_at)}
+    return Reply(202, orjson.dumps(body), decision)
 
 
 async def _forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:

@@ -40,6 +40,13 @@ class Metrics:
         self.upstream_latency = Histogram("toolgate_upstream_latency_seconds",
                                           "Upstream response time", ["tool"],
                                           buckets=BUCKETS, registry=r)
+        self.webhook_failures = Counter("toolgate_webhook_failures",
+                                        "Approval notifications not delivered", ["reason"],
+                                        registry=r)
+        self.approval_wait = Histogram("toolgate_approval_wait_seconds",
+                                       "Time from a call being held to its decision",
+                                       ["outcome"], buckets=(1, 10, 60, 300, 900, 3600, 14400,
+                                                             86400), registry=r)
         self.policy_latency = Histogram("toolgate_policy_latency_seconds",
                                         "Policy decision time", buckets=BUCKETS, registry=r)
 

@@ -8,7 +8,9 @@ Every stage has one signature, `async (ctx, rt) -> None`: it sets facts on `ctx`
 3. authenticate  — before anything looks at state, so no stage acts for an unknown caller
                    (and, with idempotency replay, one principal never sees another's result).
 4. scopes        — the token must be allowed this tool before its arguments are judged.
-5. idempotency   — a missing required key is refused before the schema, like Stripe/IETF.
+5. idempotency   — a missing required key is refused before the schema, like Stripe/IETF;
+                   a retry of a held call is bound to it here and the pipeline stops, so
+                   a changed policy can never hold (or run) the same call twice.
 6. validate      — the policy only ever sees arguments that match the schema.
 7. policy        — last: it sees the verified principal and valid arguments.
 
@@ -60,5 +62,7 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
             log.exception("stage %s failed on %s", name, ctx.call.request_id)
             error = InternalError(f"the gateway failed in stage {name}; nothing was done")
             break
+        if ctx.bound is not None:
+            break
     shadow = ctx.spec is not None and ctx.spec.mode is Mode.SHADOW
-    return decide(ctx.stage, error, ctx.policy, shadow)
+    return decide(ctx.stage, error, ctx.policy, shadow, bound=ctx.bound is not None)

@@ -104,7 +104,7 @@ async def test_queued_call_stores_exactly_what_would_be_sent(
     assert upstream.app[SEEN] == []
 
 
-async def test_store_failure_while_queueing_is_503_and_audited(
+async def test_store_failure_is_503_and_audited(
         client: TestClient[Any, Any], dev_key: DevKey) -> None:
     token = dev_key.token("svc", tenant="acme", scopes=["billing:refund"])
     await client.server.app[RUNTIME].store.close()
@@ -114,8 +114,10 @@ async def test_store_failure_while_queueing_is_503_and_audited(
     assert (await resp.json())["error"]["code"] == "store_unavailable"
     request_id = resp.headers["X-Request-Id"]
     mine = [r for r in audit(client) if r["decision_id"] == request_id]
-    assert [r["kind"] for r in mine] == ["decision", "outcome"]
-    assert mine[1]["error"] == "store_unavailable"
+    # The key is looked up among held calls before anything else: that fails first.
+    assert [r["kind"] for r in mine] == ["decision"]
+    assert mine[0]["code"] == "store_unavailable"
+    assert mine[0]["stage"] == "idempotency"
 
 
 async def test_forwarded_call_through_the_app(client: TestClient[Any, Any], dev_key: DevKey,

@@ -8,18 +8,13 @@ wrongly addressed token.
 
 from __future__ import annotations
 
+from gateway.auth import bearer_principal
 from gateway.context import CallContext, Runtime
-from gateway.errors import Unauthenticated
 
 MAX_RUN_ID = 128
 
 
 async def authenticate(ctx: CallContext, rt: Runtime) -> None:
-    header = ctx.call.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("a bearer token is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="toolgate"'})
-    ctx.principal = rt.verifier.verify(token.strip())
+    ctx.principal = bearer_principal(ctx.call.headers.get("Authorization"), rt.verifier)
     run_id = ctx.principal.run_id or ctx.call.headers.get("X-Agent-Run-Id") or None
     ctx.run_id = run_id[:MAX_RUN_ID] if run_id else None

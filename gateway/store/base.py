@@ -7,7 +7,7 @@ Implementations: SQLite (`gateway.store.sqlite`, the embedded default). Every me
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,13 +17,28 @@ import orjson
 
 
 class ApprovalStatus(StrEnum):
+    """The durable state machine of a held call (DESIGN §5):
+
+    pending → approved → executing → executed | failed | outcome_unknown
+    pending → rejected | expired
+    """
+
     PENDING = "pending"
     APPROVED = "approved"
     EXECUTING = "executing"
     EXECUTED = "executed"
     FAILED = "failed"
+    OUTCOME_UNKNOWN = "outcome_unknown"
     REJECTED = "rejected"
     EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = frozenset({ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.REJECTED,
+                   ApprovalStatus.EXPIRED, ApprovalStatus.OUTCOME_UNKNOWN})
 
 
 def rfc3339(epoch: float) -> str:
@@ -52,6 +67,34 @@ class StoredCall:
     query: str
     headers: Mapping[str, str]     # forwarded agent headers (no credentials)
     body: bytes
+    client_ip: str = ""
+    host: str = ""
+    scheme: str = "http"
+
+    def digest(self) -> str:
+        """SHA-256 of the request bytes; checked again just before the call is sent."""
+        h = hashlib.sha256()
+        for part in (self.upstream, self.method, self.path, self.query):
+            h.update(part.encode() + b"\0")
+        h.update(canonical_json(dict(self.headers)) + b"\0")
+        h.update(self.body)
+        return h.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "method": self.method, "path": self.path,
+                "query": self.query, "headers": dict(self.headers),
+                "client_ip": self.client_ip, "host": self.host, "scheme": self.scheme}
+
+
+@dataclass(frozen=True)
+class Vote:
+    approver: Mapping[str, Any]    # sub, agent, tenant, roles
+    comment: str | None
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"approver": dict(self.approver), "comment": self.comment,
+                "at": rfc3339(self.created_at)}
 
 
 @dataclass(frozen=True)
@@ -69,10 +112,16 @@ class Approval:
     created_at: float
     expires_at: float
     call: StoredCall
+    call_digest: str = ""
     idempotency_key: str | None = None
+    resend_safe: bool = False      # the upstream dedups by the forwarded Idempotency-Key
+    updated_at: float = 0.0
+    reason: str | None = None      # why rejected / failed / how resolved
     result_status: int | None = None
+    result_content_type: str | None = None
     result_body: bytes | None = None
-    decisions: tuple[Mapping[str, Any], ...] = field(default=())
+    attempts: int = 0
+    votes: tuple[Vote, ...] = field(default=())
 
     @property
     def sub(self) -> str:
@@ -83,25 +132,74 @@ class Approval:
         tenant = self.principal.get("tenant")
         return None if tenant is None else str(tenant)
 
+    def result(self) -> dict[str, Any] | None:
+        if self.result_status is None:
+            return None
+        body: Any = None
+        if self.result_body is not None:
+            try:
+                body = orjson.loads(self.result_body)
+            except orjson.JSONDecodeError:
+                body = self.result_body.decode("utf-8", "replace")
+        return {"status": self.result_status, "content_type": self.result_content_type,
+                "body": body}
+
     def public(self) -> dict[str, Any]:
-        """The approval as the API shows it (never the stored headers)."""
+        """The approval as the APIs show it (never the stored headers)."""
         return {
             "id": self.id, "status": str(self.status), "tool": self.tool,
             "args": self.args, "reasons": list(self.reasons), "principal": dict(self.principal),
             "decision_id": self.decision_id, "call_hash": self.call_hash,
             "approvals_required": self.approvals_required,
             "approver_roles": list(self.approver_roles),
+            "approvals": [v.public() for v in self.votes],
             "created_at": rfc3339(self.created_at), "expires_at": rfc3339(self.expires_at),
-            "idempotency_key": self.idempotency_key,
+            "updated_at": rfc3339(self.updated_at or self.created_at),
+            "idempotency_key": self.idempotency_key, "reason": self.reason,
+            "result": self.result(),
         }
+
+
+# Called inside a store transaction with an approval; raising aborts the transaction. Used
+# to refuse a vote (a check) and to write the audit record before the change commits.
+ApprovalHook = Callable[[Approval], None]
 
 
 class StateStore(Protocol):
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers."""
 
-    async def create_approval(self, approval: Approval) -> None: ...
+    async def create_approval(self, approval: Approval) -> None:
+        """Persist a new pending approval. Raises `ApprovalKeyTaken` when (tenant, tool,
+        idempotency key) already has one."""
 
     async def get_approval(self, approval_id: str) -> Approval | None: ...
 
+    async def find_approval(self, tenant: str | None, tool: str,
+                            idempotency_key: str) -> Approval | None: ...
+
+    async def list_approvals(self, *, status: str | None = None, tool: str | None = None,
+                             tenant: str | None = None, limit: int = 100) -> list[Approval]: ...
+
+    async def vote(self, approval_id: str, approver: Mapping[str, Any], comment: str | None,
+                   now: float, *, check: ApprovalHook, record: ApprovalHook) -> Approval:
+        """Atomically: run `check` on the current approval (it raises to refuse), add the
+        vote, move pending → approved when enough distinct approvers have voted, and call
+        `record` with the result before committing. Raises `KeyError` for an unknown id."""
+
+    async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
+                         to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
+                         **fields: Any) -> Approval | None:
+        """Move to `to` only if the current state is in `from_states` (None if it was not),
+        calling `record` with the result before committing."""
+
+    async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
+        """Every pending approval past its expiry, now expired (`record` called for each)."""
+
+    async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]: ...
+
     async def close(self) -> None: ...
+
+
+class ApprovalKeyTaken(Exception):
+    """An approval already exists for this (tenant, tool, idempotency key)."""

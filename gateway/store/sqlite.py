@@ -2,22 +2,34 @@
 
 One aiosqlite connection (its own thread, so the event loop never blocks on disk), WAL
 journal so readers never wait for the writer, and `synchronous=FULL` because a queued call
-that vanishes on power loss is a lost action. Schema changes are numbered migrations
+that vanishes on power loss is a lost action. Every multi-statement change runs in a
+`BEGIN IMMEDIATE` transaction under an asyncio lock: coroutines share the one connection,
+and two transactions must never interleave on it. Schema changes are numbered migrations
 recorded in `PRAGMA user_version` and applied at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from gateway.errors import StoreUnavailable
-from gateway.store.base import Approval, ApprovalStatus, StoredCall
+from gateway.errors import GatewayError, StoreUnavailable
+from gateway.store.base import (
+    Approval,
+    ApprovalHook,
+    ApprovalKeyTaken,
+    ApprovalStatus,
+    StoredCall,
+    Vote,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -36,20 +48,43 @@ MIGRATIONS: tuple[str, ...] = (
         approver_roles BLOB NOT NULL,
         created_at REAL NOT NULL,
         expires_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
         call BLOB NOT NULL,
         body BLOB NOT NULL,
+        call_digest TEXT NOT NULL,
         idempotency_key TEXT,
+        resend_safe INTEGER NOT NULL,
+        reason TEXT,
         result_status INTEGER,
-        result_body BLOB
+        result_content_type TEXT,
+        result_body BLOB,
+        attempts INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX approvals_status ON approvals (status, expires_at);
+    CREATE UNIQUE INDEX approvals_key ON approvals (COALESCE(tenant, ''), tool, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals (id),
+        approver_sub TEXT NOT NULL,
+        approver BLOB NOT NULL,
+        comment TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (approval_id, approver_sub)
+    );
     """,
 )
+_COLUMNS = ("id, status, decision_id, tool, args, call_hash, principal, reasons, "
+            "approvals_required, approver_roles, created_at, expires_at, updated_at, call, "
+            "body, call_digest, idempotency_key, resend_safe, reason, result_status, "
+            "result_content_type, result_body, attempts")
+_UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "result_body",
+                        "attempts"})
 
 
 class SqliteStore:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
+        self._lock = asyncio.Lock()
         self.path = path
 
     @classmethod
@@ -63,6 +98,7 @@ class SqliteStore:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA foreign_keys=ON")
             store = cls(conn, path)
             await store._migrate()
         except sqlite3.Error as exc:
@@ -80,59 +116,200 @@ class SqliteStore:
             await self._conn.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            try:
+                await self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"state store commit failed: {exc}") from exc
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
+        """Approvals (with their votes) selected by `sql`. Under the lock, so a read never
+        runs inside another coroutine's open transaction on the shared connection."""
+        async with self._lock:
+            try:
+                async with self._conn.execute(sql, params) as cur:
+                    rows = [tuple(r) for r in await cur.fetchall()]
+                votes = await self._votes_in(self._conn, [r[0] for r in rows])
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return [_approval(r, votes) for r in rows]
+
     async def ping(self) -> None:
-        try:
-            await self._conn.execute("SELECT 1")
-        except (sqlite3.Error, ValueError) as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        async with self._lock:
+            try:
+                await self._conn.execute("SELECT 1")
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
 
     async def create_approval(self, approval: Approval) -> None:
-        call = approval.call
         try:
-            await self._conn.execute(
-                "INSERT INTO approvals (id, status, decision_id, tool, args, call_hash, "
-                "principal, sub, tenant, reasons, approvals_required, approver_roles, "
-                "created_at, expires_at, call, body, idempotency_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval.id, str(approval.status), approval.decision_id, approval.tool,
-                 orjson.dumps(approval.args), approval.call_hash,
-                 orjson.dumps(approval.principal), approval.sub, approval.tenant,
-                 orjson.dumps(approval.reasons), approval.approvals_required,
-                 orjson.dumps(approval.approver_roles), approval.created_at,
-                 approval.expires_at,
-                 orjson.dumps({"upstream": call.upstream, "method": call.method,
-                               "path": call.path, "query": call.query,
-                               "headers": call.headers}),
-                 call.body, approval.idempotency_key))
-        except (sqlite3.Error, ValueError) as exc:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) VALUES "
+                    f"({', '.join('?' * 25)})",
+                    (*_row(approval), approval.sub, approval.tenant))
+        except sqlite3.IntegrityError as exc:
+            raise ApprovalKeyTaken(approval.idempotency_key) from exc
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot queue the call: {exc}") from exc
 
     async def get_approval(self, approval_id: str) -> Approval | None:
+        found = await self._read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
+                                 (approval_id,))
+        return found[0] if found else None
+
+    async def find_approval(self, tenant: str | None, tool: str,
+                            idempotency_key: str) -> Approval | None:
+        found = await self._read(
+            f"SELECT {_COLUMNS} FROM approvals WHERE COALESCE(tenant, '') = ? AND tool = ? "
+            "AND idempotency_key = ?", (tenant or "", tool, idempotency_key))
+        return found[0] if found else None
+
+    async def list_approvals(self, *, status: str | None = None, tool: str | None = None,
+                             tenant: str | None = None, limit: int = 100) -> list[Approval]:
+        where, params = [], []
+        for column, value in (("status", status), ("tool", tool), ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_COLUMNS} FROM approvals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        return await self._read(sql, (*params, limit))
+
+    async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]:
+        marks = ", ".join("?" * len(states))
+        return await self._read(
+            f"SELECT {_COLUMNS} FROM approvals WHERE status IN ({marks}) ORDER BY created_at",
+            tuple(str(s) for s in states))
+
+    async def vote(self, approval_id: str, approver: Mapping[str, Any], comment: str | None,
+                   now: float, *, check: ApprovalHook, record: ApprovalHook) -> Approval:
         try:
-            async with self._conn.execute(
-                    "SELECT id, status, decision_id, tool, args, call_hash, principal, reasons, "
-                    "approvals_required, approver_roles, created_at, expires_at, call, body, "
-                    "idempotency_key, result_status, result_body FROM approvals WHERE id = ?",
-                    (approval_id,)) as cur:
-                row = await cur.fetchone()
-        except (sqlite3.Error, ValueError) as exc:
+            async with self._transaction() as conn:
+                current = await self._get_in(conn, approval_id)
+                check(current)  # raises a GatewayError to refuse: the transaction rolls back
+                await conn.execute(
+                    "INSERT INTO approval_votes (approval_id, approver_sub, approver, comment, "
+                    "created_at) VALUES (?, ?, ?, ?, ?)",
+                    (approval_id, str(approver["sub"]), orjson.dumps(approver), comment, now))
+                async with conn.execute("SELECT COUNT(*) FROM approval_votes WHERE "
+                                        "approval_id = ?", (approval_id,)) as cur:
+                    row = await cur.fetchone()
+                votes = int(row[0]) if row else 0
+                if votes >= current.approvals_required:
+                    await conn.execute("UPDATE approvals SET status = ?, updated_at = ? "
+                                       "WHERE id = ? AND status = ?",
+                                       ("approved", now, approval_id, "pending"))
+                after = await self._get_in(conn, approval_id)
+                record(after)  # write-ahead: if the audit record fails, nothing commits
+                return after
+        except GatewayError:
+            raise
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-        return None if row is None else _approval(tuple(row))
+
+    async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
+                         to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
+                         **fields: Any) -> Approval | None:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)}")
+        sets = ", ".join(["status = ?", "updated_at = ?", *(f"{k} = ?" for k in fields)])
+        marks = ", ".join("?" * len(from_states))
+        try:
+            async with self._transaction() as conn:
+                cur = await conn.execute(
+                    f"UPDATE approvals SET {sets} WHERE id = ? AND status IN ({marks})",
+                    (str(to), now, *fields.values(), approval_id,
+                     *(str(s) for s in from_states)))
+                if cur.rowcount != 1:
+                    return None
+                after = await self._get_in(conn, approval_id)
+                if record is not None:
+                    record(after)  # write-ahead: if the audit record fails, nothing commits
+                return after
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
+        try:
+            async with self._transaction() as conn:
+                async with conn.execute(
+                        "UPDATE approvals SET status = 'expired', updated_at = ?, "
+                        "reason = 'not approved before it expired' "
+                        "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
+                        (now, now)) as cur:
+                    ids = [r[0] for r in await cur.fetchall()]
+                expired = [await self._get_in(conn, i) for i in ids]
+                for approval in expired:
+                    record(approval)
+                return expired
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def _get_in(self, conn: aiosqlite.Connection, approval_id: str) -> Approval:
+        async with conn.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
+                                (approval_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise KeyError(approval_id)
+        return _approval(tuple(row), await self._votes_in(conn, [approval_id]))
+
+    async def _votes_in(self, conn: aiosqlite.Connection,
+                        ids: list[str]) -> dict[str, list[Vote]]:
+        out: dict[str, list[Vote]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        async with conn.execute(
+                f"SELECT approval_id, approver, comment, created_at FROM approval_votes "
+                f"WHERE approval_id IN ({', '.join('?' * len(ids))}) ORDER BY created_at",
+                tuple(ids)) as cur:
+            for approval_id, approver, comment, created in await cur.fetchall():
+                out[approval_id].append(Vote(orjson.loads(approver), comment, created))
+        return out
 
     async def close(self) -> None:
         await self._conn.close()
 
 
-def _approval(row: tuple[Any, ...]) -> Approval:
+def _row(a: Approval) -> tuple[Any, ...]:
+    return (a.id, str(a.status), a.decision_id, a.tool, orjson.dumps(a.args), a.call_hash,
+            orjson.dumps(a.principal), orjson.dumps(a.reasons), a.approvals_required,
+            orjson.dumps(a.approver_roles), a.created_at, a.expires_at,
+            a.updated_at or a.created_at, orjson.dumps(a.call.to_json()), a.call.body,
+            a.call_digest, a.idempotency_key, int(a.resend_safe), a.reason, a.result_status,
+            a.result_content_type, a.result_body, a.attempts)
+
+
+def _approval(row: tuple[Any, ...], votes: Mapping[str, list[Vote]]) -> Approval:
     (id_, status, decision_id, tool, args, chash, principal, reasons, required, roles,
-     created, expires, call, body, key, rstatus, rbody) = row
+     created, expires, updated, call, body, digest, key, resend_safe, reason, rstatus,
+     rtype, rbody, attempts) = row
     c = orjson.loads(call)
     return Approval(
         id=id_, status=ApprovalStatus(status), decision_id=decision_id, tool=tool,
         args=orjson.loads(args), call_hash=chash, principal=orjson.loads(principal),
         reasons=tuple(orjson.loads(reasons)), approvals_required=required,
         approver_roles=tuple(orjson.loads(roles)), created_at=created, expires_at=expires,
+        updated_at=updated,
         call=StoredCall(upstream=c["upstream"], method=c["method"], path=c["path"],
-                        query=c["query"], headers=c["headers"], body=bytes(body)),
-        idempotency_key=key, result_status=rstatus,
-        result_body=None if rbody is None else bytes(rbody))
+                        query=c["query"], headers=c["headers"], body=bytes(body),
+                        client_ip=c.get("client_ip", ""), host=c.get("host", ""),
+                        scheme=c.get("scheme", "http")),
+        call_digest=digest, idempotency_key=key, resend_safe=bool(resend_safe), reason=reason,
+        result_status=rstatus, result_content_type=rtype,
+        result_body=None if rbody is None else bytes(rbody), attempts=attempts,
+        votes=tuple(votes.get(id_, ())))

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.devtokens import DevKey
 
@@ -61,7 +62,8 @@ class Upstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+        self.seen.append(Seen(request.method, request.raw_path,
+                              CIMultiDict(request.headers), body))
         path = request.rel_url.path
         if path.startswith("/v1/slow"):
             await asyncio.sleep(float(request.headers.get("X-Delay", "3")))
@@ -236,6 +238,12 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers, no flushing — a crash."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""

@@ -1,0 +1,312 @@
+"""The approval queue's rules and its executor (DESIGN §5).
+
+Rules, checked inside the store transaction that records a vote (so two approvers racing
+see one consistent state): the call is still pending and not expired; the approver is not
+the principal that asked (same `sub` and tenant); the approver holds one of the policy's
+`approver_roles`; each approver counts once. When `approvals_required` distinct approvers
+have voted, the call is `approved`.
+
+Execution is exactly-once by construction: the only way to send a held call is the
+conditional transition approved → executing, which one caller wins. The audit record of
+every transition is written inside the transaction, before it commits (write-ahead).
+After a crash, a call left `executing` is sent again only when it carries an
+Idempotency-Key the upstream dedups on; otherwise it becomes `outcome_unknown` for a person
+to resolve — never a silent second execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway.audit import AuditLog
+from gateway.auth import Principal
+from gateway.errors import (
+    AlreadyApprovedByYou,
+    ApprovalExpired,
+    ApprovalNotPending,
+    ApproverRoleRequired,
+    AuditUnavailable,
+    GatewayError,
+    NotFound,
+    SelfApproval,
+)
+from gateway.forward import Forwarder
+from gateway.notify import Notifier
+from gateway.specs import SpecSet
+from gateway.store.base import Approval, ApprovalStatus, StateStore
+
+log = logging.getLogger("toolgate")
+PENDING = frozenset({ApprovalStatus.PENDING})
+APPROVED = frozenset({ApprovalStatus.APPROVED})
+EXECUTING = frozenset({ApprovalStatus.EXECUTING})
+DEFAULT_TIMEOUT_MS = 5000
+
+
+def approver_of(principal: Principal) -> dict[str, Any]:
+    return {**principal.as_audit(), "roles": list(principal.roles)}
+
+
+def check_vote(approval: Approval, approver: Principal, now: float) -> None:
+    """Refuse a vote that the rules do not allow; pure, so it runs inside the transaction."""
+    if approval.status is not ApprovalStatus.PENDING:
+        raise ApprovalNotPending(f"approval {approval.id} is {approval.status}, not pending",
+                                 approval_status=str(approval.status))
+    if now >= approval.expires_at:
+        raise ApprovalExpired(f"approval {approval.id} expired; the call will not run")
+    # SECURITY: the principal that asked can never approve its own call, whatever roles
+    # its token carries.
+    if approver.sub == approval.sub and approver.tenant == approval.tenant:
+        raise SelfApproval("an approver cannot approve a call made by their own principal")
+    if approval.approver_roles and not set(approval.approver_roles) & set(approver.roles):
+        raise ApproverRoleRequired(
+            f"approving this call needs one of the roles {', '.join(approval.approver_roles)}",
+            approver_roles=list(approval.approver_roles))
+    if any(v.approver.get("sub") == approver.sub for v in approval.votes):
+        raise AlreadyApprovedByYou("you already approved this call; it needs "
+                                   f"{approval.approvals_required} distinct approvers")
+
+
+class ApprovalService:
+    def __init__(self, store: StateStore, forwarder: Forwarder, audit: AuditLog,
+                 specs: SpecSet, notifier: Notifier, *, sweep_interval_s: float,
+                 wait_s: float) -> None:
+        self._store = store
+        self._forwarder = forwarder
+        self._audit = audit
+        self._specs = specs
+        self.notifier = notifier
+        self._sweep_interval = sweep_interval_s
+        self._wait = wait_s
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def record(self, event: str, approval: Approval, **fields: Any) -> None:
+        """An `approval` audit record linked to the original call. Raises on sink failure."""
+        self._audit.write("approval", {
+            "decision_id": approval.decision_id, "approval_id": approval.id, "event": event,
+            "status": str(approval.status), "tool": approval.tool,
+            "principal": dict(approval.principal), **fields})
+
+    def _record_quietly(self, kind: str, approval: Approval, **fields: Any) -> None:
+        """For records after the upstream acted: a lost record must not undo the result."""
+        try:
+            self._audit.write(kind, {"decision_id": approval.decision_id,
+                                     "approval_id": approval.id, "tool": approval.tool,
+                                     "principal": dict(approval.principal), **fields})
+        except AuditUnavailable:
+            log.critical("%s record for approval %s lost", kind, approval.id)
+
+    def refused(self, approval_id: str, actor: Principal | None, exc: GatewayError,
+                approval: Approval | None = None) -> None:
+        """Every refused approval action is audited (best effort: the refusal stands)."""
+        with contextlib.suppress(AuditUnavailable):
+            self._audit.write("approval", {
+                "decision_id": approval.decision_id if approval else None,
+                "approval_id": approval_id, "event": "refused", "code": str(exc.code),
+                "message": exc.message, "actor": approver_of(actor) if actor else None})
+
+    # -- approver actions --------------------------------------------------------------------
+
+    async def approve(self, approval_id: str, approver: Principal,
+                      comment: str | None) -> Approval:
+        now = time.time()
+        actor = approver_of(approver)
+
+        def check(current: Approval) -> None:
+            check_vote(current, approver, now)
+
+        def record(after: Approval) -> None:
+            self.record("approval_vote", after, actor=actor, comment=comment,
+                        votes=len(after.votes), approvals_required=after.approvals_required)
+            if after.status is ApprovalStatus.APPROVED:
+                self.record("approved", after, actor=actor)
+
+        try:
+            approval = await self._store.vote(approval_id, actor, comment, now, check=check,
+                                              record=record)
+        except KeyError:
+            raise NotFound(f"no approval {approval_id}") from None
+        except (ApprovalNotPending, ApprovalExpired, SelfApproval, ApproverRoleRequired,
+                AlreadyApprovedByYou) as exc:
+            self.refused(approval_id, approver, exc, await self._store.get_approval(
+                approval_id))
+            if isinstance(exc, ApprovalExpired):
+                await self.sweep_once()
+            raise
+        if approval.status is ApprovalStatus.APPROVED:
+            self.notifier.notify("approved", approval, actor)
+            task = self.start_execution(approval.id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self._wait)
+            approval = await self._store.get_approval(approval_id) or approval
+        return approval
+
+    async def reject(self, approval_id: str, approver: Principal, reason: str) -> Approval:
+        now = time.time()
+        actor = approver_of(approver)
+        current = await self._store.get_approval(approval_id)
+        if current is None:
+            raise NotFound(f"no approval {approval_id}")
+        try:
+            if current.status is not ApprovalStatus.PENDING:
+                raise ApprovalNotPending(f"approval {approval_id} is {current.status}, "
+                                         "not pending", approval_status=str(current.status))
+            if approver.sub == current.sub and approver.tenant == current.tenant:
+                raise SelfApproval("an approver cannot decide a call made by their own "
+                                   "principal")
+            if current.approver_roles and not set(current.approver_roles) & set(
+                    approver.roles):
+                raise ApproverRoleRequired(
+                    "rejecting this call needs one of the roles "
+                    f"{', '.join(current.approver_roles)}",
+                    approver_roles=list(current.approver_roles))
+        except GatewayError as exc:
+            self.refused(approval_id, approver, exc, current)
+            raise
+        rejected = await self._store.transition(
+            approval_id, PENDING, ApprovalStatus.REJECTED, now, reason=reason,
+            record=lambda after: self.record("rejected", after, actor=actor, reason=reason))
+        if rejected is None:  # decided by someone else meanwhile
+            latest = await self._store.get_approval(approval_id)
+            late = ApprovalNotPending(f"approval {approval_id} is no longer pending")
+            self.refused(approval_id, approver, late, latest)
+            raise late
+        self.notifier.notify("rejected", rejected, actor)
+        return rejected
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def start_execution(self, approval_id: str) -> asyncio.Task[None]:
+        """Run the approved call in a task of the service's own (not the approver's
+        request's), so an approver hanging up cannot cancel a call half-sent."""
+        return self._spawn(approval_id, self._execute(approval_id))
+
+    def _spawn(self, approval_id: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._running.get(approval_id)
+        if task is not None:
+            work.close()
+            return task
+        task = asyncio.create_task(work, name=f"approval {approval_id}")
+        self._running[approval_id] = task
+        task.add_done_callback(lambda _: self._running.pop(approval_id, None))
+        return task
+
+    async def _execute(self, approval_id: str) -> None:
+        try:
+            current = await self._store.get_approval(approval_id)
+            if current is None or current.status is not ApprovalStatus.APPROVED:
+                return
+            claimed = await self._store.transition(
+                approval_id, APPROVED, ApprovalStatus.EXECUTING, time.time(),
+                attempts=current.attempts + 1,
+                record=lambda after: self.record("executing", after, attempt=after.attempts))
+            if claimed is not None:  # else another caller won the transition: it sends
+                await self._send(claimed)
+        except GatewayError:
+            log.exception("executing approval %s stopped; it is retried by the sweeper",
+                          approval_id)
+
+    async def _send(self, approval: Approval) -> None:
+        spec = self._specs.tools.get(approval.tool)
+        if approval.call.digest() != approval.call_digest:
+            await self._finish(approval, ApprovalStatus.FAILED,
+                               reason="the stored call failed its integrity check; not sent")
+            return
+        start = time.perf_counter()
+        try:
+            resp = await self._forwarder.send(
+                approval.call, request_id=approval.decision_id,
+                client_ip=approval.call.client_ip, host=approval.call.host,
+                scheme=approval.call.scheme, idempotency_key=approval.idempotency_key,
+                timeout_ms=spec.timeout_ms if spec else DEFAULT_TIMEOUT_MS)
+        except GatewayError as exc:
+            await self._finish(approval, ApprovalStatus.FAILED, reason=exc.message,
+                               error=str(exc.code),
+                               latency_ms=round((time.perf_counter() - start) * 1000, 3))
+            return
+        await self._finish(approval, ApprovalStatus.EXECUTED, upstream_status=resp.status,
+                           result_status=resp.status, result_body=resp.body,
+                           result_content_type=resp.headers.get("Content-Type"),
+                           latency_ms=round(resp.latency_ms, 3))
+
+    async def _finish(self, approval: Approval, status: ApprovalStatus, *,
+                      reason: str | None = None, error: str | None = None,
+                      upstream_status: int | None = None, latency_ms: float | None = None,
+                      **result: Any) -> None:
+        def record(after: Approval) -> None:
+            self._record_quietly("outcome", after, status=str(status), error=error,
+                                 upstream_status=upstream_status, reason=reason,
+                                 attempt=after.attempts, latency_ms={"upstream": latency_ms})
+
+        done = await self._store.transition(approval.id, EXECUTING, status, time.time(),
+                                            record=record, reason=reason, **result)
+        if done is not None:
+            self.notifier.notify(str(status), done)
+
+    # -- background: recovery and the sweeper ------------------------------------------------
+
+    async def _resend(self, approval: Approval) -> None:
+        again = await self._store.transition(
+            approval.id, EXECUTING, ApprovalStatus.EXECUTING, time.time(),
+            attempts=approval.attempts + 1,
+            record=lambda after: self.record("resending", after, attempt=after.attempts))
+        if again is not None:
+            await self._send(again)
+
+    async def recover(self) -> None:
+        """After a restart: settle calls that were executing, then run approved ones."""
+        for approval in await self._store.in_states(EXECUTING):
+            if approval.resend_safe:
+                # The upstream gets the same Idempotency-Key again and dedups on it.
+                self._spawn(approval.id, self._resend(approval))
+            else:
+                unknown = await self._store.transition(
+                    approval.id, EXECUTING, ApprovalStatus.OUTCOME_UNKNOWN, time.time(),
+                    reason="the gateway stopped while this call was being sent, and its tool "
+                           "has no idempotency key the upstream could dedup on, so it is not "
+                           "sent again; check the upstream and resolve it by hand",
+                    record=lambda after: self.record("outcome_unknown", after))
+                if unknown is not None:
+                    self.notifier.notify("outcome_unknown", unknown)
+        for approval in await self._store.in_states(APPROVED):
+            self.start_execution(approval.id)
+
+    async def sweep_once(self) -> None:
+        expired = await self._store.expire_due(
+            time.time(), lambda after: self.record("expired", after))
+        for approval in expired:
+            self.notifier.notify("expired", approval)
+        for approval in await self._store.in_states(APPROVED):
+            self.start_execution(approval.id)
+
+    async def _sweep(self) -> None:
+        recovered = False
+        while True:
+            try:
+                if not recovered:
+                    await self.recover()
+                    recovered = True
+                await self.sweep_once()
+            except GatewayError as exc:
+                log.warning("approval sweep failed: %s", exc.message)
+            await asyncio.sleep(self._sweep_interval)
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="approval sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        # Let calls already sent finish and record their results.
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=10)
+

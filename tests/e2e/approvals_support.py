@@ -1,0 +1,51 @@
+"""Helpers shared by the approval tests: tokens, the approvals gateway, polling."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.devtokens import DevKey
+from tests.e2e.harness import Gateway, Reply, Upstream, request
+
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+def approvals_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,
+                      **approvals: Any) -> Gateway:
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[repo_root / "tool_specs", HERE / "specs",
+                               HERE / "specs_approvals"],
+                   policies=[repo_root / "policies", HERE / "policies_approvals"],
+                   extra={"approvals": {"sweep_interval_ms": 100, "wait_ms": 3000,
+                                        "webhook": {"url": f"{upstream.url}/hooks/approvals",
+                                                    "backoff_ms": 50},
+                                        **approvals}})
+
+
+def approver(key: DevKey, sub: str, *roles: str, scope: bool = True,
+             tenant: str = "acme") -> str:
+    return key.token(sub, tenant=tenant, roles=roles,
+                     scopes=["toolgate:approve"] if scope else ["billing:refund"])
+
+
+def admin(gw: Gateway, method: str, path: str, token: str | None,
+          body: Any = None) -> Reply:
+    return request(gw.admin_port, method, path, token=token, body=body)
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 15, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def approval_status(gw: Gateway, approval_id: str, token: str) -> str:
+    return str(admin(gw, "GET", f"/v1/approvals/{approval_id}", token).json["status"])
