@@ -137,6 +137,7 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
         notifier = Notifier(settings.webhook, metrics.webhook_failures)
         await notifier.start()
         approvals = ApprovalService(store, forwarder, audit, specs, notifier,
+                                    wait_time=metrics.approval_wait,
                                     sweep_interval_s=settings.approval_sweep_interval_s,
                                     wait_s=settings.approval_wait_s)
         if settings.fail_open:

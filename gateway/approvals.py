@@ -23,6 +23,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from prometheus_client import Histogram
+
 from gateway.audit import AuditLog
 from gateway.auth import Principal
 from gateway.errors import (
@@ -73,8 +75,8 @@ def check_vote(approval: Approval, approver: Principal, now: float) -> None:
 
 class ApprovalService:
     def __init__(self, store: StateStore, forwarder: Forwarder, audit: AuditLog,
-                 specs: SpecSet, notifier: Notifier, *, sweep_interval_s: float,
-                 wait_s: float) -> None:
+                 specs: SpecSet, notifier: Notifier, *, wait_time: Histogram,
+                 sweep_interval_s: float, wait_s: float) -> None:
         self._store = store
         self._forwarder = forwarder
         self._audit = audit
@@ -82,6 +84,7 @@ class ApprovalService:
         self.notifier = notifier
         self._sweep_interval = sweep_interval_s
         self._wait = wait_s
+        self._wait_time = wait_time
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -93,6 +96,11 @@ class ApprovalService:
             "decision_id": approval.decision_id, "approval_id": approval.id, "event": event,
             "status": str(approval.status), "tool": approval.tool,
             "principal": dict(approval.principal), **fields})
+
+    def _decided(self, event: str, approval: Approval, actor: dict[str, Any] | None) -> None:
+        """A held call got its decision: notify, and measure how long it waited."""
+        self._wait_time.labels(event).observe(max(0.0, time.time() - approval.created_at))
+        self.notifier.notify(event, approval, actor)
 
     def _record_quietly(self, kind: str, approval: Approval, **fields: Any) -> None:
         """For records after the upstream acted: a lost record must not undo the result."""
@@ -141,7 +149,7 @@ class ApprovalService:
                 await self.sweep_once()
             raise
         if approval.status is ApprovalStatus.APPROVED:
-            self.notifier.notify("approved", approval, actor)
+            self._decided("approved", approval, actor)
             task = self.start_execution(approval.id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), self._wait)
@@ -178,7 +186,7 @@ class ApprovalService:
             late = ApprovalNotPending(f"approval {approval_id} is no longer pending")
             self.refused(approval_id, approver, late, latest)
             raise late
-        self.notifier.notify("rejected", rejected, actor)
+        self._decided("rejected", rejected, actor)
         return rejected
 
     # -- execution ---------------------------------------------------------------------------
@@ -282,7 +290,7 @@ class ApprovalService:
         expired = await self._store.expire_due(
             time.time(), lambda after: self.record("expired", after))
         for approval in expired:
-            self.notifier.notify("expired", approval)
+            self._decided("expired", approval, None)
         for approval in await self._store.in_states(APPROVED):
             self.start_execution(approval.id)
 

@@ -279,3 +279,24 @@ def test_cli_json_and_errors(gw: Gateway, token: str, alice: str, dev_key: DevKe
                       "list")
     assert unreachable.returncode == 2
     assert "cannot reach" in unreachable.stderr
+
+
+def test_failing_webhook_is_retried_counted_and_never_blocks(
+        tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
+        repo_root: Path, token: str) -> None:
+    hook = f"{upstream.url}/v1/status/503"
+    gw = approvals_gateway(tmp_path_factory.mktemp("hook"), dev_key, upstream, repo_root,
+                           webhook={"url": hook, "max_attempts": 3, "backoff_ms": 20})
+    with running(gw):
+        before = sum(1 for s in upstream.seen if s.raw_path == "/v1/status/503")
+        reply = hold(gw, token, "hook-1")
+        assert reply.status == 202
+
+        def gave_up() -> bool:
+            text = admin(gw, "GET", "/metrics", None).raw.decode()
+            return 'toolgate_webhook_failures_total{reason="gave_up"} 1.0' in text
+
+        wait_for(gave_up, what="the webhook to be given up")
+        after = sum(1 for s in upstream.seen if s.raw_path == "/v1/status/503")
+        assert after - before == 3
+        assert "webhook delivery 1/3" in gw.log()
