@@ -9,8 +9,12 @@ with a key pair generated for this run.
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import socket
+import sys
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,17 +177,12 @@ async def _run(work: Path, root: Path) -> int:
                     body = await resp.json(content_type=None)
                     status = resp.status
                 if status == 202:
-                    approval_poll = (body["poll"], step.token)
+                    approval_poll = (body["approval_id"], step)
                 print(f"{i:>2}  {step.title:<38} {status:>6}  {outcome(status, body):<20} "
                       f"{detail(body)[:100]}")
             if approval_poll is not None:
-                async with client.get(base + approval_poll[0], headers={
-                        "Authorization": f"Bearer {approval_poll[1]}"}) as resp:
-                    held = await resp.json()
-                print(f"\nthe held refund, as the agent sees it at {approval_poll[0]}:")
-                print(f"  status={held['status']} tool={held['tool']} "
-                      f"amount={held['args']['amount']} {held['args']['currency']} "
-                      f"approver_roles={held['approver_roles']}")
+                await _approve_and_fetch(client, base=base, settings=settings, key=key,
+                                         approval_id=approval_poll[0], step=approval_poll[1])
     finally:
         stop.set()
         await server
@@ -191,13 +190,46 @@ async def _run(work: Path, root: Path) -> int:
     audit = settings.audit.file
     assert audit is not None
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
-    decisions = sum(1 for r in records if r["kind"] == "decision")
-    print(f"\naudit log: {audit}  ({decisions} decision records, "
-          f"{len(records) - decisions} outcome records)")
+    kinds = Counter(r["kind"] for r in records)
+    print(f"\naudit log: {audit}  ("
+          + ", ".join(f"{n} {kind} records" for kind, n in sorted(kinds.items())) + ")")
     held = next((r for r in records if r["kind"] == "decision" and r.get("approval_id")), None)
     if held is not None:
         print(f"the held refund's decision record:\n  {orjson.dumps(held).decode()}")
     return 0
+
+
+async def _cli(*args: str, token: str, admin: str) -> str:
+    """Run `toolgate approvals ...` as a user would, in a subprocess."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "approvals", "--admin-url", admin, *args,
+        env={**os.environ, "TOOLGATE_APPROVER_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return out.decode()
+
+
+async def _approve_and_fetch(client: aiohttp.ClientSession, *, base: str, settings: Any,
+                             key: DevKey, approval_id: str, step: Step) -> None:
+    admin = f"http://{settings.admin_listen}"
+    approver = key.token("jane.doe", agent=None, tenant="acme", roles=["billing-approver"],
+                         scopes=["toolgate:approve"])
+    print("\nan approver works the queue (TOOLGATE_APPROVER_TOKEN holds her token):")
+    for args in (("list",), ("approve", approval_id, "--comment", "damaged on arrival")):
+        print(f"$ toolgate approvals {shlex.join(args)}")
+        out = await _cli(*args, token=approver, admin=admin)
+        print("  " + out.rstrip().replace("\n", "\n  "))
+    agent = {"Authorization": f"Bearer {step.token}"}
+    async with client.get(f"{base}/v1/approvals/{approval_id}", headers=agent) as resp:
+        polled = await resp.json()
+    result = polled.get("result") or {}
+    print(f"\nthe agent polls /v1/approvals/{approval_id}: status={polled['status']}, "
+          f"upstream answered {result.get('status')} {orjson.dumps(result.get('body')).decode()}")
+    async with client.request(step.method, base + step.path, json=step.body,
+                              headers={**agent, **step.headers}) as resp:
+        replay = resp.headers.get("Idempotent-Replayed")
+        print(f"the agent retries with the same Idempotency-Key: {resp.status}, "
+              f"Idempotent-Replayed: {replay} (not sent upstream again)")
 
 
 def run_demo(directory: Path | None = None) -> int:

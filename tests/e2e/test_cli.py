@@ -131,6 +131,11 @@ def test_demo_shows_every_outcome(tmp_path: Path, repo_root: Path) -> None:
     for label in ("FORWARDED", "QUEUED for approval", "SCHEMA REJECTED", "SCOPE REJECTED",
                   "POLICY DENIED", "TOOL NOT ALLOWED", "UNAUTHENTICATED"):
         assert label in out, label
+    # queued -> approved through the CLI -> executed -> the agent fetches the result
+    assert "$ toolgate approvals approve apr_" in out
+    assert "status       executed" in out
+    assert "status=executed, upstream answered 201" in out
+    assert "Idempotent-Replayed: true" in out
     audit = tmp_path / "demo" / "audit" / "toolgate.jsonl"
     assert f"audit log: {audit}" in out
     assert len(audit.read_text().splitlines()) >= 12
