@@ -38,6 +38,9 @@ class ReasonCode(StrEnum):
     APPROVAL_EXPIRED = "approval_expired"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    KILLED = "killed"
     FORBIDDEN = "forbidden"
     INTERNAL_ERROR = "internal_error"
 
@@ -157,6 +160,21 @@ class ApprovalExpired(GatewayError):
 class IdempotencyKeyReused(GatewayError):
     status = 422
     code = ReasonCode.IDEMPOTENCY_KEY_REUSED
+
+
+class IdempotencyInFlight(GatewayError):
+    status = 409
+    code = ReasonCode.IDEMPOTENCY_IN_FLIGHT
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    code = ReasonCode.BUDGET_EXCEEDED
+
+
+class Killed(GatewayError):
+    status = 403
+    code = ReasonCode.KILLED
 
 
 class OutcomeUnknown(GatewayError):

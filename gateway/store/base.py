@@ -11,9 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from gateway.budgets import Limits, Usage
+    from gateway.idempotency import Claim, IdempotencyRecord, Scope
 
 
 class ApprovalStatus(StrEnum):
@@ -198,7 +202,81 @@ class StateStore(Protocol):
 
     async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]: ...
 
+    # -- idempotency (gateway.idempotency) ---------------------------------------------------
+
+    async def idem_get(self, scope: Scope) -> IdempotencyRecord | None: ...
+
+    async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
+                         lease_s: float) -> Claim:
+        """Claim the key for this request, or return the record already there. An
+        in-flight claim whose lease has run out is taken over (its gateway died)."""
+
+    async def idem_complete(self, scope: Scope, request_id: str, status: int,
+                            content_type: str | None, body: bytes, now: float) -> None:
+        """Store the final answer, if this request still holds the claim."""
+
+    async def idem_release(self, scope: Scope, request_id: str) -> None:
+        """Drop an in-flight claim that never reached the upstream."""
+
+    async def idem_purge(self, before: float) -> int:
+        """Delete completed records older than `before`; how many were deleted."""
+
+    # -- run budgets (gateway.budgets) -------------------------------------------------------
+
+    async def usage(self, tenant: str, run_id: str) -> Usage: ...
+
+    async def reserve(self, tenant: str, run_id: str, tool: str, spend: Mapping[str, float],
+                      limits: Limits, now: float) -> Usage:
+        """Atomically check (`check_reservation`) and count one more call; raises
+        `BudgetExceeded` and changes nothing when it would overshoot."""
+
+    async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
+                            now: float) -> None: ...
+
+    # -- kill switches -----------------------------------------------------------------------
+
+    async def kill_set(self, scope: str, reason: str, actor: Mapping[str, Any], now: float,
+                       record: Callable[[KillSwitch], None]) -> KillSwitch: ...
+
+    async def kill_clear(self, scope: str, now: float,
+                         record: Callable[[KillSwitch], None]) -> KillSwitch | None: ...
+
+    async def kill_list(self) -> list[KillSwitch]: ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class KillSwitch:
+    scope: str                     # global | tenant:<t> | agent:<a> | tool:<name>
+    reason: str
+    actor: Mapping[str, Any]
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"scope": self.scope, "reason": self.reason, "actor": dict(self.actor),
+                "since": rfc3339(self.created_at)}
+
+
+def takeover(existing: IdempotencyRecord, fingerprint: str, now: float) -> bool:
+    """Whether a new request may take over a claim: same call, in flight, lease run out."""
+    return (existing.state == "in_flight" and existing.lease_until <= now
+            and existing.fingerprint == fingerprint)
+
+
+def usage_to_json(usage: Usage) -> str:
+    return orjson.dumps({"tool_calls": usage.tool_calls, "per_tool": usage.per_tool,
+                         "spent": usage.spent}).decode()
+
+
+def usage_from_json(text: str | None) -> Usage:
+    from gateway.budgets import Usage  # noqa: PLC0415 (budgets imports errors only; cycle-free)
+
+    if not text:
+        return Usage()
+    raw = orjson.loads(text)
+    return Usage(int(raw["tool_calls"]), {k: int(v) for k, v in raw["per_tool"].items()},
+                 {k: float(v) for k, v in raw["spent"].items()})
 
 
 class ApprovalKeyTaken(Exception):

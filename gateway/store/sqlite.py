@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,20 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from gateway.budgets import Limits, Usage, check_reservation, release
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
 from gateway.store.base import (
     Approval,
     ApprovalHook,
     ApprovalKeyTaken,
     ApprovalStatus,
+    KillSwitch,
     StoredCall,
     Vote,
+    takeover,
+    usage_from_json,
+    usage_to_json,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -72,7 +78,40 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (approval_id, approver_sub)
     );
     """,
+    """
+    CREATE TABLE idempotency (
+        tenant TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        lease_until REAL NOT NULL,
+        status INTEGER,
+        content_type TEXT,
+        body BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant, tool, key)
+    );
+    CREATE INDEX idempotency_age ON idempotency (updated_at);
+    CREATE TABLE runs (
+        tenant TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        usage TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant, run_id)
+    );
+    CREATE TABLE kill_switches (
+        scope TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
+_IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status, "
+         "content_type, body, created_at")
 _COLUMNS = ("id, status, decision_id, tool, args, call_hash, principal, reasons, "
             "approvals_required, approver_roles, created_at, expires_at, updated_at, call, "
             "body, call_digest, idempotency_key, resend_safe, reason, result_status, "
@@ -281,8 +320,168 @@ class SqliteStore:
                 out[approval_id].append(Vote(orjson.loads(approver), comment, created))
         return out
 
+    # -- idempotency -------------------------------------------------------------------------
+
+    async def _idem_in(self, conn: aiosqlite.Connection,
+                       scope: Scope) -> IdempotencyRecord | None:
+        async with conn.execute(f"SELECT {_IDEM} FROM idempotency WHERE tenant = ? AND "
+                                "tool = ? AND key = ?",
+                                (scope.tenant, scope.tool, scope.key)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _idem(tuple(row))
+
+    async def idem_get(self, scope: Scope) -> IdempotencyRecord | None:
+        async with self._lock:
+            try:
+                return await self._idem_in(self._conn, scope)
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
+                         lease_s: float) -> Claim:
+        try:
+            async with self._transaction() as conn:
+                existing = await self._idem_in(conn, scope)
+                if existing is None:
+                    await conn.execute(
+                        f"INSERT INTO idempotency ({_IDEM}, updated_at) VALUES "
+                        "(?, ?, ?, ?, ?, 'in_flight', ?, NULL, NULL, NULL, ?, ?)",
+                        (scope.tenant, scope.tool, scope.key, fingerprint, request_id,
+                         now + lease_s, now, now))
+                elif takeover(existing, fingerprint, now):
+                    await conn.execute(
+                        "UPDATE idempotency SET request_id = ?, lease_until = ?, "
+                        "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ?",
+                        (request_id, now + lease_s, now, scope.tenant, scope.tool, scope.key))
+                else:
+                    return Claim(False, existing)
+                mine = await self._idem_in(conn, scope)
+                assert mine is not None
+                return Claim(True, mine)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def idem_complete(self, scope: Scope, request_id: str, status: int,
+                            content_type: str | None, body: bytes, now: float) -> None:
+        await self._write(
+            "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?, "
+            "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ? AND request_id = ?",
+            (status, content_type, body, now, scope.tenant, scope.tool, scope.key, request_id))
+
+    async def idem_release(self, scope: Scope, request_id: str) -> None:
+        await self._write(
+            "DELETE FROM idempotency WHERE tenant = ? AND tool = ? AND key = ? AND "
+            "request_id = ? AND state = 'in_flight'",
+            (scope.tenant, scope.tool, scope.key, request_id))
+
+    async def idem_purge(self, before: float) -> int:
+        return await self._write(
+            "DELETE FROM idempotency WHERE state = 'done' AND updated_at < ?", (before,))
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        try:
+            async with self._transaction() as conn:
+                cur = await conn.execute(sql, params)
+                return int(cur.rowcount)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    # -- run budgets -------------------------------------------------------------------------
+
+    async def _usage_in(self, conn: aiosqlite.Connection, tenant: str, run_id: str) -> Usage:
+        async with conn.execute("SELECT usage FROM runs WHERE tenant = ? AND run_id = ?",
+                                (tenant, run_id)) as cur:
+            row = await cur.fetchone()
+        return usage_from_json(row[0] if row else None)
+
+    async def usage(self, tenant: str, run_id: str) -> Usage:
+        async with self._lock:
+            try:
+                return await self._usage_in(self._conn, tenant, run_id)
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def _set_usage(self, conn: aiosqlite.Connection, tenant: str, run_id: str,
+                         usage: Usage, now: float) -> None:
+        await conn.execute(
+            "INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant, run_id) DO UPDATE SET usage = excluded.usage, "
+            "updated_at = excluded.updated_at", (tenant, run_id, usage_to_json(usage), now))
+
+    async def reserve(self, tenant: str, run_id: str, tool: str, spend: Mapping[str, float],
+                      limits: Limits, now: float) -> Usage:
+        try:
+            async with self._transaction() as conn:
+                usage = check_reservation(await self._usage_in(conn, tenant, run_id), limits,
+                                          tool, spend)
+                await self._set_usage(conn, tenant, run_id, usage, now)
+                return usage
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
+                            now: float) -> None:
+        try:
+            async with self._transaction() as conn:
+                usage = release(await self._usage_in(conn, tenant, run_id), spend)
+                await self._set_usage(conn, tenant, run_id, usage, now)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    # -- kill switches -----------------------------------------------------------------------
+
+    async def kill_set(self, scope: str, reason: str, actor: Mapping[str, Any], now: float,
+                       record: Callable[[KillSwitch], None]) -> KillSwitch:
+        switch = KillSwitch(scope, reason, dict(actor), now)
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO kill_switches (scope, reason, actor, created_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+                    "reason = excluded.reason, actor = excluded.actor, "
+                    "created_at = excluded.created_at",
+                    (scope, reason, orjson.dumps(dict(actor)).decode(), now))
+                record(switch)
+                return switch
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def kill_clear(self, scope: str, now: float,
+                         record: Callable[[KillSwitch], None]) -> KillSwitch | None:
+        try:
+            async with self._transaction() as conn:
+                async with conn.execute(
+                        "DELETE FROM kill_switches WHERE scope = ? "
+                        "RETURNING scope, reason, actor, created_at", (scope,)) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    return None
+                switch = KillSwitch(row[0], row[1], orjson.loads(row[2]), row[3])
+                record(switch)
+                return switch
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+
+    async def kill_list(self) -> list[KillSwitch]:
+        async with self._lock:
+            try:
+                async with self._conn.execute(
+                        "SELECT scope, reason, actor, created_at FROM kill_switches "
+                        "ORDER BY scope") as cur:
+                    rows = await cur.fetchall()
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return [KillSwitch(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
+
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _idem(row: tuple[Any, ...]) -> IdempotencyRecord:
+    (tenant, tool, key, fp, request_id, state, lease, status, ctype, body, created) = row
+    return IdempotencyRecord(Scope(tenant, tool, key), fp, request_id, ClaimState(state),
+                             lease, status, ctype, None if body is None else bytes(body),
+                             created)
 
 
 def _row(a: Approval) -> tuple[Any, ...]:
