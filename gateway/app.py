@@ -25,6 +25,7 @@ from gateway.config import Settings
 from gateway.context import Call, Runtime
 from gateway.errors import BodyTooLarge, GatewayError, InternalError, NotFound
 from gateway.forward import Forwarder
+from gateway.killswitch import KillSwitches
 from gateway.metrics import Metrics
 from gateway.notify import Notifier
 from gateway.policy import load_sources
@@ -136,19 +137,23 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
         metrics = Metrics()
         notifier = Notifier(settings.webhook, metrics.webhook_failures)
         await notifier.start()
+        kills = KillSwitches(store, settings.killswitch_poll_s)
         approvals = ApprovalService(store, forwarder, audit, specs, notifier,
-                                    wait_time=metrics.approval_wait,
+                                    wait_time=metrics.approval_wait, kills=kills,
                                     sweep_interval_s=settings.approval_sweep_interval_s,
-                                    wait_s=settings.approval_wait_s)
+                                    wait_s=settings.approval_wait_s,
+                                    idempotency_retention_s=settings.idempotency_retention_s)
         if settings.fail_open:
             log.warning("fail_open is set: calls are ALLOWED when the policy engine is "
                         "unavailable")
+        await kills.start()
         app[RUNTIME] = Runtime(settings, specs, verifier, engine, store, forwarder, audit,
-                               environ, metrics, approvals)
+                               environ, metrics, approvals, kills)
         await approvals.start()
         try:
             yield
         finally:
+            await kills.close()
             await approvals.close()
             await notifier.close()
             await forwarder.close()

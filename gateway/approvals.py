@@ -38,6 +38,7 @@ from gateway.errors import (
     SelfApproval,
 )
 from gateway.forward import Forwarder
+from gateway.killswitch import KillSwitches
 from gateway.notify import Notifier
 from gateway.specs import SpecSet
 from gateway.store.base import Approval, ApprovalStatus, StateStore
@@ -76,7 +77,8 @@ def check_vote(approval: Approval, approver: Principal, now: float) -> None:
 class ApprovalService:
     def __init__(self, store: StateStore, forwarder: Forwarder, audit: AuditLog,
                  specs: SpecSet, notifier: Notifier, *, wait_time: Histogram,
-                 sweep_interval_s: float, wait_s: float) -> None:
+                 kills: KillSwitches, sweep_interval_s: float, wait_s: float,
+                 idempotency_retention_s: float) -> None:
         self._store = store
         self._forwarder = forwarder
         self._audit = audit
@@ -85,6 +87,8 @@ class ApprovalService:
         self._sweep_interval = sweep_interval_s
         self._wait = wait_s
         self._wait_time = wait_time
+        self._kills = kills
+        self._retention = idempotency_retention_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -227,6 +231,13 @@ class ApprovalService:
             await self._finish(approval, ApprovalStatus.FAILED,
                                reason="the stored call failed its integrity check; not sent")
             return
+        principal = approval.principal
+        switch = self._kills.matching(principal.get("tenant"), principal.get("agent"),
+                                      approval.tool)
+        if switch is not None:
+            await self._finish(approval, ApprovalStatus.FAILED, error="killed",
+                               reason=f"not sent: kill switch {switch.scope}: {switch.reason}")
+            return
         start = time.perf_counter()
         try:
             resp = await self._forwarder.send(
@@ -293,6 +304,7 @@ class ApprovalService:
             self._decided("expired", approval, None)
         for approval in await self._store.in_states(APPROVED):
             self.start_execution(approval.id)
+        await self._store.idem_purge(time.time() - self._retention)
 
     async def _sweep(self) -> None:
         recovered = False

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gateway import yamlfile
+from gateway.budgets import BudgetSettings, Limits
 from gateway.errors import LoadError, LoadErrors
 
 ENV_PREFIX = "TOOLGATE_"
@@ -30,6 +31,12 @@ ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
 
 _STR = {"type": "string", "minLength": 1}
 _POS_INT = {"type": "integer", "minimum": 1}
+
+_LIMITS: dict[str, Any] = {  # a run's budget, as a default and per tenant
+    "max_tool_calls": _POS_INT,
+    "max_calls_per_tool": {"type": "object", "additionalProperties": _POS_INT},
+    "max_spend": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+}
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -116,6 +123,23 @@ CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "fail_open": {"type": "boolean"},
+        "idempotency": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"retention_hours": {"type": "number", "exclusiveMinimum": 0},
+                           "lease_seconds": _POS_INT},
+        },
+        "budgets": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                **_LIMITS,
+                "tenants": {"type": "object", "additionalProperties": {
+                    "type": "object", "additionalProperties": False, "properties": _LIMITS}},
+            },
+        },
+        "killswitch": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"poll_ms": {"type": "integer", "minimum": 50, "maximum": 1000}},
+        },
     },
 }
 
@@ -200,6 +224,10 @@ class Settings:
     approval_wait_s: float = 2.0
     webhook: WebhookSettings | None = None
     fail_open: bool = False
+    idempotency_retention_s: float = 86_400.0
+    idempotency_lease_s: float = 60.0
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    killswitch_poll_s: float = 0.5
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -342,4 +370,19 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
         approval_wait_s=approvals.get("wait_ms", 2000) / 1000,
         webhook=WebhookSettings(**approvals["webhook"]) if "webhook" in approvals else None,
         fail_open=raw.get("fail_open", False),
+        idempotency_retention_s=raw.get("idempotency", {}).get("retention_hours", 24) * 3600,
+        idempotency_lease_s=float(raw.get("idempotency", {}).get("lease_seconds", 60)),
+        budgets=_budgets(raw.get("budgets", {})),
+        killswitch_poll_s=raw.get("killswitch", {}).get("poll_ms", 500) / 1000,
     )
+
+
+def _limits(raw: Mapping[str, Any]) -> Limits:
+    return Limits(max_tool_calls=raw.get("max_tool_calls"),
+                  max_calls_per_tool=dict(raw.get("max_calls_per_tool", {})),
+                  max_spend={k: float(v) for k, v in raw.get("max_spend", {}).items()})
+
+
+def _budgets(raw: Mapping[str, Any]) -> BudgetSettings:
+    return BudgetSettings(default=_limits(raw),
+                          tenants={t: _limits(v) for t, v in raw.get("tenants", {}).items()})

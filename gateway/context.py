@@ -14,9 +14,12 @@ from typing import Any
 from gateway.approvals import ApprovalService
 from gateway.audit import AuditLog
 from gateway.auth import Principal, TokenVerifier
+from gateway.budgets import Usage
 from gateway.config import Settings
 from gateway.decision import PolicyDecision
 from gateway.forward import Forwarder
+from gateway.idempotency import IdempotencyRecord, Scope
+from gateway.killswitch import KillSwitches
 from gateway.metrics import Metrics
 from gateway.policy import PolicyEngine
 from gateway.specs import SpecSet, ToolSpec
@@ -54,7 +57,12 @@ class CallContext:
     idempotency_key: str | None = None
     policy: PolicyDecision | None = None
     policy_ms: float = 0.0
-    bound: Approval | None = None     # the held call this idempotent retry belongs to
+    # A retry answered from what is stored for its key: the held call, or the completed
+    # (replayed) answer.
+    bound: Approval | IdempotencyRecord | None = None
+    usage: Usage | None = None            # the run's counters before this call
+    reserved: dict[str, float] | None = None   # spend reserved for this call (budget stage)
+    claimed: Scope | None = None          # the idempotency key this call holds (claim stage)
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,4 @@ class Runtime:
     environ: Mapping[str, str]
     metrics: Metrics
     approvals: ApprovalService
+    kills: KillSwitches

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import GatewayError, PolicyDenied, ReasonCode
 
@@ -93,16 +93,19 @@ class Verdict:
 
 
 def decide(stage: str, error: GatewayError | None, policy: PolicyDecision | None,
-           shadow: bool, *, bound: bool = False) -> Verdict:
+           shadow: bool, *, bound: Literal["held", "replay"] | None = None) -> Verdict:
     """Combine the pipeline's facts into one verdict.
 
     `stage` is the stage that ran last (or failed); `error` is what a stage refused with;
     `policy` is the parsed policy decision when the pipeline got that far; `bound` says the
-    call is a retry of a held call (its answer comes from that call).
+    call is a retry answered from what its key already has: a held call, or a completed
+    call's stored answer (a replay).
     """
-    if error is None and bound:
+    if error is None and bound == "held":
         return Verdict(Action.REQUIRE_APPROVAL, stage, ("idempotent_retry",), None, shadow,
                        bound=True)
+    if error is None and bound == "replay":
+        return Verdict(Action.ALLOW, stage, ("idempotent_replay",), None, shadow, bound=True)
     if error is not None:
         reasons = tuple(error.extra.get("reasons", ())) or (str(error.code),)
         return Verdict(Action.DENY, stage, reasons, error, shadow)

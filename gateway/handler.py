@@ -7,6 +7,7 @@ write the outcome record. `CallAudit` makes sure no exit path skips a record.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.forward import forwarded_headers
+from gateway.idempotency import IdempotencyRecord
 from gateway.store.base import (
     Approval,
     ApprovalKeyTaken,
@@ -37,6 +39,7 @@ from gateway.store.base import (
 )
 
 JSON = "application/json"
+log = logging.getLogger("toolgate")
 
 
 @dataclass
@@ -81,15 +84,22 @@ async def handle(call: Call, rt: Runtime) -> Reply:
         if verdict.action is not Action.ALLOW or verdict.shadow:
             rt.metrics.fallback.labels(str(verdict.action)).observe(
                 time.perf_counter() - call.started)
-        approval_id = (ctx.bound.id if ctx.bound is not None else new_id("apr")
+        approval_id = (ctx.bound.id if isinstance(ctx.bound, Approval) else new_id("apr")
                        if verdict.action is Action.REQUIRE_APPROVAL and not verdict.shadow
                        else None)
+        forwarding = (verdict.action is Action.ALLOW and verdict.error is None
+                      and not verdict.shadow and not verdict.bound)
+        if not forwarding:
+            await _unreserve(ctx, rt)
         try:
             audit.decision(**_decision_fields(ctx, rt, verdict, approval_id))
         except GatewayError as exc:
+            await _unreserve(ctx, rt)  # nothing is sent: give the budget and the key back
             return error_reply(exc, call.request_id)
-        if ctx.bound is not None:
+        if isinstance(ctx.bound, Approval):
             return from_held(ctx.bound, call.request_id)
+        if ctx.bound is not None:
+            return _replay(ctx.bound)
         if verdict.shadow and verdict.error is None:
             return Reply(200, orjson.dumps({"status": "shadow", "action": str(verdict.action),
                                             "reasons": list(verdict.reasons)}), "shadow")
@@ -100,6 +110,44 @@ async def handle(call: Call, rt: Runtime) -> Reply:
             assert approval_id is not None
             return await _queue(ctx, rt, verdict, approval_id, audit)
         return await _forward(ctx, rt, audit)
+
+
+async def _unreserve(ctx: CallContext, rt: Runtime) -> None:
+    """Undo the budget reservation and the key claim of a call that will not be sent."""
+    principal = ctx.principal
+    try:
+        if ctx.reserved and principal is not None and ctx.run_id is not None:
+            await rt.store.release_spend(principal.tenant or "", ctx.run_id, ctx.reserved,
+                                         time.time())
+        if ctx.claimed is not None:
+            await rt.store.idem_release(ctx.claimed, ctx.call.request_id)
+    except GatewayError:
+        # The claim's lease runs out on its own; the reservation stays spent (fail closed).
+        log.warning("could not undo the reservation of %s", ctx.call.request_id)
+    ctx.reserved = None
+    ctx.claimed = None
+
+
+def _replay(record: IdempotencyRecord) -> Reply:
+    headers: CIMultiDict[str] = CIMultiDict({"Idempotent-Replayed": "true"})
+    return Reply(record.status or 500, record.body or b"", str(Action.ALLOW), headers,
+                 record.content_type)
+
+
+async def _settle(ctx: CallContext, rt: Runtime, status: int, content_type: str | None,
+                  body: bytes) -> None:
+    """After the upstream answered (or failed): store the answer under the key, and give
+    back the spend of a call that did not succeed."""
+    principal = ctx.principal
+    try:
+        if ctx.claimed is not None:
+            await rt.store.idem_complete(ctx.claimed, ctx.call.request_id, status,
+                                         content_type, body, time.time())
+        if ctx.reserved and status >= 400 and principal is not None and ctx.run_id:
+            await rt.store.release_spend(principal.tenant or "", ctx.run_id, ctx.reserved,
+                                         time.time())
+    except GatewayError:
+        log.exception("could not settle %s after its upstream call", ctx.call.request_id)
 
 
 def _decision_fields(ctx: CallContext, rt: Runtime, verdict: Verdict,
@@ -113,6 +161,7 @@ def _decision_fields(ctx: CallContext, rt: Runtime, verdict: Verdict,
     return {
         "principal": principal.as_audit() if principal else None,
         "run_id": ctx.run_id,
+        "run": ctx.usage.as_input() if ctx.usage is not None else None,
         "tool": spec.name if spec else None,
         "action": str(verdict.action),
         "shadow": verdict.shadow,
@@ -218,7 +267,9 @@ async def _forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
         rt.metrics.upstream.labels(spec.name, str(exc.code)).inc()
         audit.outcome(error=str(exc.code), status=exc.status, upstream_status=None,
                       latency_ms=_latency(total_start, ctx, None))
-        return error_reply(exc, call.request_id, str(Action.ALLOW))
+        reply = error_reply(exc, call.request_id, str(Action.ALLOW))
+        await _settle(ctx, rt, reply.status, reply.content_type, reply.body)
+        return reply
     output_valid = None
     if spec.output_validator is not None and 200 <= resp.status < 300:
         output_valid = _output_valid(spec.output_validator, resp.body)
@@ -231,6 +282,7 @@ async def _forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
     audit.outcome(status=resp.status, upstream_status=resp.status, output_valid=output_valid,
                   latency_ms=_latency(total_start, ctx, resp.latency_ms))
     content_type = resp.headers.pop("Content-Type", None)
+    await _settle(ctx, rt, resp.status, content_type, resp.body)
     return Reply(resp.status, resp.body, str(Action.ALLOW), resp.headers, content_type)
 
 

@@ -7,12 +7,17 @@ Every stage has one signature, `async (ctx, rt) -> None`: it sets facts on `ctx`
 2. route         — which tool (and its arguments) decides everything after it.
 3. authenticate  — before anything looks at state, so no stage acts for an unknown caller
                    (and, with idempotency replay, one principal never sees another's result).
-4. scopes        — the token must be allowed this tool before its arguments are judged.
-5. idempotency   — a missing required key is refused before the schema, like Stripe/IETF;
-                   a retry of a held call is bound to it here and the pipeline stops, so
-                   a changed policy can never hold (or run) the same call twice.
-6. validate      — the policy only ever sees arguments that match the schema.
-7. policy        — last: it sees the verified principal and valid arguments.
+4. killswitch    — right after we know who calls which tool: a stopped call touches no state.
+5. scopes        — the token must be allowed this tool before its arguments are judged.
+6. idempotency   — a missing required key is refused before the schema, like Stripe/IETF;
+                   a retry of a held or completed call is answered from it here and the
+                   pipeline stops, so a changed policy can never run the same call twice.
+7. validate      — the policy only ever sees arguments that match the schema.
+8. usage         — the run's counters, so the policy can act on them too.
+9. policy        — it sees the verified principal, valid arguments and the run.
+10. budget       — only a call the policy allows reserves budget: denials cost nothing.
+11. claim        — last, just before sending: the idempotency key is claimed only by a
+                   request that will reach the upstream (nothing stored for the others).
 
 Fail closed by construction: an exception a stage did not mean to raise is a deny carrying
 that stage's name (`internal_error`), never logged-and-continued.
@@ -22,18 +27,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from gateway.context import CallContext, Runtime
 from gateway.decision import Verdict, decide
 from gateway.errors import GatewayError, InternalError
 from gateway.specs import Mode
 from gateway.stages.authenticate import authenticate
+from gateway.stages.budget import budget
+from gateway.stages.claim import claim
 from gateway.stages.idempotency import idempotency
+from gateway.stages.killswitch import killswitch
 from gateway.stages.parse import parse
 from gateway.stages.policy import policy
 from gateway.stages.route import route
 from gateway.stages.scopes import scopes
+from gateway.stages.usage import usage
 from gateway.stages.validate import validate
+from gateway.store.base import Approval
 
 Stage = Callable[[CallContext, Runtime], Awaitable[None]]
 log = logging.getLogger("toolgate")
@@ -42,10 +53,14 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("parse", parse),
     ("route", route),
     ("authenticate", authenticate),
+    ("killswitch", killswitch),
     ("scopes", scopes),
     ("idempotency", idempotency),
     ("validate", validate),
+    ("usage", usage),
     ("policy", policy),
+    ("budget", budget),
+    ("claim", claim),
 )
 
 
@@ -65,4 +80,8 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
         if ctx.bound is not None:
             break
     shadow = ctx.spec is not None and ctx.spec.mode is Mode.SHADOW
-    return decide(ctx.stage, error, ctx.policy, shadow, bound=ctx.bound is not None)
+    bound: Literal["held", "replay"] | None = (
+        None if ctx.bound is None else "held" if isinstance(ctx.bound, Approval) else "replay")
+    # The stage that decided: the one that refused or bound the call, else the policy.
+    stage = ctx.stage if error is not None or bound is not None else "policy"
+    return decide(stage, error, ctx.policy, shadow, bound=bound)

@@ -52,6 +52,7 @@ TOOL_SPEC_SCHEMA: dict[str, Any] = {
         "output_schema": {"type": "object"},
         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600_000},
         "mode": {"enum": ["enforce", "shadow"]},
+        "spend": {"type": "string", "minLength": 1},
     },
 }
 
@@ -90,6 +91,7 @@ class ToolSpec:
     timeout_ms: int
     mode: Mode
     source: str                      # file:line, for messages
+    spend: str | None = None         # numeric argument that counts toward the run's spend
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,9 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
             raise fail((key,), str(exc)) from None
     input_validator = validators["input_schema"]
     assert input_validator is not None  # required by TOOL_SPEC_SCHEMA
+    spend = raw.get("spend")
+    if spend is not None and spend not in (raw["input_schema"].get("properties") or {}):
+        raise fail(("spend",), f"spend argument {spend!r} is not a property of input_schema")
     if raw["input_schema"].get("type", "object") != "object":
         raise fail(("input_schema",), "the arguments are one JSON object: type must be object")
     return ToolSpec(
@@ -296,5 +301,5 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         input_validator=input_validator, output_validator=validators["output_schema"],
         pii_pointers=tuple(pii_pointers(raw["input_schema"])),
         timeout_ms=raw.get("timeout_ms", 5000), mode=Mode(raw.get("mode", "enforce")),
-        source=f"{doc.file}:{doc.line(base) or 1}",
+        source=f"{doc.file}:{doc.line(base) or 1}", spend=spend,
     )

@@ -1,21 +1,33 @@
 """Stage `idempotency`: the `Idempotency-Key` header, where the tool asks for one.
 
-Reads: `Idempotency-Key`, `ctx.spec.idempotency`, the held calls in the store. Sets:
-`ctx.idempotency_key` (None for tools with `idempotency: none`, whose key is neither checked
-nor forwarded), and `ctx.bound` when this key already has a held call — a retry is answered
-from that call (202 while it waits, its stored result once executed), never held a second
-time, whatever the policy would say now. Refuses: 400 `idempotency_key_required` when a
+Reads: `Idempotency-Key`, `ctx.spec.idempotency`, what the store holds for the key (scope
+tenant, tool, key). Sets: `ctx.idempotency_key` (None for tools with `idempotency: none`,
+whose key is neither checked nor forwarded), and `ctx.bound` when the key already has an
+answer: its held call (202 while it waits, its result once executed — never held twice) or
+its completed call (replayed with `Idempotent-Replayed: true`). The pipeline stops there,
+so a replay is never decided again. Refuses: 400 `idempotency_key_required` when a
 `required` tool gets none; 400 `idempotency_key_invalid` for a key over 255 characters or
-outside printable ASCII; 422 `idempotency_key_reused` when the key's held call was made with
-other arguments or by another principal; 503 `store_unavailable`.
+outside printable ASCII; 422 `idempotency_key_reused` when the key was used for another
+call (other arguments, method, or principal); 409 `idempotency_in_flight` while the first
+request with the key is still running; 503 `store_unavailable`.
+
+Only a claim (stage `claim`, just before forwarding) stores anything: a request refused by
+validation or policy leaves the key free, as with Stripe.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from gateway.context import CallContext, Runtime
-from gateway.errors import IdempotencyKeyInvalid, IdempotencyKeyRequired, IdempotencyKeyReused
+from gateway.errors import (
+    IdempotencyInFlight,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyRequired,
+    IdempotencyKeyReused,
+)
+from gateway.idempotency import ClaimState, Scope, fingerprint
 from gateway.specs import Idempotency
 from gateway.store.base import call_hash
 
@@ -39,11 +51,25 @@ async def idempotency(ctx: CallContext, rt: Runtime) -> None:
                                     "ASCII characters")
     ctx.idempotency_key = key
     assert ctx.principal is not None and ctx.args is not None
-    held = await rt.store.find_approval(ctx.principal.tenant, ctx.spec.name, key)
-    if held is None:
+    principal, args = ctx.principal, ctx.args
+    held = await rt.store.find_approval(principal.tenant, ctx.spec.name, key)
+    if held is not None:
+        if held.call_hash != call_hash(ctx.spec.name, args, principal.sub, principal.tenant):
+            raise IdempotencyKeyReused("this Idempotency-Key was used for a different call; "
+                                       "use a new key for a new call")
+        ctx.bound = held
         return
-    if held.call_hash != call_hash(ctx.spec.name, ctx.args, ctx.principal.sub,
-                                   ctx.principal.tenant):
+    record = await rt.store.idem_get(Scope(principal.tenant or "", ctx.spec.name, key))
+    if record is None:
+        return
+    # SECURITY: the fingerprint includes the principal, so one principal can never replay
+    # another's stored answer, even inside one tenant.
+    if record.fingerprint != fingerprint(ctx.call.method, ctx.spec.name, args, principal.sub):
         raise IdempotencyKeyReused("this Idempotency-Key was used for a different call; "
                                    "use a new key for a new call")
-    ctx.bound = held
+    if record.state is ClaimState.DONE:
+        ctx.bound = record
+    elif record.lease_until > time.time():
+        raise IdempotencyInFlight("a request with this Idempotency-Key is still running; "
+                                  "retry later", retry_after_s=1)
+    # else: its gateway died mid-call; the claim stage takes the key over

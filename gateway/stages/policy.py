@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.budgets import Usage
 from gateway.context import CallContext, Runtime
 from gateway.decision import Action, PolicyDecision
 from gateway.errors import PolicyUnavailable
@@ -28,8 +29,7 @@ def input_document(ctx: CallContext) -> dict[str, Any]:
                  "upstream": spec.upstream, "mode": str(spec.mode)},
         "args": ctx.args,
         "principal": principal.as_input(),
-        # Counters are kept by run budgets; until a run has any, they start at zero.
-        "run": {"id": ctx.run_id, "tool_calls": 0, "spent": {}},
+        "run": {"id": ctx.run_id, **(ctx.usage or Usage()).as_input()},
         "request": {
             "id": call.request_id, "method": call.method, "path": call.raw_path,
             "idempotency_key": ctx.idempotency_key,
