@@ -1,4 +1,5 @@
-"""The admin API (DESIGN §8) on its own port: health, metrics, and the approval queue.
+"""The admin API (DESIGN §8) on its own port: health, metrics, the approval queue and the
+kill switches.
 
 Approval endpoints need a JWT with `auth.approver_scope`; a refusal of any kind (no token,
 wrong scope, self-approval, wrong role, a call already decided or expired) is a JSON error
@@ -15,12 +16,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.approvals import approver_of
 from gateway.auth import Principal, bearer_principal
 from gateway.context import Runtime
 from gateway.errors import GatewayError, InsufficientScope, InvalidArguments, NotFound
+from gateway.killswitch import check_scope
 from gateway.metrics import CONTENT_TYPE
 from gateway.openapi import ADMIN_OPENAPI
-from gateway.store.base import ApprovalStatus
+from gateway.store.base import ApprovalStatus, KillSwitch
 
 MAX_LIST = 500
 MAX_TEXT = 2000
@@ -128,6 +131,52 @@ async def reject(request: web.Request) -> web.StreamResponse:
     return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
 
 
+def operator(request: web.Request, rt: Runtime) -> Principal:
+    """Kill switches need the approver scope too: the people who may let a held call run
+    are the people who may stop calls."""
+    return approver(request, rt)
+
+
+def _killswitch_record(rt: Runtime, event: str, actor: Principal) -> Callable[[KillSwitch],
+                                                                            None]:
+    def record(switch: KillSwitch) -> None:
+        rt.audit.write("killswitch", {"decision_id": None, "event": event,
+                                      "scope": switch.scope, "reason": switch.reason,
+                                      "actor": approver_of(actor)})
+    return record
+
+
+async def list_killswitches(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    operator(request, rt)
+    return web.json_response({"killswitches": [k.public() for k in
+                                               await rt.store.kill_list()]})
+
+
+async def set_killswitch(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    actor = operator(request, rt)
+    body = await _body(request)
+    scope = check_scope(_text(body, "scope", required=True) or "")
+    reason = _text(body, "reason", required=True) or ""
+    switch = await rt.store.kill_set(scope, reason, approver_of(actor), time.time(),
+                                     _killswitch_record(rt, "set", actor))
+    rt.kills.remember(switch, scope)  # this replica at once; the others within a poll
+    return web.json_response(switch.public())
+
+
+async def clear_killswitch(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    actor = operator(request, rt)
+    scope = check_scope(request.match_info["scope"])
+    switch = await rt.store.kill_clear(scope, time.time(),
+                                       _killswitch_record(rt, "cleared", actor))
+    rt.kills.remember(None, scope)
+    if switch is None:
+        raise NotFound(f"no kill switch {scope}")
+    return web.json_response({**switch.public(), "cleared": True})
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -162,3 +211,6 @@ def add_routes(admin: web.Application) -> None:
     admin.router.add_get("/v1/approvals/{approval_id}", show_approval)
     admin.router.add_post("/v1/approvals/{approval_id}/approve", approve)
     admin.router.add_post("/v1/approvals/{approval_id}/reject", reject)
+    admin.router.add_get("/v1/killswitch", list_killswitches)
+    admin.router.add_post("/v1/killswitch", set_killswitch)
+    admin.router.add_delete("/v1/killswitch/{scope}", clear_killswitch)

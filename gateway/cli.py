@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ptest.add_argument("--run", "-r", metavar="TEXT", help="only tests whose name contains TEXT")
 
     cli_approvals.add_parser(sub)
+    cli_approvals.add_kill_parsers(sub)
 
     keys = sub.add_parser("keys", help="development signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _policy_test(args.paths or [Path("policies")], args.verbose, args.run)
     if args.command == "approvals":
         return cli_approvals.run(args, env)
+    if args.command in ("kill", "revive"):
+        return cli_approvals.run_kill(args, env)
     if args.command == "keys":
         return _keys_init(args.directory)
     if args.command == "token":

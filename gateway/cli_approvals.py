@@ -174,3 +174,43 @@ def details(a: dict[str, Any]) -> str:
         r = a["result"]
         lines.append(f"result       HTTP {r['status']}: {json.dumps(r['body'])[:200]}")
     return "\n".join(lines)
+
+
+def add_kill_parsers(sub: Any) -> None:
+    for name, helptext in (("kill", "stop calls by scope, on every replica within a second"),
+                           ("revive", "clear a kill switch")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--scope", required=True,
+                       help="global, tenant:<tenant>, agent:<agent> or tool:<tool name>")
+        if name == "kill":
+            p.add_argument("--reason", required=True)
+        p.add_argument("--admin-url")
+        p.add_argument("--token", help="JWT with the approver scope "
+                                       "(default $TOOLGATE_APPROVER_TOKEN)")
+        p.add_argument("--json", action="store_true")
+
+
+def run_kill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    base = args.admin_url or environ.get("TOOLGATE_ADMIN_URL") or DEFAULT_ADMIN_URL
+    token = args.token or environ.get("TOOLGATE_APPROVER_TOKEN")
+    if not token:
+        print("error: a token is needed (--token or $TOOLGATE_APPROVER_TOKEN)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.command == "kill":
+            body = _call(base, token, "POST", "/v1/killswitch",
+                         {"scope": args.scope, "reason": args.reason})
+            text = f"killed {body['scope']}: {body['reason']} (since {body['since']})"
+        else:
+            body = _call(base, token, "DELETE",
+                         f"/v1/killswitch/{urllib.parse.quote(args.scope, safe='')}")
+            text = f"revived {body['scope']}"
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(body, indent=2) if args.json else text)
+    return 0

@@ -109,5 +109,23 @@ ADMIN_OPENAPI: dict[str, Any] = {
                 "properties": {"reason": {"type": "string", "maxLength": 2000}}}}}},
             "responses": {"200": _approval_response("the rejected approval"),
                           **_errors(400, 401, 403, 404, 409, 503)}}},
+        "/v1/killswitch": {
+            "get": {"summary": "Active kill switches",
+                    "responses": {"200": {"description": "switches"},
+                                  **_errors(401, 403, 503)}},
+            "post": {"summary": "Stop calls by scope on every replica within a second",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["scope", "reason"],
+                                    "properties": {
+                                        "scope": {"type": "string", "pattern":
+                                                  "^(global|tenant:.+|agent:.+|tool:.+)$"},
+                                        "reason": {"type": "string"}}}}}},
+                     "responses": {"200": {"description": "the switch"},
+                                   **_errors(400, 401, 403, 503)}}},
+        "/v1/killswitch/{scope}": {"delete": {
+            "summary": "Revive: clear a kill switch",
+            "parameters": [{"name": "scope", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "cleared"}, **_errors(401, 403, 404, 503)}}},
     },
 }

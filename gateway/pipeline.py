@@ -83,5 +83,5 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
     bound: Literal["held", "replay"] | None = (
         None if ctx.bound is None else "held" if isinstance(ctx.bound, Approval) else "replay")
     # The stage that decided: the one that refused or bound the call, else the policy.
-    stage = ctx.stage if error is not None or bound is not None else "policy"
-    return decide(stage, error, ctx.policy, shadow, bound=bound)
+    deciding = ctx.stage if error is not None or bound is not None else "policy"
+    return decide(deciding, error, ctx.policy, shadow, bound=bound)

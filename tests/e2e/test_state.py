@@ -1,0 +1,200 @@
+"""Idempotency, run budgets and kill switches through a real gateway (SQLite store)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.devtokens import DevKey
+from tests.e2e.approvals_support import admin, approver
+from tests.e2e.conftest import HERE
+from tests.e2e.harness import Gateway, Reply, Upstream, running
+from tests.e2e.test_cli import run
+
+BUDGETS = {"max_tool_calls": 8, "max_calls_per_tool": {"default": 50, "keyed_post": 5},
+           "max_spend": {"amount": 100},
+           "tenants": {"globex": {"max_spend": {"amount": 10}}}}
+
+
+def state_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,
+                  **extra: Any) -> Gateway:
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[repo_root / "tool_specs", HERE / "specs_state"],
+                   policies=[repo_root / "policies"],
+                   extra={"budgets": BUDGETS, "killswitch": {"poll_ms": 200}, **extra})
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
+       repo_root: Path) -> Iterator[Gateway]:
+    with running(state_gateway(tmp_path_factory.mktemp("state"), dev_key, upstream,
+                               repo_root)) as gateway:
+        yield gateway
+
+
+def with_key(upstream: Upstream, key: str) -> list[Any]:
+    return [s for s in upstream.seen if s.headers.get("Idempotency-Key") == key]
+
+
+def post(gw: Gateway, token: str, path: str, body: Any, **headers: str) -> Reply:
+    return gw.call("POST", path, token=token, body=body, headers=headers)
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+def test_replay_returns_the_first_answer(gw: Gateway, upstream: Upstream, token: str) -> None:
+    first = post(gw, token, "/state/items", {"name": "a"}, **{"Idempotency-Key": "i-1"})
+    again = post(gw, token, "/state/items", {"name": "a"}, **{"Idempotency-Key": "i-1"})
+    assert first.status == again.status == 200
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json == first.json
+    assert len(with_key(upstream, "i-1")) == 1
+    [decision] = [r for r in gw.records_for(again.request_id) if r["kind"] == "decision"]
+    assert (decision["stage"], decision["reasons"]) == ("idempotency", ["idempotent_replay"])
+
+
+def test_other_payload_or_principal_under_one_key_is_422(
+        gw: Gateway, token: str, dev_key: DevKey) -> None:
+    post(gw, token, "/state/items", {"name": "a"}, **{"Idempotency-Key": "i-2"})
+    reply = post(gw, token, "/state/items", {"name": "b"}, **{"Idempotency-Key": "i-2"})
+    assert (reply.status, reply.code) == (422, "idempotency_key_reused")
+    colleague = dev_key.token("other-agent", tenant="acme", scopes=["echo:write"])
+    reply = post(gw, colleague, "/state/items", {"name": "a"}, **{"Idempotency-Key": "i-2"})
+    assert (reply.status, reply.code) == (422, "idempotency_key_reused")
+
+
+def test_a_5xx_is_stored_and_replayed(gw: Gateway, upstream: Upstream, token: str) -> None:
+    first = post(gw, token, "/state/fail", {}, **{"Idempotency-Key": "i-3"})
+    again = post(gw, token, "/state/fail", {}, **{"Idempotency-Key": "i-3"})
+    assert first.status == again.status == 500
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(with_key(upstream, "i-3")) == 1
+
+
+def test_validation_failures_store_nothing(gw: Gateway, upstream: Upstream,
+                                           token: str) -> None:
+    bad = post(gw, token, "/state/items", {"name": ""}, **{"Idempotency-Key": "i-4"})
+    assert bad.status == 422
+    good = post(gw, token, "/state/items", {"name": "fixed"}, **{"Idempotency-Key": "i-4"})
+    assert good.status == 200
+    assert "Idempotent-Replayed" not in good.headers
+    assert len(with_key(upstream, "i-4")) == 1
+
+
+def test_key_limits(gw: Gateway, token: str) -> None:
+    assert post(gw, token, "/state/items", {"name": "a"}).code == "idempotency_key_required"
+    assert post(gw, token, "/state/items", {"name": "a"},
+                **{"Idempotency-Key": "k" * 256}).code == "idempotency_key_invalid"
+    assert post(gw, token, "/state/items", {"name": "a"},
+                **{"Idempotency-Key": "k" * 255}).status == 200
+
+
+def test_concurrent_requests_with_one_key(gw: Gateway, upstream: Upstream,
+                                          token: str) -> None:
+    replies: list[Reply] = []
+    barrier = threading.Barrier(8)
+
+    def send() -> None:
+        barrier.wait()
+        replies.append(post(gw, token, "/state/slow", {}, **{"Idempotency-Key": "i-5",
+                                                            "X-Delay": "0.5"}))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(with_key(upstream, "i-5")) == 1
+    fresh = [r for r in replies if r.status == 200 and "Idempotent-Replayed" not in r.headers]
+    assert len(fresh) == 1
+    assert all(r.status == 409 or r.headers.get("Idempotent-Replayed") == "true"
+               for r in replies if r is not fresh[0])
+    assert any(r.code == "idempotency_in_flight" for r in replies)
+
+
+# -- run budgets ------------------------------------------------------------------------------
+
+def test_spend_cap_and_failed_calls(gw: Gateway, token: str) -> None:
+    run_headers = {"X-Agent-Run-Id": "run-spend"}
+    assert post(gw, token, "/state/spend", {"amount": 60}, **run_headers).status == 200
+    failed = post(gw, token, "/state/spend-fail", {"amount": 30}, **run_headers)
+    assert failed.status == 502  # the upstream's 502, passed through; its spend comes back
+    assert post(gw, token, "/state/spend", {"amount": 40}, **run_headers).status == 200
+    over = post(gw, token, "/state/spend", {"amount": 0.5}, **run_headers)
+    assert (over.status, over.code) == (429, "budget_exceeded")
+    assert over.json["error"]["budget"] == "max_spend.amount"
+    [decision] = gw.records_for(over.request_id)
+    assert decision["stage"] == "budget"
+    assert decision["run"]["spent"] == {"amount": 100.0}
+    assert post(gw, token, "/state/spend", {"amount": 0}, **run_headers).status == 200
+
+
+def test_call_caps_and_tenant_override(gw: Gateway, token: str, dev_key: DevKey) -> None:
+    run_headers = {"X-Agent-Run-Id": "run-calls"}
+    for i in range(5):
+        assert post(gw, token, "/state/items", {"name": "x"},
+                    **{"Idempotency-Key": f"cap-{i}", **run_headers}).status == 200
+    over = post(gw, token, "/state/items", {"name": "x"},
+                **{"Idempotency-Key": "cap-6", **run_headers})
+    assert (over.code, over.json["error"]["budget"]) == ("budget_exceeded",
+                                                         "max_calls_per_tool")
+    for _ in range(3):
+        assert post(gw, token, "/state/spend", {"amount": 0}, **run_headers).status == 200
+    over = post(gw, token, "/state/spend", {"amount": 0}, **run_headers)
+    assert over.json["error"]["budget"] == "max_tool_calls"
+    globex = dev_key.token("g-agent", tenant="globex", scopes=["echo:write"])
+    assert post(gw, globex, "/state/spend", {"amount": 11},
+                **{"X-Agent-Run-Id": "run-g"}).code == "budget_exceeded"
+    assert post(gw, globex, "/state/spend", {"amount": 10},
+                **{"X-Agent-Run-Id": "run-g"}).status == 200
+
+
+def test_calls_without_a_run_have_no_budget(gw: Gateway, token: str) -> None:
+    assert post(gw, token, "/state/spend", {"amount": 5000}).status == 200
+
+
+# -- kill switch ------------------------------------------------------------------------------
+
+def test_kill_and_revive(gw: Gateway, token: str, dev_key: DevKey) -> None:
+    ops = approver(dev_key, "ops-oncall", "sre")
+    base = ["--admin-url", f"http://127.0.0.1:{gw.admin_port}", "--token", ops]
+    killed = run("kill", "--scope", "tool:spend_post", "--reason", "incident 42", *base)
+    assert killed.returncode == 0, killed.stderr
+    assert "killed tool:spend_post: incident 42" in killed.stdout
+    reply = post(gw, token, "/state/spend", {"amount": 1})
+    assert (reply.status, reply.code) == (403, "killed")
+    assert reply.json["error"]["scope"] == "tool:spend_post"
+    assert post(gw, token, "/state/items", {"name": "a"},
+                **{"Idempotency-Key": "alive"}).status == 200
+    listed = admin(gw, "GET", "/v1/killswitch", ops).json["killswitches"]
+    assert [k["scope"] for k in listed] == ["tool:spend_post"]
+    assert run("revive", "--scope", "tool:spend_post", *base).returncode == 0
+    assert post(gw, token, "/state/spend", {"amount": 1}).status == 200
+    events = [(r["event"], r["scope"]) for r in gw.records() if r["kind"] == "killswitch"]
+    assert events[-2:] == [("set", "tool:spend_post"), ("cleared", "tool:spend_post")]
+
+
+@pytest.mark.parametrize("scope", ["global", "tenant:acme", "agent:support-bot"])
+def test_kill_scopes(gw: Gateway, token: str, dev_key: DevKey, scope: str) -> None:
+    ops = approver(dev_key, "ops-oncall", "sre")
+    assert admin(gw, "POST", "/v1/killswitch", ops,
+                 {"scope": scope, "reason": "drill"}).status == 200
+    try:
+        assert post(gw, token, "/state/spend", {"amount": 1}).code == "killed"
+    finally:
+        assert admin(gw, "DELETE", f"/v1/killswitch/{scope}", ops).status == 200
+
+
+def test_kill_switch_needs_the_scope_and_a_valid_scope(gw: Gateway, dev_key: DevKey) -> None:
+    agent_token = dev_key.token("svc", tenant="acme", scopes=["echo:write"])
+    assert admin(gw, "POST", "/v1/killswitch", agent_token,
+                 {"scope": "global", "reason": "x"}).status == 403
+    ops = approver(dev_key, "ops-oncall", "sre")
+    assert admin(gw, "POST", "/v1/killswitch", ops,
+                 {"scope": "everything", "reason": "x"}).code == "invalid_arguments"
+    assert admin(gw, "POST", "/v1/killswitch", ops, {"scope": "global"}).status == 400
