@@ -92,9 +92,11 @@ async def list_approvals(request: web.Request) -> web.StreamResponse:
     if status is not None and status not in {s.value for s in ApprovalStatus}:
         raise InvalidArguments(f"unknown status {status!r}")
     try:
-        limit = min(int(q.get("limit", "100")), MAX_LIST)
+        limit = int(q.get("limit", "100"))
     except ValueError:
         raise InvalidArguments("limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidArguments(f"limit must be from 1 to {MAX_LIST}")
     approvals = await rt.store.list_approvals(status=status, tool=q.get("tool"),
                                               tenant=q.get("tenant"), limit=limit)
     return web.json_response({"approvals": [a.public() for a in approvals]},

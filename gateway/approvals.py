@@ -47,7 +47,7 @@ log = logging.getLogger("toolgate")
 PENDING = frozenset({ApprovalStatus.PENDING})
 APPROVED = frozenset({ApprovalStatus.APPROVED})
 EXECUTING = frozenset({ApprovalStatus.EXECUTING})
-DEFAULT_TIMEOUT_MS = 5000
+FINISH_ATTEMPTS = 12  # about 40 s of retries
 
 
 def approver_of(principal: Principal) -> dict[str, Any]:
@@ -170,6 +170,8 @@ class ApprovalService:
             if current.status is not ApprovalStatus.PENDING:
                 raise ApprovalNotPending(f"approval {approval_id} is {current.status}, "
                                          "not pending", approval_status=str(current.status))
+            if now >= current.expires_at:
+                raise ApprovalExpired(f"approval {approval_id} expired")
             if approver.sub == current.sub and approver.tenant == current.tenant:
                 raise SelfApproval("an approver cannot decide a call made by their own "
                                    "principal")
@@ -221,12 +223,20 @@ class ApprovalService:
                 record=lambda after: self.record("executing", after, attempt=after.attempts))
             if claimed is not None:  # else another caller won the transition: it sends
                 await self._send(claimed)
-        except GatewayError:
-            log.exception("executing approval %s stopped; it is retried by the sweeper",
-                          approval_id)
+        except GatewayError as exc:
+            # Not claimed, so nothing was sent: the sweeper tries again while it is approved.
+            log.warning("approval %s not started: %s", approval_id, exc.message)
+        except Exception:
+            log.exception("executing approval %s failed unexpectedly", approval_id)
 
     async def _send(self, approval: Approval) -> None:
         spec = self._specs.tools.get(approval.tool)
+        if spec is None or not self._forwarder.knows(approval.call.upstream):
+            # Removing a tool (or its upstream) from the config revokes its held calls.
+            await self._finish(approval, ApprovalStatus.FAILED,
+                               reason="not sent: the tool or its upstream is no longer "
+                                      "configured")
+            return
         if approval.call.digest() != approval.call_digest:
             await self._finish(approval, ApprovalStatus.FAILED,
                                reason="the stored call failed its integrity check; not sent")
@@ -244,7 +254,7 @@ class ApprovalService:
                 approval.call, request_id=approval.decision_id,
                 client_ip=approval.call.client_ip, host=approval.call.host,
                 scheme=approval.call.scheme, idempotency_key=approval.idempotency_key,
-                timeout_ms=spec.timeout_ms if spec else DEFAULT_TIMEOUT_MS)
+                timeout_ms=spec.timeout_ms)
         except GatewayError as exc:
             await self._finish(approval, ApprovalStatus.FAILED, reason=exc.message,
                                error=str(exc.code),
@@ -264,10 +274,25 @@ class ApprovalService:
                                  upstream_status=upstream_status, reason=reason,
                                  attempt=after.attempts, latency_ms={"upstream": latency_ms})
 
-        done = await self._store.transition(approval.id, EXECUTING, status, time.time(),
-                                            record=record, reason=reason, **result)
-        if done is not None:
-            self.notifier.notify(str(status), done)
+        # The upstream has answered: its result must not be lost to a passing store error
+        # (the call would then look unfinished and could be sent again after a restart).
+        delay = 0.1
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                done = await self._store.transition(approval.id, EXECUTING, status,
+                                                    time.time(), record=record,
+                                                    reason=reason, **result)
+            except GatewayError as exc:
+                log.warning("storing the result of approval %s failed (%d/%d): %s",
+                          approval.id, attempt, FINISH_ATTEMPTS, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if done is not None:
+                self.notifier.notify(str(status), done)
+            return
+        log.critical("the result of approval %s (%s) could not be stored; it stays "
+                     "executing", approval.id, status)
 
     # -- background: recovery and the sweeper ------------------------------------------------
 

@@ -170,6 +170,10 @@ class CallAudit:
         """The action is starting: from now on an outcome record is owed."""
         self._outcome_due = True
 
+    def handed_over(self) -> None:
+        """The action continues elsewhere (a held call's executor writes its outcome)."""
+        self._outcome_due = False
+
     def outcome(self, **fields: Any) -> None:
         """Write the outcome record. Never raises: the action has already happened, and the
         agent must be told its real result, not that nothing was done."""

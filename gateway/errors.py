@@ -25,6 +25,7 @@ class ReasonCode(StrEnum):
     IDEMPOTENCY_KEY_INVALID = "idempotency_key_invalid"
     BODY_TOO_LARGE = "body_too_large"
     INVALID_JSON = "invalid_json"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     POLICY_UNAVAILABLE = "policy_unavailable"
     STORE_UNAVAILABLE = "store_unavailable"
     AUDIT_UNAVAILABLE = "audit_unavailable"
@@ -75,6 +76,11 @@ class GatewayError(Exception):
 class InvalidJson(GatewayError):
     status = 400
     code = ReasonCode.INVALID_JSON
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = ReasonCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class InvalidArguments(GatewayError):

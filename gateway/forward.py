@@ -106,6 +106,9 @@ class Forwarder:
         self.credential_headers = frozenset(
             c[0].lower() for c in self._credentials.values() if c is not None)
 
+    def knows(self, upstream: str) -> bool:
+        return upstream in self._upstreams
+
     async def start(self) -> None:
         # One pool per upstream, so a slow upstream can exhaust only its own connections.
         for name, up in self._upstreams.items():

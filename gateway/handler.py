@@ -100,7 +100,9 @@ async def handle(call: Call, rt: Runtime) -> Reply:
             return from_held(ctx.bound, call.request_id)
         if ctx.bound is not None:
             return _replay(ctx.bound)
-        if verdict.shadow and verdict.error is None:
+        # Shadow: whatever the policy decided is only reported (errors before the policy,
+        # such as a bad token or bad arguments, are still errors).
+        if verdict.shadow and (verdict.error is None or verdict.stage == "policy"):
             return Reply(200, orjson.dumps({"status": "shadow", "action": str(verdict.action),
                                             "reasons": list(verdict.reasons)}), "shadow")
         if verdict.error is not None:
@@ -209,13 +211,17 @@ async def _queue(ctx: CallContext, rt: Runtime, verdict: Verdict, approval_id: s
                                                      "different call")
             audit.outcome(error=str(exc.code), status=exc.status)
             return error_reply(exc, ctx.call.request_id)
-        audit.outcome(status=202, approval_id=held.id, bound=True)
+        audit.handed_over()
         return from_held(held, ctx.call.request_id)
     except GatewayError as exc:
         audit.outcome(error=str(exc.code), status=exc.status)
         return error_reply(exc, ctx.call.request_id)
-    audit.outcome(status=202, approval_id=approval_id,
-                  expires_at=rfc3339(approval.expires_at))
+    # Held, not executed: the one outcome record comes when (if) the call is executed.
+    audit.handed_over()
+    try:
+        rt.approvals.record("queued", approval, expires_at=rfc3339(approval.expires_at))
+    except GatewayError:
+        log.critical("queued record for %s lost", approval_id)
     rt.approvals.notifier.notify("pending", approval)
     return from_held(approval, ctx.call.request_id)
 

@@ -116,9 +116,9 @@ class EmbeddedEngine:
         else:
             decision = (PolicyDecision.error(f"{self._query} is undefined")
                         if value == UNDEFINED else PolicyDecision.parse(value))
-        # A late deny is still a deny (safe to use even under fail_open); a late allow or
-        # hold is not trusted.
-        if time.perf_counter() - start >= self._timeout and decision.action is not Action.DENY:
+        # Only a late allow is distrusted: a late deny or hold is still safe to act on, and
+        # must not turn into an allow under fail_open.
+        if time.perf_counter() - start >= self._timeout and decision.action is Action.ALLOW:
             raise PolicyUnavailable(f"policy evaluation took longer than "
                                     f"{self._timeout * 1000:.0f} ms")
         return decision

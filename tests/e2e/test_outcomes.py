@@ -172,6 +172,10 @@ def test_body_too_large(gateway: Gateway, token: str) -> None:
     b'{"name": "a", "count": 5000, "count": 10}',
     b'{"name": "a", "count": 1, "nested": {"secret": "x", "secret": "y"}}',
     b'{"name": "a", "count": NaN}',
+    b'{"name": "a", "count": 1e400}',
+    b'{"name": "a", "count": 100000000000000000000000}',
+    b'{"name": "\\ud800", "count": 1}',
+    b'{"name": "a", "count": 1, "nested": ' + b'[' * 300 + b']' * 300 + b'}',
 ])
 def test_invalid_json(gateway: Gateway, token: str, raw: bytes) -> None:
     reply = gateway.call("POST", "/echo/items", token=token, raw_body=raw)
@@ -261,3 +265,20 @@ def test_metrics_count_calls_by_tool_and_action(gateway: Gateway, token: str) ->
     assert value('toolgate_time_to_safe_fallback_seconds_count{action="deny"}') >= 1
     assert value("toolgate_policy_latency_seconds_count") >= 1
     assert value('toolgate_gateway_overhead_seconds_count{tool="get_order"}') >= 1
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "application/x-www-form-urlencoded"},
+    {"Content-Type": "text/plain"},
+    {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+])
+def test_a_body_must_be_plain_json(gateway: Gateway, upstream: Upstream, token: str,
+                                   headers: dict[str, str]) -> None:
+    """The upstream reads the bytes by their Content-Type: anything but JSON would let it
+    see arguments the gateway never checked (amount=5000 hidden in a JSON string)."""
+    before = len(upstream.seen)
+    body = (b'{"name": "a&count=5000", "count": 1}')
+    reply = gateway.call("POST", "/echo/items", token=token, raw_body=body, headers=headers)
+    assert (reply.status, reply.code) == (415, "unsupported_media_type")
+    assert len(upstream.seen) == before
+    assert one_decision(gateway, reply)["stage"] == "parse"

@@ -31,7 +31,6 @@ def test_control_case_is_allowed(broken: Gateway, token: str) -> None:
 @pytest.mark.parametrize(("method", "path", "body", "why"), [
     ("POST", "/echo/items", {"name": "a", "count": 1}, "no valid action"),
     ("GET", "/echo/status/200", None, "evaluation error"),
-    ("POST", "/echo/shadow", {}, "undefined"),
     ("GET", "/echo/down", None, "undefined"),
 ])
 def test_malformed_or_failed_policy_is_deny_policy_error(
@@ -88,3 +87,14 @@ def test_fail_open_allows_only_when_the_engine_cannot_answer(
     assert fail_open.call("POST", "/echo/items", token=token,
                           body={"name": "a", "count": 1}).status == 403
     assert "fail_open is set" in fail_open.log()
+
+
+def test_shadow_tool_reports_a_failed_policy_instead_of_refusing(
+        broken: Gateway, upstream: Upstream, token: str) -> None:
+    before = len(upstream.seen)
+    reply = broken.call("POST", "/echo/shadow", token=token, body={})
+    assert reply.status == 200
+    assert reply.json["action"] == "deny"
+    assert reply.json["reasons"][0] == "policy_error"
+    assert reply.headers["X-Toolgate-Decision"] == "shadow"
+    assert len(upstream.seen) == before

@@ -17,7 +17,8 @@ from tests.e2e.test_cli import run
 
 BUDGETS = {"max_tool_calls": 8, "max_calls_per_tool": {"default": 50, "keyed_post": 5},
            "max_spend": {"amount": 100},
-           "tenants": {"globex": {"max_spend": {"amount": 10}}}}
+           "tenants": {"globex": {"max_spend": {"amount": 10}},
+                       "initech": {"max_tool_calls": 1000}}}
 
 
 def state_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,

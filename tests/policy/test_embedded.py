@@ -368,3 +368,17 @@ async def test_a_late_deny_is_still_a_deny(tmp_path: Path) -> None:
     finally:
         await engine.close()
     assert decision.action is Action.DENY
+
+
+async def test_a_late_hold_is_still_a_hold(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package toolgate\n\nimport rego.v1\n\n"
+        "decision := {\"action\": \"require_approval\", \"reasons\": "
+        "[sprintf(\"%d\", [n])]} if {\n"
+        "\tn := count([x | some x in numbers.range(1, 300000)])\n}\n")
+    engine = await EmbeddedEngine.start(load_sources([tmp_path]), "data.toolgate.decision", 1)
+    try:
+        decision = await engine.evaluate({})
+    finally:
+        await engine.close()
+    assert decision.action is Action.REQUIRE_APPROVAL
