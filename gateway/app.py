@@ -140,6 +140,7 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
         kills = KillSwitches(store, settings.killswitch_poll_s)
         approvals = ApprovalService(store, forwarder, audit, specs, notifier,
                                     wait_time=metrics.approval_wait, kills=kills,
+                                    budgets=settings.budgets,
                                     sweep_interval_s=settings.approval_sweep_interval_s,
                                     wait_s=settings.approval_wait_s,
                                     idempotency_retention_s=settings.idempotency_retention_s)

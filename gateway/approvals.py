@@ -20,19 +20,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from prometheus_client import Histogram
 
 from gateway.audit import AuditLog
 from gateway.auth import Principal
+from gateway.budgets import BudgetSettings
 from gateway.errors import (
     AlreadyApprovedByYou,
     ApprovalExpired,
     ApprovalNotPending,
     ApproverRoleRequired,
     AuditUnavailable,
+    BudgetExceeded,
     GatewayError,
     NotFound,
     SelfApproval,
@@ -77,8 +79,8 @@ def check_vote(approval: Approval, approver: Principal, now: float) -> None:
 class ApprovalService:
     def __init__(self, store: StateStore, forwarder: Forwarder, audit: AuditLog,
                  specs: SpecSet, notifier: Notifier, *, wait_time: Histogram,
-                 kills: KillSwitches, sweep_interval_s: float, wait_s: float,
-                 idempotency_retention_s: float) -> None:
+                 kills: KillSwitches, budgets: BudgetSettings, sweep_interval_s: float,
+                 wait_s: float, idempotency_retention_s: float) -> None:
         self._store = store
         self._forwarder = forwarder
         self._audit = audit
@@ -88,6 +90,7 @@ class ApprovalService:
         self._wait = wait_s
         self._wait_time = wait_time
         self._kills = kills
+        self._budgets = budgets
         self._retention = idempotency_retention_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -248,6 +251,19 @@ class ApprovalService:
             await self._finish(approval, ApprovalStatus.FAILED, error="killed",
                                reason=f"not sent: kill switch {switch.scope}: {switch.reason}")
             return
+        tenant, run = str(principal.get("tenant") or ""), approval.call.run_id
+        limits = self._budgets.for_tenant(principal.get("tenant"))
+        reserved = run is not None and not limits.empty
+        if reserved:
+            assert run is not None
+            try:
+                # An approved call still counts against its run's budget, reserved now.
+                await self._store.reserve(tenant, run, approval.tool, approval.call.spend,
+                                          limits, time.time())
+            except BudgetExceeded as exc:
+                await self._finish(approval, ApprovalStatus.FAILED, error=str(exc.code),
+                                   reason=f"not sent: {exc.message}")
+                return
         start = time.perf_counter()
         try:
             resp = await self._forwarder.send(
@@ -256,14 +272,27 @@ class ApprovalService:
                 scheme=approval.call.scheme, idempotency_key=approval.idempotency_key,
                 timeout_ms=spec.timeout_ms)
         except GatewayError as exc:
+            if reserved:
+                await self._give_back(tenant, run, approval.call.spend)
             await self._finish(approval, ApprovalStatus.FAILED, reason=exc.message,
                                error=str(exc.code),
                                latency_ms=round((time.perf_counter() - start) * 1000, 3))
             return
+        if reserved and resp.status >= 400:
+            await self._give_back(tenant, run, approval.call.spend)
         await self._finish(approval, ApprovalStatus.EXECUTED, upstream_status=resp.status,
                            result_status=resp.status, result_body=resp.body,
                            result_content_type=resp.headers.get("Content-Type"),
                            latency_ms=round(resp.latency_ms, 3))
+
+    async def _give_back(self, tenant: str, run: str | None,
+                         spend: Mapping[str, float]) -> None:
+        if run is None or not spend:
+            return
+        try:
+            await self._store.release_spend(tenant, run, spend, time.time())
+        except GatewayError as exc:
+            log.warning("spend of run %s not given back: %s", run, exc.message)
 
     async def _finish(self, approval: Approval, status: ApprovalStatus, *,
                       reason: str | None = None, error: str | None = None,

@@ -29,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.forward import forwarded_headers
 from gateway.idempotency import IdempotencyRecord
+from gateway.stages.budget import spend_of
 from gateway.store.base import (
     Approval,
     ApprovalKeyTaken,
@@ -70,7 +71,7 @@ def _stored_call(ctx: CallContext, rt: Runtime) -> StoredCall:
         path=spec.forward.render(ctx.path_params), query=ctx.call.query_string,
         headers=forwarded_headers(ctx.call.headers, rt.forwarder.credential_headers),
         body=ctx.body, client_ip=ctx.call.source_ip, host=ctx.call.host,
-        scheme=ctx.call.scheme)
+        scheme=ctx.call.scheme, run_id=ctx.run_id, spend=spend_of(ctx))
 
 
 async def handle(call: Call, rt: Runtime) -> Reply:

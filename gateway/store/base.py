@@ -74,6 +74,8 @@ class StoredCall:
     client_ip: str = ""
     host: str = ""
     scheme: str = "http"
+    run_id: str | None = None      # the run whose budget the call counts against
+    spend: Mapping[str, float] = field(default_factory=dict)
 
     def digest(self) -> str:
         """SHA-256 of the request bytes; checked again just before the call is sent."""
@@ -87,7 +89,8 @@ class StoredCall:
     def to_json(self) -> dict[str, Any]:
         return {"upstream": self.upstream, "method": self.method, "path": self.path,
                 "query": self.query, "headers": dict(self.headers),
-                "client_ip": self.client_ip, "host": self.host, "scheme": self.scheme}
+                "client_ip": self.client_ip, "host": self.host, "scheme": self.scheme,
+                "run_id": self.run_id, "spend": dict(self.spend)}
 
 
 @dataclass(frozen=True)

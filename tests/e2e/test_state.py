@@ -199,3 +199,20 @@ def test_kill_switch_needs_the_scope_and_a_valid_scope(gw: Gateway, dev_key: Dev
     assert admin(gw, "POST", "/v1/killswitch", ops,
                  {"scope": "everything", "reason": "x"}).code == "invalid_arguments"
     assert admin(gw, "POST", "/v1/killswitch", ops, {"scope": "global"}).status == 400
+
+
+def test_an_approved_call_still_counts_against_its_run(gw: Gateway, upstream: Upstream,
+                                                       token: str, dev_key: DevKey) -> None:
+    run = {"X-Agent-Run-Id": "run-held"}
+    refund = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD"}
+    small = post(gw, token, "/billing/refunds", {**refund, "amount": 80},
+                 **{"Idempotency-Key": "rb-1", **run})
+    assert small.status == 201
+    held = post(gw, token, "/billing/refunds", {**refund, "amount": 250},
+                **{"Idempotency-Key": "rb-2", **run})
+    assert held.status == 202
+    alice = approver(dev_key, "alice", "billing-approver")
+    done = admin(gw, "POST", f"/v1/approvals/{held.json['approval_id']}/approve", alice)
+    assert done.json["status"] == "failed"
+    assert "over its cap of 100" in done.json["reason"]
+    assert with_key(upstream, "rb-2") == []
