@@ -173,6 +173,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--store", default=None,
+                        help="state store URL for the gateway (default: SQLite in a temp dir); "
+                             "e.g. postgresql://postgres@127.0.0.1:5432/DB")
     args = parser.parse_args()
 
     key = DevKey.generate(kid="bench")
@@ -180,7 +183,8 @@ def main() -> int:
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(upstream_port)])
     with tempfile.TemporaryDirectory() as d:
         gw = Gateway(Path(d), key, f"http://127.0.0.1:{upstream_port}",
-                     tool_specs=[ROOT / "tool_specs"], policies=[ROOT / "policies"])
+                     tool_specs=[ROOT / "tool_specs"], policies=[ROOT / "policies"],
+                     extra={"store": args.store} if args.store else {})
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -193,7 +197,8 @@ def main() -> int:
             token = key.token("svc-bench", tenant="acme", agent="bench",
                               scopes=["crm:read", "billing:refund"])
             print(f"{os.cpu_count()} CPUs; {args.requests} requests per case at concurrency "
-                  f"{args.concurrency}; load generator, gateway and upstream share the machine")
+                  f"{args.concurrency}; store {args.store or 'sqlite'}; load generator, "
+                  "gateway and upstream share the machine")
             uvloop.run(drive(args, upstream_port, gw, token))
             records = len((Path(d) / "audit" / "toolgate.jsonl").read_bytes().splitlines())
             print(f"audit records written during the run: {records}")
