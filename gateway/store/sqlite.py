@@ -1,13 +1,13 @@
 """The SQLite state store: the embedded default, for one gateway process.
 
-One aiosqlite connection (its own thread, so the event loop never blocks on disk) and a WAL
-journal with `synchronous=NORMAL`: a commit survives the gateway being killed (the SIGKILL
-tests), though the last commits may be lost if the machine loses power. In the sidecar
-deployment the state lives on the pod's emptyDir, which does not outlive the node anyway;
-where it must, use PostgreSQL. (FULL cost 15% of keyed-call throughput in the benchmark.) Every multi-statement change runs in a
-`BEGIN IMMEDIATE` transaction under an asyncio lock: coroutines share the one connection,
-and two transactions must never interleave on it. Schema changes are numbered migrations
-recorded in `PRAGMA user_version` and applied at start.
+One connection, owned by one worker thread: every operation is one plain function that
+runs there whole (one thread hop per operation, not per statement), so the event loop
+never blocks on disk and operations never interleave; each change is one
+`BEGIN IMMEDIATE` transaction. The WAL journal runs with `synchronous=NORMAL`: a commit
+survives the gateway being killed (the SIGKILL tests), though the last commits may be lost
+if the machine loses power. In the sidecar deployment the state lives on the pod's
+emptyDir, which does not outlive the node anyway; where it must, use PostgreSQL. Schema
+changes are numbered migrations recorded in `PRAGMA user_version` and applied at start.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import orjson
 
 from gateway.budgets import Limits, Usage, check_reservation, release
-from gateway.errors import GatewayError, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from gateway.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
 from gateway.store.base import (
     Approval,
@@ -122,11 +122,15 @@ _UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "resul
                         "attempts"})
 
 
+T = TypeVar("T")
+
+
 class SqliteStore:
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -134,87 +138,89 @@ class SqliteStore:
         # SECURITY: queued calls hold their exact arguments; owner-only. SQLite gives its
         # -wal and -shm files the database file's permissions.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        store = cls(path)
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=NORMAL")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            await conn.execute("PRAGMA foreign_keys=ON")
-            store = cls(conn, path)
-            await store._migrate()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the state store {path}: {exc}") from exc
+            await store._run(store._open)
+        except StoreUnavailable:
+            await store.close()
+            raise
         return store
 
-    async def _migrate(self) -> None:
-        async with self._conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=5)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
             raise StoreUnavailable(f"state store schema version {version} is newer than this "
                                    f"gateway ({len(MIGRATIONS)})")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._conn.executescript(
+            conn.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            try:
-                await self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"state store commit failed: {exc}") from exc
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the store's thread; database errors become `StoreUnavailable`."""
+        if self._closed:
+            raise StoreUnavailable("the state store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
 
-    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
-        """Approvals (with their votes) selected by `sql`. Under the lock, so a read never
-        runs inside another coroutine's open transaction on the shared connection."""
-        async with self._lock:
-            try:
-                async with self._conn.execute(sql, params) as cur:
-                    rows = [tuple(r) for r in await cur.fetchall()]
-                votes = await self._votes_in(self._conn, [r[0] for r in rows])
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-        return [_approval(r, votes) for r in rows]
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the state store is not open")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the state store is not open")
+        return self._conn
 
     async def ping(self) -> None:
-        async with self._lock:
-            try:
-                await self._conn.execute("SELECT 1")
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        await self._run(lambda: self._connection().execute("SELECT 1"))
+
+    # -- approvals ---------------------------------------------------------------------------
 
     async def create_approval(self, approval: Approval) -> None:
+        def insert() -> None:
+            with self._tx() as conn:
+                conn.execute(f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) VALUES "
+                             f"({', '.join('?' * 25)})",
+                             (*_row(approval), approval.sub, approval.tenant))
         try:
-            async with self._transaction() as conn:
-                await conn.execute(
-                    f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) VALUES "
-                    f"({', '.join('?' * 25)})",
-                    (*_row(approval), approval.sub, approval.tenant))
+            await self._run(insert)
         except sqlite3.IntegrityError as exc:
             raise ApprovalKeyTaken(approval.idempotency_key) from exc
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot queue the call: {exc}") from exc
+
+    def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
+        conn = self._connection()
+        rows = [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        votes = _votes_in(conn, [r[0] for r in rows])
+        return [_approval(r, votes) for r in rows]
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        found = await self._read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
-                                 (approval_id,))
+        found = await self._run(self._select,
+                                f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
         return found[0] if found else None
 
     async def find_approval(self, tenant: str | None, tool: str,
                             idempotency_key: str) -> Approval | None:
-        found = await self._read(
-            f"SELECT {_COLUMNS} FROM approvals WHERE COALESCE(tenant, '') = ? AND tool = ? "
-            "AND idempotency_key = ?", (tenant or "", tool, idempotency_key))
+        found = await self._run(
+            self._select, f"SELECT {_COLUMNS} FROM approvals WHERE COALESCE(tenant, '') = ? "
+            "AND tool = ? AND idempotency_key = ?", (tenant or "", tool, idempotency_key))
         return found[0] if found else None
 
     async def list_approvals(self, *, status: str | None = None, tool: str | None = None,
@@ -228,39 +234,41 @@ class SqliteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC LIMIT ?"
-        return await self._read(sql, (*params, limit))
+        return await self._run(self._select, sql, (*params, limit))
 
     async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]:
         marks = ", ".join("?" * len(states))
-        return await self._read(
+        return await self._run(
+            self._select,
             f"SELECT {_COLUMNS} FROM approvals WHERE status IN ({marks}) ORDER BY created_at",
             tuple(str(s) for s in states))
 
+    def _get_in(self, conn: sqlite3.Connection, approval_id: str) -> Approval:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
+                           (approval_id,)).fetchone()
+        if row is None:
+            raise KeyError(approval_id)
+        return _approval(tuple(row), _votes_in(conn, [approval_id]))
+
     async def vote(self, approval_id: str, approver: Mapping[str, Any], comment: str | None,
                    now: float, *, check: ApprovalHook, record: ApprovalHook) -> Approval:
-        try:
-            async with self._transaction() as conn:
-                current = await self._get_in(conn, approval_id)
+        def vote() -> Approval:
+            with self._tx() as conn:
+                current = self._get_in(conn, approval_id)
                 check(current)  # raises a GatewayError to refuse: the transaction rolls back
-                await conn.execute(
+                conn.execute(
                     "INSERT INTO approval_votes (approval_id, approver_sub, approver, comment, "
                     "created_at) VALUES (?, ?, ?, ?, ?)",
                     (approval_id, str(approver["sub"]), orjson.dumps(approver), comment, now))
-                async with conn.execute("SELECT COUNT(*) FROM approval_votes WHERE "
-                                        "approval_id = ?", (approval_id,)) as cur:
-                    row = await cur.fetchone()
-                votes = int(row[0]) if row else 0
+                votes = conn.execute("SELECT COUNT(*) FROM approval_votes WHERE "
+                                     "approval_id = ?", (approval_id,)).fetchone()[0]
                 if votes >= current.approvals_required:
-                    await conn.execute("UPDATE approvals SET status = ?, updated_at = ? "
-                                       "WHERE id = ? AND status = ?",
-                                       ("approved", now, approval_id, "pending"))
-                after = await self._get_in(conn, approval_id)
+                    conn.execute("UPDATE approvals SET status = 'approved', updated_at = ? "
+                                 "WHERE id = ? AND status = 'pending'", (now, approval_id))
+                after = self._get_in(conn, approval_id)
                 record(after)  # write-ahead: if the audit record fails, nothing commits
                 return after
-        except GatewayError:
-            raise
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(vote)
 
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
@@ -270,174 +278,138 @@ class SqliteStore:
             raise ValueError(f"cannot set {sorted(unknown)}")
         sets = ", ".join(["status = ?", "updated_at = ?", *(f"{k} = ?" for k in fields)])
         marks = ", ".join("?" * len(from_states))
-        try:
-            async with self._transaction() as conn:
-                cur = await conn.execute(
+
+        def move() -> Approval | None:
+            with self._tx() as conn:
+                cur = conn.execute(
                     f"UPDATE approvals SET {sets} WHERE id = ? AND status IN ({marks})",
                     (str(to), now, *fields.values(), approval_id,
                      *(str(s) for s in from_states)))
                 if cur.rowcount != 1:
                     return None
-                after = await self._get_in(conn, approval_id)
+                after = self._get_in(conn, approval_id)
                 if record is not None:
                     record(after)  # write-ahead: if the audit record fails, nothing commits
                 return after
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(move)
 
     async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
-        try:
-            async with self._transaction() as conn:
-                async with conn.execute(
-                        "UPDATE approvals SET status = 'expired', updated_at = ?, "
-                        "reason = 'not approved before it expired' "
-                        "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
-                        (now, now)) as cur:
-                    ids = [r[0] for r in await cur.fetchall()]
-                expired = [await self._get_in(conn, i) for i in ids]
+        def expire() -> list[Approval]:
+            with self._tx() as conn:
+                ids = [r[0] for r in conn.execute(
+                    "UPDATE approvals SET status = 'expired', updated_at = ?, "
+                    "reason = 'not approved before it expired' "
+                    "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
+                    (now, now)).fetchall()]
+                expired = [self._get_in(conn, i) for i in ids]
                 for approval in expired:
                     record(approval)
                 return expired
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-
-    async def _get_in(self, conn: aiosqlite.Connection, approval_id: str) -> Approval:
-        async with conn.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
-                                (approval_id,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            raise KeyError(approval_id)
-        return _approval(tuple(row), await self._votes_in(conn, [approval_id]))
-
-    async def _votes_in(self, conn: aiosqlite.Connection,
-                        ids: list[str]) -> dict[str, list[Vote]]:
-        out: dict[str, list[Vote]] = {i: [] for i in ids}
-        if not ids:
-            return out
-        async with conn.execute(
-                f"SELECT approval_id, approver, comment, created_at FROM approval_votes "
-                f"WHERE approval_id IN ({', '.join('?' * len(ids))}) ORDER BY created_at",
-                tuple(ids)) as cur:
-            for approval_id, approver, comment, created in await cur.fetchall():
-                out[approval_id].append(Vote(orjson.loads(approver), comment, created))
-        return out
+        return await self._run(expire)
 
     # -- idempotency -------------------------------------------------------------------------
 
-    async def _idem_in(self, conn: aiosqlite.Connection,
-                       scope: Scope) -> IdempotencyRecord | None:
-        async with conn.execute(f"SELECT {_IDEM} FROM idempotency WHERE tenant = ? AND "
-                                "tool = ? AND key = ?",
-                                (scope.tenant, scope.tool, scope.key)) as cur:
-            row = await cur.fetchone()
+    def _idem_in(self, conn: sqlite3.Connection, scope: Scope) -> IdempotencyRecord | None:
+        row = conn.execute(f"SELECT {_IDEM} FROM idempotency WHERE tenant = ? AND tool = ? "
+                           "AND key = ?", (scope.tenant, scope.tool, scope.key)).fetchone()
         return None if row is None else _idem(tuple(row))
 
     async def idem_get(self, scope: Scope) -> IdempotencyRecord | None:
-        async with self._lock:
-            try:
-                return await self._idem_in(self._conn, scope)
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(lambda: self._idem_in(self._connection(), scope))
 
     async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
                          lease_s: float) -> Claim:
-        try:
-            async with self._transaction() as conn:
-                existing = await self._idem_in(conn, scope)
+        def claim() -> Claim:
+            with self._tx() as conn:
+                existing = self._idem_in(conn, scope)
                 if existing is None:
-                    await conn.execute(
+                    conn.execute(
                         f"INSERT INTO idempotency ({_IDEM}, updated_at) VALUES "
                         "(?, ?, ?, ?, ?, 'in_flight', ?, NULL, NULL, NULL, ?, ?)",
                         (scope.tenant, scope.tool, scope.key, fingerprint, request_id,
                          now + lease_s, now, now))
                 elif takeover(existing, fingerprint, now):
-                    await conn.execute(
+                    conn.execute(
                         "UPDATE idempotency SET request_id = ?, lease_until = ?, "
                         "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ?",
                         (request_id, now + lease_s, now, scope.tenant, scope.tool, scope.key))
                 else:
                     return Claim(False, existing)
-                mine = await self._idem_in(conn, scope)
+                mine = self._idem_in(conn, scope)
                 assert mine is not None
                 return Claim(True, mine)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(claim)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(sql, params).rowcount)
 
     async def idem_complete(self, scope: Scope, request_id: str, status: int,
                             content_type: str | None, body: bytes, now: float) -> None:
-        await self._write(
+        await self._run(
+            self._write,
             "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?, "
             "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ? AND request_id = ?",
             (status, content_type, body, now, scope.tenant, scope.tool, scope.key, request_id))
 
     async def idem_release(self, scope: Scope, request_id: str) -> None:
-        await self._write(
+        await self._run(
+            self._write,
             "DELETE FROM idempotency WHERE tenant = ? AND tool = ? AND key = ? AND "
             "request_id = ? AND state = 'in_flight'",
             (scope.tenant, scope.tool, scope.key, request_id))
 
     async def idem_purge(self, before: float) -> int:
-        return await self._write(
-            "DELETE FROM idempotency WHERE state = 'done' AND updated_at < ?", (before,))
-
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
-        try:
-            async with self._transaction() as conn:
-                cur = await conn.execute(sql, params)
-                return int(cur.rowcount)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(
+            self._write, "DELETE FROM idempotency WHERE state = 'done' AND updated_at < ?",
+            (before,))
 
     # -- run budgets -------------------------------------------------------------------------
 
-    async def _usage_in(self, conn: aiosqlite.Connection, tenant: str, run_id: str) -> Usage:
-        async with conn.execute("SELECT usage FROM runs WHERE tenant = ? AND run_id = ?",
-                                (tenant, run_id)) as cur:
-            row = await cur.fetchone()
+    @staticmethod
+    def _usage_in(conn: sqlite3.Connection, tenant: str, run_id: str) -> Usage:
+        row = conn.execute("SELECT usage FROM runs WHERE tenant = ? AND run_id = ?",
+                           (tenant, run_id)).fetchone()
         return usage_from_json(row[0] if row else None)
 
-    async def usage(self, tenant: str, run_id: str) -> Usage:
-        async with self._lock:
-            try:
-                return await self._usage_in(self._conn, tenant, run_id)
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-
-    async def _set_usage(self, conn: aiosqlite.Connection, tenant: str, run_id: str,
-                         usage: Usage, now: float) -> None:
-        await conn.execute(
+    @staticmethod
+    def _set_usage(conn: sqlite3.Connection, tenant: str, run_id: str, usage: Usage,
+                   now: float) -> None:
+        conn.execute(
             "INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (tenant, run_id) DO UPDATE SET usage = excluded.usage, "
             "updated_at = excluded.updated_at", (tenant, run_id, usage_to_json(usage), now))
 
+    async def usage(self, tenant: str, run_id: str) -> Usage:
+        return await self._run(lambda: self._usage_in(self._connection(), tenant, run_id))
+
     async def reserve(self, tenant: str, run_id: str, tool: str, spend: Mapping[str, float],
                       limits: Limits, now: float) -> Usage:
-        try:
-            async with self._transaction() as conn:
-                usage = check_reservation(await self._usage_in(conn, tenant, run_id), limits,
-                                          tool, spend)
-                await self._set_usage(conn, tenant, run_id, usage, now)
+        def reserve() -> Usage:
+            with self._tx() as conn:
+                usage = check_reservation(self._usage_in(conn, tenant, run_id), limits, tool,
+                                          spend)
+                self._set_usage(conn, tenant, run_id, usage, now)
                 return usage
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(reserve)
 
     async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
                             now: float) -> None:
-        try:
-            async with self._transaction() as conn:
-                usage = release(await self._usage_in(conn, tenant, run_id), spend)
-                await self._set_usage(conn, tenant, run_id, usage, now)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        def give_back() -> None:
+            with self._tx() as conn:
+                usage = release(self._usage_in(conn, tenant, run_id), spend)
+                self._set_usage(conn, tenant, run_id, usage, now)
+        await self._run(give_back)
 
     # -- kill switches -----------------------------------------------------------------------
 
     async def kill_set(self, scope: str, reason: str, actor: Mapping[str, Any], now: float,
                        record: Callable[[KillSwitch], None]) -> KillSwitch:
         switch = KillSwitch(scope, reason, dict(actor), now)
-        try:
-            async with self._transaction() as conn:
-                await conn.execute(
+
+        def put() -> KillSwitch:
+            with self._tx() as conn:
+                conn.execute(
                     "INSERT INTO kill_switches (scope, reason, actor, created_at) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
                     "reason = excluded.reason, actor = excluded.actor, "
@@ -445,38 +417,53 @@ class SqliteStore:
                     (scope, reason, orjson.dumps(dict(actor)).decode(), now))
                 record(switch)
                 return switch
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(put)
 
     async def kill_clear(self, scope: str, now: float,
                          record: Callable[[KillSwitch], None]) -> KillSwitch | None:
-        try:
-            async with self._transaction() as conn:
-                async with conn.execute(
-                        "DELETE FROM kill_switches WHERE scope = ? "
-                        "RETURNING scope, reason, actor, created_at", (scope,)) as cur:
-                    row = await cur.fetchone()
+        def clear() -> KillSwitch | None:
+            with self._tx() as conn:
+                row = conn.execute("DELETE FROM kill_switches WHERE scope = ? "
+                                   "RETURNING scope, reason, actor, created_at",
+                                   (scope,)).fetchone()
                 if row is None:
                     return None
                 switch = KillSwitch(row[0], row[1], orjson.loads(row[2]), row[3])
                 record(switch)
                 return switch
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+        return await self._run(clear)
 
     async def kill_list(self) -> list[KillSwitch]:
-        async with self._lock:
-            try:
-                async with self._conn.execute(
-                        "SELECT scope, reason, actor, created_at FROM kill_switches "
-                        "ORDER BY scope") as cur:
-                    rows = await cur.fetchall()
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreUnavailable(f"state store unavailable: {exc}") from exc
-        return [KillSwitch(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
+        def read() -> list[KillSwitch]:
+            rows = self._connection().execute(
+                "SELECT scope, reason, actor, created_at FROM kill_switches "
+                "ORDER BY scope").fetchall()
+            return [KillSwitch(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
+        return await self._run(read)
 
     async def close(self) -> None:
-        await self._conn.close()
+        if self._closed:
+            return
+        self._closed = True
+
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=False)
+
+
+def _votes_in(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[Vote]]:
+    out: dict[str, list[Vote]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    for approval_id, approver, comment, created in conn.execute(
+            f"SELECT approval_id, approver, comment, created_at FROM approval_votes "
+            f"WHERE approval_id IN ({', '.join('?' * len(ids))}) ORDER BY created_at",
+            tuple(ids)).fetchall():
+        out[approval_id].append(Vote(orjson.loads(approver), comment, created))
+    return out
 
 
 def _idem(row: tuple[Any, ...]) -> IdempotencyRecord:
