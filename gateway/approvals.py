@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from gateway import tasks
 from gateway.audit import AuditLog
 from gateway.auth import Principal
 from gateway.budgets import BudgetSettings
@@ -376,10 +377,7 @@ class ApprovalService:
         self._sweeper = asyncio.create_task(self._sweep(), name="approval sweeper")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await tasks.stop(self._sweeper)
         # Let calls already sent finish and record their results.
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=10)

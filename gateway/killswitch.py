@@ -10,10 +10,10 @@ If the store cannot be read, the last known set stays in force.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 
+from gateway import tasks
 from gateway.errors import GatewayError, InvalidArguments
 from gateway.store.base import KillSwitch, StateStore
 
@@ -69,7 +69,4 @@ class KillSwitches:
         self._task = asyncio.create_task(self._run(), name="kill switches")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)

@@ -10,7 +10,6 @@ chat channels are read by more people than the approval queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter
 
+from gateway import tasks
 from gateway.config import WebhookSettings
 from gateway.store.base import Approval, rfc3339
 
@@ -78,10 +78,7 @@ class Notifier:
             self._task = asyncio.create_task(self._run(), name="webhook")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         if self._session is not None:
             await self._session.close()
 

@@ -355,30 +355,17 @@ def test_unsupported_builtins_are_load_errors_with_their_line(tmp_path: Path) ->
     assert found == {(6, "io.jwt.decode"), (8, "crypto.sha256")}
 
 
-async def test_a_late_deny_is_still_a_deny(tmp_path: Path) -> None:
-    """Only a late allow (or hold) is distrusted; under fail_open a late deny must not turn
+@pytest.mark.parametrize("action", [Action.DENY, Action.REQUIRE_APPROVAL])
+async def test_a_late_deny_or_hold_still_stands(tmp_path: Path, action: Action) -> None:
+    """Only a late allow is distrusted; under fail_open a late deny or hold must not turn
     into an allow."""
     (tmp_path / "p.rego").write_text(
         "package toolgate\n\nimport rego.v1\n\n"
-        "decision := {\"action\": \"deny\", \"reasons\": [sprintf(\"%d\", [n])]} if {\n"
+        f"decision := {{\"action\": \"{action}\", \"reasons\": [sprintf(\"%d\", [n])]}} if {{\n"
         "\tn := count([x | some x in numbers.range(1, 300000)])\n}\n")
     engine = await EmbeddedEngine.start(load_sources([tmp_path]), "data.toolgate.decision", 1)
     try:
         decision = await engine.evaluate({})
     finally:
         await engine.close()
-    assert decision.action is Action.DENY
-
-
-async def test_a_late_hold_is_still_a_hold(tmp_path: Path) -> None:
-    (tmp_path / "p.rego").write_text(
-        "package toolgate\n\nimport rego.v1\n\n"
-        "decision := {\"action\": \"require_approval\", \"reasons\": "
-        "[sprintf(\"%d\", [n])]} if {\n"
-        "\tn := count([x | some x in numbers.range(1, 300000)])\n}\n")
-    engine = await EmbeddedEngine.start(load_sources([tmp_path]), "data.toolgate.decision", 1)
-    try:
-        decision = await engine.evaluate({})
-    finally:
-        await engine.close()
-    assert decision.action is Action.REQUIRE_APPROVAL
+    assert decision.action is action
