@@ -32,6 +32,7 @@ from gateway.policy import load_sources
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.specs import SpecSet, load_specs
 from gateway.store import open_store
+from gateway.tasks import Background
 
 log = logging.getLogger("toolgate")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -148,12 +149,14 @@ def _runtime_ctx(settings: Settings, environ: Mapping[str, str], specs: SpecSet
             log.warning("fail_open is set: calls are ALLOWED when the policy engine is "
                         "unavailable")
         await kills.start()
+        background = Background()
         app[RUNTIME] = Runtime(settings, specs, verifier, engine, store, forwarder, audit,
-                               environ, metrics, approvals, kills)
+                               environ, metrics, approvals, kills, background)
         await approvals.start()
         try:
             yield
         finally:
+            await background.close()
             await kills.close()
             await approvals.close()
             await notifier.close()

@@ -9,9 +9,11 @@ have voted, the call is `approved`.
 Execution is exactly-once by construction: the only way to send a held call is the
 conditional transition approved → executing, which one caller wins. The audit record of
 every transition is written inside the transaction, before it commits (write-ahead).
-After a crash, a call left `executing` is sent again only when it carries an
-Idempotency-Key the upstream dedups on; otherwise it becomes `outcome_unknown` for a person
-to resolve — never a silent second execution.
+Each gateway instance heartbeats in the store while it runs and owns the calls it sends.
+A call left `executing` by an instance that stopped (no heartbeat for ten seconds, on this
+replica or another) is sent again only when it carries an Idempotency-Key the upstream
+dedups on; otherwise it becomes `outcome_unknown` for a person to resolve — never a silent
+second execution. A call a live instance is still sending is never taken over.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -92,6 +97,10 @@ class ApprovalService:
         self._wait_time = wait_time
         self._kills = kills
         self._budgets = budgets
+        # Who is sending a call; a call whose sender has not been heard from for
+        # `_takeover_after` is abandoned (its gateway stopped) and may be taken over.
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._takeover_after = max(10.0, 10 * sweep_interval_s)
         self._retention = idempotency_retention_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -223,12 +232,14 @@ class ApprovalService:
                 return
             claimed = await self._store.transition(
                 approval_id, APPROVED, ApprovalStatus.EXECUTING, time.time(),
-                attempts=current.attempts + 1,
-                record=lambda after: self.record("executing", after, attempt=after.attempts))
+                attempts=current.attempts + 1, owner=self.instance,
+                record=lambda after: self.record("executing", after, attempt=after.attempts,
+                                                 owner=self.instance))
             if claimed is not None:  # else another caller won the transition: it sends
                 await self._send(claimed)
         except GatewayError as exc:
-            # Not claimed, so nothing was sent: the sweeper tries again while it is approved.
+            # Nothing was sent (`_send` hands a claimed call back before it can fail here):
+            # the sweeper tries again while it is approved.
             log.warning("approval %s not started: %s", approval_id, exc.message)
         except Exception:
             log.exception("executing approval %s failed unexpectedly", approval_id)
@@ -265,6 +276,13 @@ class ApprovalService:
                 await self._finish(approval, ApprovalStatus.FAILED, error=str(exc.code),
                                    reason=f"not sent: {exc.message}")
                 return
+            except GatewayError:
+                # The store failed before anything was sent: hand the call back (approved)
+                # for the sweeper to try again, rather than leave it looking half-sent.
+                await self._store.transition(approval.id, EXECUTING, ApprovalStatus.APPROVED,
+                                             time.time(), owner_is=(self.instance,),
+                                             owner=None)
+                raise
         start = time.perf_counter()
         try:
             resp = await self._forwarder.send(
@@ -306,12 +324,15 @@ class ApprovalService:
 
         # The upstream has answered: its result must not be lost to a passing store error
         # (the call would then look unfinished and could be sent again after a restart).
+        # Only the owner may finish it: if another replica took the call over meanwhile,
+        # its own attempt decides, and this one is recorded but not stored.
         delay = 0.1
         for attempt in range(1, FINISH_ATTEMPTS + 1):
             try:
                 done = await self._store.transition(approval.id, EXECUTING, status,
                                                     time.time(), record=record,
-                                                    reason=reason, **result)
+                                                    owner_is=(self.instance,),
+                                                    reason=reason, error=error, **result)
             except GatewayError as exc:
                 log.warning("storing the result of approval %s failed (%d/%d): %s",
                           approval.id, attempt, FINISH_ATTEMPTS, exc.message)
@@ -320,6 +341,13 @@ class ApprovalService:
                 continue
             if done is not None:
                 self.notifier.notify(str(status), done)
+            else:
+                self._record_quietly("outcome", approval, status=str(status), error=error,
+                                     upstream_status=upstream_status, reason=reason,
+                                     stored=False)
+                log.critical("approval %s was taken over by another gateway while this one "
+                             "sent it; its answer (%s) is only in the audit log",
+                             approval.id, upstream_status)
             return
         log.critical("the result of approval %s (%s) could not be stored; it stays "
                      "executing", approval.id, status)
@@ -329,20 +357,25 @@ class ApprovalService:
     async def _resend(self, approval: Approval) -> None:
         again = await self._store.transition(
             approval.id, EXECUTING, ApprovalStatus.EXECUTING, time.time(),
-            attempts=approval.attempts + 1,
-            record=lambda after: self.record("resending", after, attempt=after.attempts))
+            owner_is=(approval.owner,), attempts=approval.attempts + 1, owner=self.instance,
+            record=lambda after: self.record("resending", after, attempt=after.attempts,
+                                             owner=self.instance,
+                                             abandoned_by=approval.owner))
         if again is not None:
             await self._send(again)
 
     async def recover(self) -> None:
-        """After a restart: settle calls that were executing, then run approved ones."""
-        for approval in await self._store.in_states(EXECUTING):
+        """Settle calls left `executing` by a gateway instance that stopped (no heartbeat for
+        `takeover_after_s`), on this replica or another; then run approved ones. A call a
+        live instance is sending is never touched."""
+        for approval in await self._store.abandoned(time.time(), self._takeover_after):
             if approval.resend_safe:
                 # The upstream gets the same Idempotency-Key again and dedups on it.
                 self._spawn(approval.id, self._resend(approval))
             else:
                 unknown = await self._store.transition(
                     approval.id, EXECUTING, ApprovalStatus.OUTCOME_UNKNOWN, time.time(),
+                    owner_is=(approval.owner,),
                     reason="the gateway stopped while this call was being sent, and its tool "
                            "has no idempotency key the upstream could dedup on, so it is not "
                            "sent again; check the upstream and resolve it by hand",
@@ -362,12 +395,10 @@ class ApprovalService:
         await self._store.idem_purge(time.time() - self._retention)
 
     async def _sweep(self) -> None:
-        recovered = False
         while True:
             try:
-                if not recovered:
-                    await self.recover()
-                    recovered = True
+                await self._store.heartbeat(self.instance, time.time())
+                await self.recover()
                 await self.sweep_once()
             except GatewayError as exc:
                 log.warning("approval sweep failed: %s", exc.message)

@@ -92,7 +92,12 @@ def check_reservation(usage: Usage, limits: Limits, tool: str,
     return Usage(usage.tool_calls + 1, {**usage.per_tool, tool: used + 1}, spent)
 
 
-def release(usage: Usage, spend: Mapping[str, float]) -> Usage:
-    """Give a failed call's spend back (its call still counts)."""
+def release(usage: Usage, spend: Mapping[str, float], uncount: str | None = None) -> Usage:
+    """Give a call's spend back. A call that failed upstream still counts as a call; one
+    that was never sent (`uncount` names its tool) does not count at all."""
     spent = {k: max(0.0, v - spend.get(k, 0.0)) for k, v in usage.spent.items()}
-    return Usage(usage.tool_calls, dict(usage.per_tool), spent)
+    if uncount is None:
+        return Usage(usage.tool_calls, dict(usage.per_tool), spent)
+    per_tool = dict(usage.per_tool)
+    per_tool[uncount] = max(0, per_tool.get(uncount, 0) - 1)
+    return Usage(max(0, usage.tool_calls - 1), per_tool, spent)

@@ -25,6 +25,7 @@ from gateway.policy import PolicyEngine
 from gateway.specs import SpecSet, ToolSpec
 from gateway.store import StateStore
 from gateway.store.base import Approval
+from gateway.tasks import Background
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,4 @@ class Runtime:
     metrics: Metrics
     approvals: ApprovalService
     kills: KillSwitches
+    background: Background

@@ -7,6 +7,7 @@ write the outcome record. `CallAudit` makes sure no exit path skips a record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -21,8 +22,10 @@ from gateway.audit import CallAudit, redact, trace_id
 from gateway.context import Call, CallContext, Runtime
 from gateway.decision import Action, Verdict
 from gateway.errors import (
+    BudgetExceeded,
     GatewayError,
     IdempotencyKeyReused,
+    Killed,
     OutcomeUnknown,
     PolicyDenied,
     UpstreamError,
@@ -119,9 +122,11 @@ async def _unreserve(ctx: CallContext, rt: Runtime) -> None:
     """Undo the budget reservation and the key claim of a call that will not be sent."""
     principal = ctx.principal
     try:
-        if ctx.reserved and principal is not None and ctx.run_id is not None:
+        if ctx.reserved is not None and principal is not None and ctx.run_id is not None:
+            assert ctx.spec is not None
+            # Never sent: neither its spend nor its call counts.
             await rt.store.release_spend(principal.tenant or "", ctx.run_id, ctx.reserved,
-                                         time.time())
+                                         time.time(), uncount=ctx.spec.name)
         if ctx.claimed is not None:
             await rt.store.idem_release(ctx.claimed, ctx.call.request_id)
     except GatewayError:
@@ -137,20 +142,43 @@ def _replay(record: IdempotencyRecord) -> Reply:
                  record.content_type)
 
 
+SETTLE_ATTEMPTS = 10  # about a minute, well inside the claim's lease
+
+
 async def _settle(ctx: CallContext, rt: Runtime, status: int, content_type: str | None,
                   body: bytes) -> None:
     """After the upstream answered (or failed): store the answer under the key, and give
-    back the spend of a call that did not succeed."""
-    principal = ctx.principal
-    try:
-        if ctx.claimed is not None:
-            await rt.store.idem_complete(ctx.claimed, ctx.call.request_id, status,
-                                         content_type, body, time.time())
-        if ctx.reserved and status >= 400 and principal is not None and ctx.run_id:
-            await rt.store.release_spend(principal.tenant or "", ctx.run_id, ctx.reserved,
-                                         time.time())
-    except GatewayError:
-        log.exception("could not settle %s after its upstream call", ctx.call.request_id)
+    back the spend of a call that did not succeed. The answer is already known, so a store
+    error must not lose it (the key would later be taken over and the call sent again): it
+    is retried in the background while the agent gets its answer."""
+    claimed, principal, run = ctx.claimed, ctx.principal, ctx.run_id
+    spend = ctx.reserved if status >= 400 else None
+    request_id = ctx.call.request_id
+
+    async def store() -> bool:
+        try:
+            if claimed is not None:
+                await rt.store.idem_complete(claimed, request_id, status, content_type, body,
+                                             time.time())
+            if spend and principal is not None and run:
+                await rt.store.release_spend(principal.tenant or "", run, spend, time.time())
+        except GatewayError as exc:
+            log.warning("settling %s failed: %s", request_id, exc.message)
+            return False
+        return True
+
+    async def retry() -> None:
+        delay = 0.2
+        for _ in range(SETTLE_ATTEMPTS):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if await store():
+                return
+        log.critical("the answer of %s could not be stored under its idempotency key",
+                     request_id)
+
+    if not await store():
+        rt.background.spawn(retry(), name=f"settle {request_id}")
 
 
 def _decision_fields(ctx: CallContext, rt: Runtime, verdict: Verdict,
@@ -247,8 +275,10 @@ def from_held(held: Approval, request_id: str) -> Reply:
                                reasons=["approval_expired"], approval_id=held.id,
                                fallback="route_to_human")
     elif status is ApprovalStatus.FAILED:
-        refusal = UpstreamError(f"the approved call failed: {held.reason}",
-                                approval_id=held.id)
+        # Not sent for a reason of the gateway's own: answer as the call itself would be.
+        failed: type[GatewayError] = {"killed": Killed, "budget_exceeded": BudgetExceeded}.get(
+            held.error or "", UpstreamError)
+        refusal = failed(f"the approved call failed: {held.reason}", approval_id=held.id)
     elif status is ApprovalStatus.OUTCOME_UNKNOWN:
         refusal = OutcomeUnknown("the approved call may or may not have run; a person must "
                                  "check", approval_id=held.id, fallback="route_to_human")

@@ -18,7 +18,7 @@ from gateway.errors import GatewayError, InvalidArguments
 from gateway.store.base import KillSwitch, StateStore
 
 log = logging.getLogger("toolgate")
-SCOPE = re.compile(r"^(global|tenant:[^\s:]+|agent:[^\s:]+|tool:[a-z0-9_.-]+)$")
+SCOPE = re.compile(r"^(global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+)$")
 
 
 def check_scope(scope: str) -> str:

@@ -15,9 +15,10 @@ Every stage has one signature, `async (ctx, rt) -> None`: it sets facts on `ctx`
 7. validate      — the policy only ever sees arguments that match the schema.
 8. usage         — the run's counters, so the policy can act on them too.
 9. policy        — it sees the verified principal, valid arguments and the run.
-10. budget       — only a call the policy allows reserves budget: denials cost nothing.
-11. claim        — last, just before sending: the idempotency key is claimed only by a
-                   request that will reach the upstream (nothing stored for the others).
+10. claim        — the idempotency key is claimed only by a request the policy lets through
+                   (nothing stored for the others), and before the budget, so a retry that
+                   loses the race (409, or a replay) never counts against the run.
+11. budget       — last, just before sending: only a call that will be sent reserves.
 
 Fail closed by construction: an exception a stage did not mean to raise is a deny carrying
 that stage's name (`internal_error`), never logged-and-continued.
@@ -59,8 +60,8 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("validate", validate),
     ("usage", usage),
     ("policy", policy),
-    ("budget", budget),
     ("claim", claim),
+    ("budget", budget),
 )
 
 

@@ -1,4 +1,4 @@
-"""Stage `budget`: reserve the call against its run's budget, atomically, before it is sent.
+"""Stage `budget`: reserve the call against its run's budget, atomically; the last stage.
 
 Reads: the policy's decision, the run, the tenant's limits, the tool's `spend` argument.
 Sets: `ctx.reserved` (the spend to give back if the call fails or is not sent). Runs only

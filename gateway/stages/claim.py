@@ -1,11 +1,13 @@
-"""Stage `claim`: take the Idempotency-Key for this request, just before it is sent.
+"""Stage `claim`: take the Idempotency-Key for this request, before it is sent.
 
 Reads: the policy's decision, the key. Sets: `ctx.claimed` (the handler stores the final
 answer under it), or `ctx.bound` when another request completed the same call first.
 Runs only for a call about to be forwarded. Of concurrent requests with one key — on any
 replica — exactly one wins the claim; the others get 409 `idempotency_in_flight` (or 422
 `idempotency_key_reused` for another call). A claim left by a crashed gateway is taken
-over once its lease (`idempotency.lease_seconds`) has run out.
+over once its lease has run out: `idempotency.lease_seconds`, but never less than the
+tool's timeout plus `LEASE_MARGIN_S`, so a claim cannot lapse while its call is still
+waiting on the upstream or storing the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from gateway.errors import IdempotencyInFlight, IdempotencyKeyReused
 from gateway.idempotency import ClaimState, Scope, fingerprint
 from gateway.specs import Mode
 
+LEASE_MARGIN_S = 120  # covers storing the answer, retried for about a minute (handler)
+
 
 async def claim(ctx: CallContext, rt: Runtime) -> None:
     spec, principal = ctx.spec, ctx.principal
@@ -27,8 +31,8 @@ async def claim(ctx: CallContext, rt: Runtime) -> None:
         return
     scope = Scope(principal.tenant or "", spec.name, ctx.idempotency_key)
     mine = fingerprint(ctx.call.method, spec.name, ctx.args, principal.sub)
-    result = await rt.store.idem_claim(scope, mine, ctx.call.request_id, time.time(),
-                                       rt.settings.idempotency_lease_s)
+    lease = max(rt.settings.idempotency_lease_s, spec.timeout_ms / 1000 + LEASE_MARGIN_S)
+    result = await rt.store.idem_claim(scope, mine, ctx.call.request_id, time.time(), lease)
     if result.claimed:
         ctx.claimed = scope
         return

@@ -128,6 +128,8 @@ class Approval:
     result_content_type: str | None = None
     result_body: bytes | None = None
     attempts: int = 0
+    owner: str | None = None       # the gateway instance sending it (while executing)
+    error: str | None = None       # the code a failed call failed with
     votes: tuple[Vote, ...] = field(default=())
 
     @property
@@ -196,9 +198,17 @@ class StateStore(Protocol):
 
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
+                         owner_is: tuple[str | None] | None = None,
                          **fields: Any) -> Approval | None:
-        """Move to `to` only if the current state is in `from_states` (None if it was not),
-        calling `record` with the result before committing."""
+        """Move to `to` only if the current state is in `from_states` — and, with
+        `owner_is=(x,)`, only if the owner is still x — (None if not), calling `record`
+        with the result before committing."""
+
+    async def heartbeat(self, instance: str, now: float) -> None:
+        """This gateway instance is alive (it owns the calls it is sending)."""
+
+    async def abandoned(self, now: float, stale_s: float) -> list[Approval]:
+        """Calls left `executing` by an instance with no heartbeat for `stale_s`."""
 
     async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
         """Every pending approval past its expiry, now expired (`record` called for each)."""
@@ -234,7 +244,7 @@ class StateStore(Protocol):
         `BudgetExceeded` and changes nothing when it would overshoot."""
 
     async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
-                            now: float) -> None: ...
+                            now: float, uncount: str | None = None) -> None: ...
 
     # -- kill switches -----------------------------------------------------------------------
 

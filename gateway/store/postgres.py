@@ -46,7 +46,9 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at DOUBLE PRECISION NOT NULL, call BYTEA NOT NULL, body BYTEA NOT NULL,
         call_digest TEXT NOT NULL, idempotency_key TEXT, resend_safe INTEGER NOT NULL,
         reason TEXT, result_status INTEGER, result_content_type TEXT, result_body BYTEA,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        error TEXT
     );
     CREATE INDEX approvals_status ON approvals (status, expires_at);
     CREATE UNIQUE INDEX approvals_key ON approvals (COALESCE(tenant, ''), tool, idempotency_key)
@@ -72,12 +74,13 @@ MIGRATIONS: tuple[str, ...] = (
         scope TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL
     );
+    CREATE TABLE replicas (id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
     """,
 )
 _IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status, "
          "content_type, body, created_at")
 _UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "result_body",
-                        "attempts"})
+                        "attempts", "owner", "error"})
 # What a lost or refused connection raises, besides asyncpg's own errors.
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -134,7 +137,7 @@ class PostgresStore:
     # -- approvals ---------------------------------------------------------------------------
 
     async def create_approval(self, approval: Approval) -> None:
-        marks = ", ".join(f"${i}" for i in range(1, 26))
+        marks = ", ".join(f"${i}" for i in range(1, 28))
         try:
             async with self._tx("cannot queue the call") as conn:
                 await conn.execute(f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) "
@@ -214,16 +217,23 @@ class PostgresStore:
 
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
+                         owner_is: tuple[str | None] | None = None,
                          **fields: Any) -> Approval | None:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)}")
         sets = ["status = $1", "updated_at = $2",
                 *(f"{k} = ${i}" for i, k in enumerate(fields, start=5))]
+        args: list[Any] = [str(to), now, approval_id, [str(s) for s in from_states],
+                           *fields.values()]
+        owner_sql = ""
+        if owner_is is not None:
+            args.append(owner_is[0])
+            owner_sql = f" AND owner IS NOT DISTINCT FROM ${len(args)}"
         async with self._tx() as conn:
             done = await conn.execute(
-                f"UPDATE approvals SET {', '.join(sets)} WHERE id = $3 AND status = ANY($4)",
-                str(to), now, approval_id, [str(s) for s in from_states], *fields.values())
+                f"UPDATE approvals SET {', '.join(sets)} WHERE id = $3 AND status = ANY($4)"
+                f"{owner_sql}", *args)
             if done != "UPDATE 1":
                 return None
             after = await self._locked(conn, approval_id)
@@ -242,6 +252,17 @@ class PostgresStore:
                 record(approval)
             return expired
 
+    async def heartbeat(self, instance: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute("INSERT INTO replicas (id, seen_at) VALUES ($1, $2) ON CONFLICT "
+                               "(id) DO UPDATE SET seen_at = excluded.seen_at", instance, now)
+
+    async def abandoned(self, now: float, stale_s: float) -> list[Approval]:
+        return await self._select(
+            "WHERE status = 'executing' AND NOT EXISTS (SELECT 1 FROM replicas r WHERE "
+            "r.id = approvals.owner AND r.seen_at >= $1)", now - stale_s,
+            suffix="ORDER BY created_at")
+
     # -- idempotency -------------------------------------------------------------------------
 
     async def idem_get(self, scope: Scope) -> IdempotencyRecord | None:
@@ -251,6 +272,14 @@ class PostgresStore:
 
     async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
                          lease_s: float) -> Claim:
+        for _ in range(3):  # the row can vanish between the insert and the select (purge)
+            claim = await self._claim_once(scope, fingerprint, request_id, now, lease_s)
+            if claim is not None:
+                return claim
+        raise StoreUnavailable("the idempotency key could not be claimed; retry")
+
+    async def _claim_once(self, scope: Scope, fingerprint: str, request_id: str, now: float,
+                          lease_s: float) -> Claim | None:
         async with self._tx() as conn:
             key = (scope.tenant, scope.tool, scope.key)
             inserted = await conn.fetch(
@@ -261,6 +290,8 @@ class PostgresStore:
                 return Claim(True, _idem(tuple(inserted[0])))
             rows = await conn.fetch(f"SELECT {_IDEM} FROM idempotency WHERE tenant = $1 AND "
                                     "tool = $2 AND key = $3 FOR UPDATE", *key)
+            if not rows:
+                return None
             existing = _idem(tuple(rows[0]))
             if not takeover(existing, fingerprint, now):
                 return Claim(False, existing)
@@ -317,9 +348,10 @@ class PostgresStore:
             return usage
 
     async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
-                            now: float) -> None:
+                            now: float, uncount: str | None = None) -> None:
         async with self._tx() as conn:
-            usage = release(await self._locked_usage(conn, tenant, run_id, now), spend)
+            usage = release(await self._locked_usage(conn, tenant, run_id, now), spend,
+                            uncount)
             await conn.execute("UPDATE runs SET usage = $3, updated_at = $4 WHERE tenant = $1 "
                                "AND run_id = $2", tenant, run_id, usage_to_json(usage), now)
 

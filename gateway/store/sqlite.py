@@ -66,7 +66,9 @@ MIGRATIONS: tuple[str, ...] = (
         result_status INTEGER,
         result_content_type TEXT,
         result_body BLOB,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        error TEXT
     );
     CREATE INDEX approvals_status ON approvals (status, expires_at);
     CREATE UNIQUE INDEX approvals_key ON approvals (COALESCE(tenant, ''), tool, idempotency_key)
@@ -110,6 +112,10 @@ MIGRATIONS: tuple[str, ...] = (
         actor TEXT NOT NULL,
         created_at REAL NOT NULL
     );
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        seen_at REAL NOT NULL
+    );
     """,
 )
 _IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status, "
@@ -117,9 +123,9 @@ _IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status
 _COLUMNS = ("id, status, decision_id, tool, args, call_hash, principal, reasons, "
             "approvals_required, approver_roles, created_at, expires_at, updated_at, call, "
             "body, call_digest, idempotency_key, resend_safe, reason, result_status, "
-            "result_content_type, result_body, attempts")
+            "result_content_type, result_body, attempts, owner, error")
 _UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "result_body",
-                        "attempts"})
+                        "attempts", "owner", "error"})
 
 
 T = TypeVar("T")
@@ -198,7 +204,7 @@ class SqliteStore:
         def insert() -> None:
             with self._tx() as conn:
                 conn.execute(f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) VALUES "
-                             f"({', '.join('?' * 25)})",
+                             f"({', '.join('?' * 27)})",
                              (*_row(approval), approval.sub, approval.tenant))
         try:
             await self._run(insert)
@@ -272,19 +278,22 @@ class SqliteStore:
 
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
+                         owner_is: tuple[str | None] | None = None,
                          **fields: Any) -> Approval | None:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)}")
         sets = ", ".join(["status = ?", "updated_at = ?", *(f"{k} = ?" for k in fields)])
         marks = ", ".join("?" * len(from_states))
+        owner_sql = " AND owner IS ?" if owner_is is not None else ""
 
         def move() -> Approval | None:
             with self._tx() as conn:
                 cur = conn.execute(
-                    f"UPDATE approvals SET {sets} WHERE id = ? AND status IN ({marks})",
+                    f"UPDATE approvals SET {sets} WHERE id = ? AND status IN ({marks})"
+                    f"{owner_sql}",
                     (str(to), now, *fields.values(), approval_id,
-                     *(str(s) for s in from_states)))
+                     *(str(s) for s in from_states), *(owner_is or ())))
                 if cur.rowcount != 1:
                     return None
                 after = self._get_in(conn, approval_id)
@@ -306,6 +315,17 @@ class SqliteStore:
                     record(approval)
                 return expired
         return await self._run(expire)
+
+    async def heartbeat(self, instance: str, now: float) -> None:
+        await self._run(self._write, "INSERT INTO replicas (id, seen_at) VALUES (?, ?) ON "
+                        "CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+                        (instance, now))
+
+    async def abandoned(self, now: float, stale_s: float) -> list[Approval]:
+        return await self._run(
+            self._select, f"SELECT {_COLUMNS} FROM approvals WHERE status = 'executing' AND "
+            "NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = approvals.owner AND "
+            "r.seen_at >= ?) ORDER BY created_at", (now - stale_s,))
 
     # -- idempotency -------------------------------------------------------------------------
 
@@ -394,10 +414,10 @@ class SqliteStore:
         return await self._run(reserve)
 
     async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
-                            now: float) -> None:
+                            now: float, uncount: str | None = None) -> None:
         def give_back() -> None:
             with self._tx() as conn:
-                usage = release(self._usage_in(conn, tenant, run_id), spend)
+                usage = release(self._usage_in(conn, tenant, run_id), spend, uncount)
                 self._set_usage(conn, tenant, run_id, usage, now)
         await self._run(give_back)
 
@@ -479,13 +499,13 @@ def _row(a: Approval) -> tuple[Any, ...]:
             orjson.dumps(a.approver_roles), a.created_at, a.expires_at,
             a.updated_at or a.created_at, orjson.dumps(a.call.to_json()), a.call.body,
             a.call_digest, a.idempotency_key, int(a.resend_safe), a.reason, a.result_status,
-            a.result_content_type, a.result_body, a.attempts)
+            a.result_content_type, a.result_body, a.attempts, a.owner, a.error)
 
 
 def _approval(row: tuple[Any, ...], votes: Mapping[str, list[Vote]]) -> Approval:
     (id_, status, decision_id, tool, args, chash, principal, reasons, required, roles,
      created, expires, updated, call, body, digest, key, resend_safe, reason, rstatus,
-     rtype, rbody, attempts) = row
+     rtype, rbody, attempts, owner, error) = row
     c = orjson.loads(call)
     return Approval(
         id=id_, status=ApprovalStatus(status), decision_id=decision_id, tool=tool,
@@ -501,4 +521,5 @@ def _approval(row: tuple[Any, ...], votes: Mapping[str, list[Vote]]) -> Approval
         call_digest=digest, idempotency_key=key, resend_safe=bool(resend_safe), reason=reason,
         result_status=rstatus, result_content_type=rtype,
         result_body=None if rbody is None else bytes(rbody), attempts=attempts,
+        owner=owner, error=error,
         votes=tuple(votes.get(id_, ())))

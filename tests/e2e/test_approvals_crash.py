@@ -84,7 +84,9 @@ def test_killed_while_executing_an_idempotent_call(gw: Gateway, upstream: Upstre
     wait_for(lambda: sent(upstream, "k-e"), what="the upstream to receive the call")
     assert approval_status(gw, approval_id, alice) == "executing"
     restart(gw)
-    wait_for(lambda: approval_status(gw, approval_id, alice) == "executed", what="resend")
+    # The killed instance's heartbeat must go stale (10 s) before its call is taken over.
+    wait_for(lambda: approval_status(gw, approval_id, alice) == "executed", timeout=40,
+             what="resend")
     # Sent again with the same key, which the upstream dedups on: one execution.
     attempts = sent(upstream, "k-e")
     assert len(attempts) == 2
@@ -107,7 +109,7 @@ def test_killed_while_executing_a_call_without_a_key(gw: Gateway, upstream: Upst
     wait_for(notes, what="the upstream to receive the call")
     restart(gw)
     wait_for(lambda: approval_status(gw, approval_id, alice) == "outcome_unknown",
-             what="outcome_unknown")
+             timeout=40, what="outcome_unknown")
     assert len(notes()) == 1, "never a silent second execution"
     polled = gw.call("GET", held.json["poll"], token=token).json
     assert polled["status"] == "outcome_unknown"

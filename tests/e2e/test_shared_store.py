@@ -108,3 +108,37 @@ def test_one_queue_for_every_replica(pair: tuple[Gateway, Gateway], token: str,
     assert done.json["status"] == "executed"
     polled = first.call("GET", held.json["poll"], token=token)
     assert polled.json["status"] == "executed"
+
+
+def test_a_replica_starting_up_leaves_a_live_replicas_call_alone(
+        pair: tuple[Gateway, Gateway], upstream: Upstream, token: str, dev_key: DevKey,
+        tmp_path: Path, repo_root: Path) -> None:
+    """A rolling update starts a replica while another is sending an approved call: the
+    new one must neither send it again nor call its outcome unknown."""
+    first, _ = pair
+    held = first.call("POST", "/echo/slow-notes", token=token, body={"tenant_id": "acme",
+                                                                     "amount": 3},
+                      headers={"X-Delay": "4"})
+    assert held.status == 202
+    approval_id = held.json["approval_id"]
+    alice = approver(dev_key, "alice", "billing-approver")
+    reply = admin(first, "POST", f"/v1/approvals/{approval_id}/approve", alice)
+    assert reply.json["status"] == "executing"  # approve waits 2 s; the upstream takes 4
+    third = state_gateway(tmp_path / "replica3", dev_key, upstream, repo_root,
+                          store=first.config()["store"])
+    third.start()
+    try:
+        time.sleep(1.0)  # a few sweeps of the new replica
+        deadline = time.monotonic() + 15
+        status = ""
+        while time.monotonic() < deadline:
+            status = admin(first, "GET", f"/v1/approvals/{approval_id}", alice).json["status"]
+            if status != "executing":
+                break
+            time.sleep(0.1)
+        assert status == "executed"
+    finally:
+        third.stop()
+    sent = [s for s in upstream.seen if s.raw_path == "/v1/slow/notes"
+            and s.headers.get("X-Request-Id") == held.request_id]
+    assert len(sent) == 1

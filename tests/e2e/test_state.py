@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,13 @@ BUDGETS = {"max_tool_calls": 8, "max_calls_per_tool": {"default": 50, "keyed_pos
 def state_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,
                   **extra: Any) -> Gateway:
     return Gateway(directory, key, upstream.url,
-                   tool_specs=[repo_root / "tool_specs", HERE / "specs_state"],
-                   policies=[repo_root / "policies"],
-                   extra={"budgets": BUDGETS, "killswitch": {"poll_ms": 200}, **extra})
+                   tool_specs=[repo_root / "tool_specs", HERE / "specs_state",
+                               HERE / "specs_approvals"],
+                   policies=[repo_root / "policies", HERE / "policies_approvals"],
+                   # lease_seconds 1: the lease must still outlast each tool's timeout
+                   extra={"budgets": BUDGETS, "killswitch": {"poll_ms": 200},
+                          "idempotency": {"lease_seconds": 1},
+                          "approvals": {"sweep_interval_ms": 100}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +221,60 @@ def test_an_approved_call_still_counts_against_its_run(gw: Gateway, upstream: Up
     assert done.json["status"] == "failed"
     assert "over its cap of 100" in done.json["reason"]
     assert with_key(upstream, "rb-2") == []
+
+
+def test_a_claim_never_lapses_while_its_call_is_in_flight(gw: Gateway, upstream: Upstream,
+                                                          token: str) -> None:
+    """lease_seconds is 1 here, but the claim lasts at least the tool's timeout: a retry
+    two seconds in still finds the first request in flight."""
+    first: list[Reply] = []
+    worker = threading.Thread(target=lambda: first.append(post(
+        gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1", "X-Delay": "3"})))
+    worker.start()
+    time.sleep(2)
+    retry = post(gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1"})
+    worker.join()
+    assert (retry.status, retry.code) == (409, "idempotency_in_flight")
+    assert first[0].status == 200
+    assert len(with_key(upstream, "lease-1")) == 1
+
+
+def test_retries_that_lose_the_race_cost_no_budget(gw: Gateway, token: str) -> None:
+    run = {"X-Agent-Run-Id": "run-race"}
+    barrier = threading.Barrier(6)
+    replies: list[Reply] = []
+
+    def send() -> None:
+        barrier.wait()
+        replies.append(post(gw, token, "/state/slow", {},
+                            **{"Idempotency-Key": "race-budget", "X-Delay": "0.5", **run}))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status for r in replies).count(200) >= 1
+    # max_tool_calls is 8: one call was sent, so seven more fit in the run.
+    for i in range(7):
+        assert post(gw, token, "/state/spend", {"amount": 0}, **run).status == 200, i
+    assert post(gw, token, "/state/spend", {"amount": 0}, **run).code == "budget_exceeded"
+
+
+def test_a_held_call_stopped_by_a_kill_switch_answers_killed(
+        gw: Gateway, upstream: Upstream, token: str, dev_key: DevKey) -> None:
+    body = {"tenant_id": "acme", "amount": 5}
+    held = post(gw, token, "/echo/slow-refunds", body,
+                **{"Idempotency-Key": "held-kill", "X-Delay": "0"})
+    assert held.status == 202
+    ops = approver(dev_key, "ops-oncall", "billing-approver")
+    assert admin(gw, "POST", "/v1/killswitch", ops,
+                 {"scope": "tool:slow_refund", "reason": "incident 9"}).status == 200
+    try:
+        done = admin(gw, "POST", f"/v1/approvals/{held.json['approval_id']}/approve", ops)
+        assert done.json["status"] == "failed"
+        retry = post(gw, token, "/echo/slow-refunds", body, **{"Idempotency-Key": "held-kill"})
+        assert (retry.status, retry.code) == (403, "killed")
+    finally:
+        admin(gw, "DELETE", "/v1/killswitch/tool:slow_refund", ops)
+    assert with_key(upstream, "held-kill") == []

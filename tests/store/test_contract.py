@@ -235,3 +235,26 @@ async def test_kill_switches(store: StateStore) -> None:
     assert await store.kill_clear("global", NOW, seen.append) is None
     assert [k.scope for k in await store.kill_list()] == ["tool:create_refund_request"]
     assert len(seen) == 4
+
+
+async def test_only_calls_of_silent_instances_are_abandoned(store: StateStore) -> None:
+    await store.create_approval(approval("apr_live", key="l"))
+    await store.create_approval(approval("apr_dead", key="d"))
+    for approval_id, owner in (("apr_live", "gw-live"), ("apr_dead", "gw-dead")):
+        await store.transition(approval_id, frozenset({ApprovalStatus.PENDING}),
+                               ApprovalStatus.EXECUTING, NOW, owner=owner)
+    await store.heartbeat("gw-dead", NOW - 60)
+    await store.heartbeat("gw-live", NOW)
+    assert [a.id for a in await store.abandoned(NOW, 10)] == ["apr_dead"]
+    executing = frozenset({ApprovalStatus.EXECUTING})
+    # Taking a call over is conditional on its owner: the second taker loses.
+    first = await store.transition("apr_dead", executing, ApprovalStatus.EXECUTING, NOW,
+                                   owner_is=("gw-dead",), owner="gw-a")
+    second = await store.transition("apr_dead", executing, ApprovalStatus.EXECUTING, NOW,
+                                    owner_is=("gw-dead",), owner="gw-b")
+    assert first is not None
+    assert first.owner == "gw-a"
+    assert second is None
+    # The old owner can no longer finish it.
+    assert await store.transition("apr_dead", executing, ApprovalStatus.EXECUTED, NOW,
+                                  owner_is=("gw-dead",), result_status=200) is None
