@@ -113,9 +113,7 @@ async def get_approval(request: web.Request) -> web.StreamResponse:
     if approval is None or not (is_approver or (approval.sub == principal.sub
                                                 and approval.tenant == principal.tenant)):
         raise NotFound("no such approval")
-    body = approval.public()
-    if approval.status == "pending" and time.time() >= approval.expires_at:
-        body["status"] = "expired"
+    body = {**approval.public(), "status": str(approval.status_at(time.time()))}
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
 

@@ -56,6 +56,7 @@ PENDING = frozenset({ApprovalStatus.PENDING})
 APPROVED = frozenset({ApprovalStatus.APPROVED})
 EXECUTING = frozenset({ApprovalStatus.EXECUTING})
 FINISH_ATTEMPTS = 12  # about 40 s of retries
+PURGE_INTERVAL_S = 60
 
 
 def approver_of(principal: Principal) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class ApprovalService:
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._takeover_after = max(10.0, 10 * sweep_interval_s)
         self._retention = idempotency_retention_s
+        self._next_purge = 0.0
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -366,8 +368,8 @@ class ApprovalService:
 
     async def recover(self) -> None:
         """Settle calls left `executing` by a gateway instance that stopped (no heartbeat for
-        `takeover_after_s`), on this replica or another; then run approved ones. A call a
-        live instance is sending is never touched."""
+        `takeover_after_s`), on this replica or another. A call a live instance is sending
+        is never touched; approved calls are started by `sweep_once`."""
         for approval in await self._store.abandoned(time.time(), self._takeover_after):
             if approval.resend_safe:
                 # The upstream gets the same Idempotency-Key again and dedups on it.
@@ -382,8 +384,6 @@ class ApprovalService:
                     record=lambda after: self.record("outcome_unknown", after))
                 if unknown is not None:
                     self.notifier.notify("outcome_unknown", unknown)
-        for approval in await self._store.in_states(APPROVED):
-            self.start_execution(approval.id)
 
     async def sweep_once(self) -> None:
         expired = await self._store.expire_due(
@@ -392,7 +392,10 @@ class ApprovalService:
             self._decided("expired", approval, None)
         for approval in await self._store.in_states(APPROVED):
             self.start_execution(approval.id)
-        await self._store.idem_purge(time.time() - self._retention)
+        now = time.time()
+        if now >= self._next_purge:  # a DELETE a minute is plenty for a 24 h retention
+            await self._store.idem_purge(now - self._retention)
+            self._next_purge = now + PURGE_INTERVAL_S
 
     async def _sweep(self) -> None:
         while True:

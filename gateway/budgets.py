@@ -60,14 +60,6 @@ class Usage:
                 "spent": dict(self.spent)}
 
 
-@dataclass(frozen=True)
-class Reservation:
-    tenant: str
-    run_id: str
-    tool: str
-    spend: Mapping[str, float]
-
-
 def check_reservation(usage: Usage, limits: Limits, tool: str,
                       spend: Mapping[str, float]) -> Usage:
     """The usage after one more call of `tool` spending `spend`, or `BudgetExceeded`."""

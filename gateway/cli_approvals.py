@@ -54,12 +54,18 @@ def add_parser(sub: Any) -> None:
     reject.add_argument("--reason", required=True)
 
 
-def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    base = (args.admin_url or environ.get("TOOLGATE_ADMIN_URL") or DEFAULT_ADMIN_URL)
+def _endpoint(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """The admin API and the token, from the options or the environment."""
     token = args.token or environ.get("TOOLGATE_APPROVER_TOKEN")
     if not token:
-        print("error: an approver token is needed (--token or $TOOLGATE_APPROVER_TOKEN)",
-              file=sys.stderr)
+        print("error: a token with the approver scope is needed (--token or "
+              "$TOOLGATE_APPROVER_TOKEN)", file=sys.stderr)
+    return args.admin_url or environ.get("TOOLGATE_ADMIN_URL") or DEFAULT_ADMIN_URL, token
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    base, token = _endpoint(args, environ)
+    if not token:
         return 2
     command = args.approvals_command
     try:
@@ -191,11 +197,8 @@ def add_kill_parsers(sub: Any) -> None:
 
 
 def run_kill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    base = args.admin_url or environ.get("TOOLGATE_ADMIN_URL") or DEFAULT_ADMIN_URL
-    token = args.token or environ.get("TOOLGATE_APPROVER_TOKEN")
+    base, token = _endpoint(args, environ)
     if not token:
-        print("error: a token is needed (--token or $TOOLGATE_APPROVER_TOKEN)",
-              file=sys.stderr)
         return 2
     try:
         if args.command == "kill":

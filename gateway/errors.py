@@ -42,7 +42,6 @@ class ReasonCode(StrEnum):
     IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
     BUDGET_EXCEEDED = "budget_exceeded"
     KILLED = "killed"
-    FORBIDDEN = "forbidden"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -116,11 +115,6 @@ class InsufficientScope(GatewayError):
 class ToolNotAllowed(GatewayError):
     status = 403
     code = ReasonCode.TOOL_NOT_ALLOWED
-
-
-class Forbidden(GatewayError):
-    status = 403
-    code = ReasonCode.FORBIDDEN
 
 
 class PolicyDenied(GatewayError):

@@ -257,9 +257,7 @@ async def _queue(ctx: CallContext, rt: Runtime, verdict: Verdict, approval_id: s
 
 def from_held(held: Approval, request_id: str) -> Reply:
     """The answer to a held call (or a retry of one), from its current state."""
-    status = held.status
-    if status is ApprovalStatus.PENDING and time.time() >= held.expires_at:
-        status = ApprovalStatus.EXPIRED  # the sweeper has not got to it yet
+    status = held.status_at(time.time())
     decision = str(Action.REQUIRE_APPROVAL)
     if status is ApprovalStatus.EXECUTED and held.result_status is not None:
         headers: CIMultiDict[str] = CIMultiDict({"Idempotent-Replayed": "true"})

@@ -36,14 +36,6 @@ class ApprovalStatus(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
 
-    @property
-    def final(self) -> bool:
-        return self in FINAL
-
-
-FINAL = frozenset({ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.REJECTED,
-                   ApprovalStatus.EXPIRED, ApprovalStatus.OUTCOME_UNKNOWN})
-
 
 def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace(
@@ -140,6 +132,13 @@ class Approval:
     def tenant(self) -> str | None:
         tenant = self.principal.get("tenant")
         return None if tenant is None else str(tenant)
+
+    def status_at(self, now: float) -> ApprovalStatus:
+        """The status, counting a pending call past its expiry as expired before the
+        sweeper has stored that."""
+        if self.status is ApprovalStatus.PENDING and now >= self.expires_at:
+            return ApprovalStatus.EXPIRED
+        return self.status
 
     def result(self) -> dict[str, Any] | None:
         if self.result_status is None:
