@@ -16,23 +16,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from gateway import handler as call_handler
-from gateway.admin import RUNTIME_OF, add_routes
-from gateway.approvals import ApprovalService
-from gateway.audit import AuditLog
+from gateway.act import handle as call_handler
+from gateway.admin.api import RUNTIME_OF, add_routes
+from gateway.approvals.notify import Notifier
+from gateway.approvals.service import ApprovalService
+from gateway.audit.log import AuditLog
 from gateway.auth import TokenVerifier, bearer_principal, load_keys
+from gateway.bundle.specs import SpecSet, load_specs
 from gateway.config import Settings
 from gateway.context import Call, Runtime
-from gateway.errors import BodyTooLarge, GatewayError, InternalError, NotFound
-from gateway.forward import Forwarder
-from gateway.killswitch import KillSwitches
+from gateway.core.errors import BodyTooLarge, GatewayError, InternalError, NotFound
 from gateway.metrics import Metrics
-from gateway.notify import Notifier
 from gateway.policy import load_sources
 from gateway.policy.embedded import EmbeddedEngine
-from gateway.specs import SpecSet, load_specs
+from gateway.state.killswitch import KillSwitches
 from gateway.store import open_store
 from gateway.tasks import Background
+from gateway.upstreams.client import Forwarder
 
 log = logging.getLogger("toolgate")
 RUNTIME = web.AppKey("runtime", Runtime)

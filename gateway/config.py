@@ -3,7 +3,7 @@
 Loading order: read YAML (with lines) → apply `TOOLGATE_<KEY>` environment overrides → check
 against `CONFIG_SCHEMA` (unknown keys are errors) → construct frozen dataclasses. Relative
 paths are relative to the config file. Nothing here opens a socket or reads a secret; the
-secrets named by `env:`/`file:` are read when the gateway starts (`gateway.forward`).
+secrets named by `env:`/`file:` are read when the gateway starts (`gateway.upstreams.client`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from gateway import yamlfile
-from gateway.budgets import BudgetSettings, Limits
-from gateway.errors import LoadError, LoadErrors
+from gateway.core.errors import LoadError, LoadErrors
+from gateway.state.budgets import BudgetSettings, Limits
 
 ENV_PREFIX = "TOOLGATE_"
 # Kubernetes injects these for a Service named "toolgate" (docker links did the same); they

@@ -11,21 +11,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.approvals import ApprovalService
-from gateway.audit import AuditLog
+from gateway.approvals.service import ApprovalService
+from gateway.audit.log import AuditLog
 from gateway.auth import Principal, TokenVerifier
-from gateway.budgets import Usage
+from gateway.bundle.specs import SpecSet, ToolSpec
 from gateway.config import Settings
-from gateway.decision import PolicyDecision
-from gateway.forward import Forwarder
-from gateway.idempotency import IdempotencyRecord, Scope
-from gateway.killswitch import KillSwitches
+from gateway.core.decision import PolicyDecision
 from gateway.metrics import Metrics
 from gateway.policy import PolicyEngine
-from gateway.specs import SpecSet, ToolSpec
+from gateway.state.budgets import Usage
+from gateway.state.idempotency import IdempotencyRecord, Scope
+from gateway.state.killswitch import KillSwitches
 from gateway.store import StateStore
 from gateway.store.base import Approval
 from gateway.tasks import Background
+from gateway.upstreams.client import Forwarder
 
 
 @dataclass(frozen=True)

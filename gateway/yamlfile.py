@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from gateway.errors import LoadError
+from gateway.core.errors import LoadError
 
 JsonPath = tuple[str | int, ...]
 

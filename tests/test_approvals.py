@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals import check_vote
+from gateway.approvals.notify import payload
+from gateway.approvals.service import check_vote
 from gateway.auth import principal_from_claims
-from gateway.errors import (
+from gateway.core.errors import (
     AlreadyApprovedByYou,
     ApprovalExpired,
     ApprovalNotPending,
@@ -17,7 +18,6 @@ from gateway.errors import (
     GatewayError,
     SelfApproval,
 )
-from gateway.notify import payload
 from gateway.store.base import Approval, ApprovalStatus, StoredCall, Vote
 
 NOW = 1_800_000_000.0

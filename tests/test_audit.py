@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import REDACTED, AuditLog, CallAudit, redact, trace_id
+from gateway.audit.log import REDACTED, AuditLog, CallAudit, redact, trace_id
 from gateway.config import AuditSettings
-from gateway.errors import AuditUnavailable
+from gateway.core.errors import AuditUnavailable
 
 
 class Boom(Exception):

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.auth import KeyConfigError, Principal, TokenVerifier, load_keys
 from gateway.config import AuthSettings
+from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
-from gateway.errors import Unauthenticated
 
 Verifier = Callable[..., TokenVerifier]
 

@@ -8,7 +8,7 @@ import pytest
 
 from gateway import config
 from gateway.config import Address
-from gateway.errors import LoadError, LoadErrors
+from gateway.core.errors import LoadError, LoadErrors
 
 MINIMAL = """\
 auth:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.decision import Action, PolicyDecision, Verdict, decide
-from gateway.errors import (
+from gateway.core.decision import Action, PolicyDecision, Verdict, decide
+from gateway.core.errors import (
     IdempotencyKeyRequired,
     InsufficientScope,
     PolicyDenied,

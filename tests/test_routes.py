@@ -1,11 +1,11 @@
-"""`gateway.routes`: matching on the raw path, parameter decoding, rendering one segment."""
+"""`gateway.bundle.routes`: matching on the raw path, parameter decoding, rendering one segment."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.errors import InvalidArguments, ReasonCode
-from gateway.routes import PathTemplate, RouteTable, decode_params
+from gateway.bundle.routes import PathTemplate, RouteTable, decode_params
+from gateway.core.errors import InvalidArguments, ReasonCode
 
 
 def table(*routes: tuple[str, str, str]) -> RouteTable[str]:

@@ -1,4 +1,4 @@
-"""`gateway.specs`: the shipped specs, load errors with `file:line`, compiled schemas."""
+"""`gateway.bundle.specs`: the shipped specs, load errors with `file:line`, compiled schemas."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import LoadError, LoadErrors
-from gateway.specs import (
+from gateway.bundle.specs import (
     Idempotency,
     Mode,
     Tier,
@@ -17,6 +16,7 @@ from gateway.specs import (
     load_specs,
     pii_pointers,
 )
+from gateway.core.errors import LoadError, LoadErrors
 
 UPSTREAMS = ("crm", "billing", "hr")
 

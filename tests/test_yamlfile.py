@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway import yamlfile
-from gateway.errors import LoadError
+from gateway.core.errors import LoadError
 
 # ---------------------------------------------------------------------------------- loading
 

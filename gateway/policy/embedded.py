@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 import regorus
 
-from gateway.decision import Action, PolicyDecision
-from gateway.errors import LoadError, LoadErrors, PolicyUnavailable
+from gateway.core.decision import Action, PolicyDecision
+from gateway.core.errors import LoadError, LoadErrors, PolicyUnavailable
 from gateway.policy.engine import PolicySources
 
 _LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)")

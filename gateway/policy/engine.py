@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from gateway.decision import PolicyDecision
-from gateway.errors import LoadError, LoadErrors
+from gateway.core.decision import PolicyDecision
+from gateway.core.errors import LoadError, LoadErrors
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 

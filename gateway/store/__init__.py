@@ -4,7 +4,7 @@ PostgreSQL (shared by every replica)."""
 from __future__ import annotations
 
 from gateway.config import Settings
-from gateway.errors import StoreUnavailable
+from gateway.core.errors import StoreUnavailable
 from gateway.store.base import Approval, ApprovalStatus, StateStore, StoredCall
 from gateway.store.sqlite import SqliteStore
 

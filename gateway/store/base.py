@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 if TYPE_CHECKING:
-    from gateway.budgets import Limits, Usage
-    from gateway.idempotency import Claim, IdempotencyRecord, Scope
+    from gateway.state.budgets import Limits, Usage
+    from gateway.state.idempotency import Claim, IdempotencyRecord, Scope
 
 
 class ApprovalStatus(StrEnum):
@@ -214,7 +214,7 @@ class StateStore(Protocol):
 
     async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]: ...
 
-    # -- idempotency (gateway.idempotency) ---------------------------------------------------
+    # -- idempotency (gateway.state.idempotency) ---------------------------------------------------
 
     async def idem_get(self, scope: Scope) -> IdempotencyRecord | None: ...
 
@@ -233,7 +233,7 @@ class StateStore(Protocol):
     async def idem_purge(self, before: float) -> int:
         """Delete completed records older than `before`; how many were deleted."""
 
-    # -- run budgets (gateway.budgets) -------------------------------------------------------
+    # -- run budgets (gateway.state.budgets) -------------------------------------------------------
 
     async def usage(self, tenant: str, run_id: str) -> Usage: ...
 
@@ -282,7 +282,7 @@ def usage_to_json(usage: Usage) -> str:
 
 
 def usage_from_json(text: str | None) -> Usage:
-    from gateway.budgets import Usage  # noqa: PLC0415 (budgets imports errors only; cycle-free)
+    from gateway.state.budgets import Usage  # noqa: PLC0415 (budgets imports errors only; cycle-free)
 
     if not text:
         return Usage()

@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.budgets import Limits, Usage, check_reservation, release
-from gateway.errors import GatewayError, StoreUnavailable
-from gateway.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
+from gateway.core.errors import GatewayError, StoreUnavailable
+from gateway.state.budgets import Limits, Usage, check_reservation, release
+from gateway.state.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
 from gateway.store.base import (
     Approval,
     ApprovalHook,

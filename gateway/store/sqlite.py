@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.budgets import Limits, Usage, check_reservation, release
-from gateway.errors import StoreUnavailable
-from gateway.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
+from gateway.core.errors import StoreUnavailable
+from gateway.state.budgets import Limits, Usage, check_reservation, release
+from gateway.state.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
 from gateway.store.base import (
     Approval,
     ApprovalHook,

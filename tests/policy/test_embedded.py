@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.decision import Action, PolicyDecision
-from gateway.errors import LoadErrors
+from gateway.core.decision import Action, PolicyDecision
+from gateway.core.errors import LoadErrors
 from gateway.policy.embedded import EmbeddedEngine, compile_engine, error_location
 from gateway.policy.engine import load_sources
 

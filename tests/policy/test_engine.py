@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import LoadErrors
+from gateway.core.errors import LoadErrors
 from gateway.policy.engine import PolicySources, load_sources
 
 POLICY = 'package toolgate\n\nimport rego.v1\n\ndecision := {"action": "deny", "reasons": []}\n'

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.budgets import Limits
-from gateway.errors import ApprovalNotPending, BudgetExceeded, SelfApproval
-from gateway.idempotency import ClaimState, Scope
+from gateway.core.errors import ApprovalNotPending, BudgetExceeded, SelfApproval
+from gateway.state.budgets import Limits
+from gateway.state.idempotency import ClaimState, Scope
 from gateway.store.base import (
     Approval,
     ApprovalKeyTaken,

@@ -1,0 +1,1 @@
+"""The admin API on its own port: health, metrics, approvals, kill switches, OpenAPI."""

@@ -1,0 +1,218 @@
+"""The admin API (DESIGN §8) on its own port: health, metrics, the approval queue and the
+kill switches.
+
+Approval endpoints need a JWT with `auth.approver_scope`; a refusal of any kind (no token,
+wrong scope, self-approval, wrong role, a call already decided or expired) is a JSON error
+and an audit record. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` need no token:
+probes and scrapers call them, and they reveal no call data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.admin.openapi import ADMIN_OPENAPI
+from gateway.approvals.service import approver_of
+from gateway.auth import Principal, bearer_principal
+from gateway.context import Runtime
+from gateway.core.errors import GatewayError, InsufficientScope, InvalidArguments, NotFound
+from gateway.metrics import CONTENT_TYPE
+from gateway.state.killswitch import check_scope
+from gateway.store.base import ApprovalStatus, KillSwitch
+
+MAX_LIST = 500
+MAX_TEXT = 2000
+
+
+# The admin app reads the gateway app's runtime (built in the gateway app's cleanup context).
+RUNTIME_OF: web.AppKey[Callable[[], Runtime | None]] = web.AppKey("runtime_of")
+
+
+def runtime_of(request: web.Request) -> Runtime:
+    rt = request.app[RUNTIME_OF]()
+    if rt is None:
+        raise web.HTTPServiceUnavailable(text='{"status": "starting"}',
+                                         content_type="application/json")
+    return rt
+
+
+def approver(request: web.Request, rt: Runtime, approval_id: str | None = None) -> Principal:
+    """The caller's principal, which must hold the approver scope; refusals are audited."""
+    try:
+        principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
+    except GatewayError as exc:
+        if approval_id is not None:
+            rt.approvals.refused(approval_id, None, exc)
+        raise
+    scope = rt.settings.auth.approver_scope
+    if scope not in principal.scopes:
+        refusal = InsufficientScope(
+            f"approvals need the scope {scope}", missing_scopes=[scope],
+            headers={"WWW-Authenticate": f'Bearer realm="toolgate", '
+                                         f'error="insufficient_scope", scope="{scope}"'})
+        if approval_id is not None:
+            rt.approvals.refused(approval_id, principal, refusal)
+        raise refusal
+    return principal
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidArguments("the body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise InvalidArguments("the body must be a JSON object")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
+        raise InvalidArguments(f"{name!r} must be a non-empty string of at most {MAX_TEXT} "
+                               "characters")
+    return value.strip()
+
+
+async def list_approvals(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    approver(request, rt)
+    q = request.query
+    status = q.get("status")
+    if status is not None and status not in {s.value for s in ApprovalStatus}:
+        raise InvalidArguments(f"unknown status {status!r}")
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise InvalidArguments("limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidArguments(f"limit must be from 1 to {MAX_LIST}")
+    approvals = await rt.store.list_approvals(status=status, tool=q.get("tool"),
+                                              tenant=q.get("tenant"), limit=limit)
+    return web.json_response({"approvals": [a.public() for a in approvals]},
+                             dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def show_approval(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    approver(request, rt)
+    approval = await rt.store.get_approval(request.match_info["approval_id"])
+    if approval is None:
+        raise NotFound("no such approval")
+    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def approve(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    approval_id = request.match_info["approval_id"]
+    principal = approver(request, rt, approval_id)
+    body = await _body(request)
+    approval = await rt.approvals.approve(approval_id, principal,
+                                          _text(body, "comment", required=False))
+    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def reject(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    approval_id = request.match_info["approval_id"]
+    principal = approver(request, rt, approval_id)
+    body = await _body(request)
+    reason = _text(body, "reason", required=True)
+    assert reason is not None
+    approval = await rt.approvals.reject(approval_id, principal, reason)
+    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+
+
+def operator(request: web.Request, rt: Runtime) -> Principal:
+    """Kill switches need the approver scope too: the people who may let a held call run
+    are the people who may stop calls."""
+    return approver(request, rt)
+
+
+def _killswitch_record(rt: Runtime, event: str, actor: Principal) -> Callable[[KillSwitch],
+                                                                            None]:
+    def record(switch: KillSwitch) -> None:
+        rt.audit.write("killswitch", {"decision_id": None, "event": event,
+                                      "scope": switch.scope, "reason": switch.reason,
+                                      "actor": approver_of(actor)})
+    return record
+
+
+async def list_killswitches(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    operator(request, rt)
+    return web.json_response({"killswitches": [k.public() for k in
+                                               await rt.store.kill_list()]})
+
+
+async def set_killswitch(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    actor = operator(request, rt)
+    body = await _body(request)
+    scope = check_scope(_text(body, "scope", required=True) or "")
+    reason = _text(body, "reason", required=True) or ""
+    switch = await rt.store.kill_set(scope, reason, approver_of(actor), time.time(),
+                                     _killswitch_record(rt, "set", actor))
+    rt.kills.remember(switch, scope)  # this replica at once; the others within a poll
+    return web.json_response(switch.public())
+
+
+async def clear_killswitch(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    actor = operator(request, rt)
+    scope = check_scope(request.match_info["scope"])
+    switch = await rt.store.kill_clear(scope, time.time(),
+                                       _killswitch_record(rt, "cleared", actor))
+    rt.kills.remember(None, scope)
+    if switch is None:
+        raise NotFound(f"no kill switch {scope}")
+    return web.json_response({**switch.public(), "cleared": True})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME_OF]()
+    if rt is None:
+        return web.json_response({"status": "starting"}, status=503)
+    try:
+        await rt.store.ping()
+    except GatewayError as exc:
+        return web.json_response({"status": "unready", "store": exc.message}, status=503)
+    return web.json_response({"status": "ready", "policy_revision": rt.engine.revision,
+                              "tools": len(rt.specs.tools), "time": time.time()})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    rt = runtime_of(request)
+    return web.Response(body=rt.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(ADMIN_OPENAPI)
+
+
+def add_routes(admin: web.Application) -> None:
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/metrics", metrics)
+    admin.router.add_get("/openapi.json", openapi)
+    admin.router.add_get("/v1/approvals", list_approvals)
+    admin.router.add_get("/v1/approvals/{approval_id}", show_approval)
+    admin.router.add_post("/v1/approvals/{approval_id}/approve", approve)
+    admin.router.add_post("/v1/approvals/{approval_id}/reject", reject)
+    admin.router.add_get("/v1/killswitch", list_killswitches)
+    admin.router.add_post("/v1/killswitch", set_killswitch)
+    admin.router.add_delete("/v1/killswitch/{scope}", clear_killswitch)

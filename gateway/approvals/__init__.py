@@ -1,0 +1,1 @@
+"""The approval queue: its rules, the service approvers use, the executor, notifications."""

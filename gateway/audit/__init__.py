@@ -1,0 +1,1 @@
+"""The audit log: sinks, and the records every call writes."""

@@ -1,0 +1,1 @@
+"""The bundle: tool specs, routes, compiled schemas and policies under one revision."""

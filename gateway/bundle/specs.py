@@ -1,0 +1,305 @@
+"""Tool specs (`tool_specs/*.yaml`, DESIGN §2.1), compiled once at load.
+
+Each spec is checked against `TOOL_SPEC_SCHEMA` (unknown keys are errors), its
+`input_schema`/`output_schema` are checked as JSON Schema 2020-12 and compiled with format
+checking and a local `referencing.Registry` that refuses every remote `$ref`, and its route
+goes into the route table; a second tool on the same method and path shape is an error.
+All problems are reported together, each with `file:line`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import referencing
+import referencing.exceptions
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from referencing.jsonschema import DRAFT202012
+
+from gateway import yamlfile
+from gateway.bundle.routes import PathTemplate, RouteTable
+from gateway.core.errors import LoadError, LoadErrors
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+RESERVED_PREFIXES = ("/v1/approvals",)  # the gateway's own routes on the agent port
+
+TOOL_SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "upstream", "route", "input_schema"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[a-z0-9_.-]+$", "maxLength": 128},
+        "description": {"type": "string"},
+        "upstream": {"type": "string", "minLength": 1},
+        "route": {
+            "type": "object", "additionalProperties": False, "required": ["method", "path"],
+            "properties": {"method": {"enum": METHODS}, "path": {"type": "string"}},
+        },
+        "forward": {
+            "type": "object", "additionalProperties": False, "required": ["path"],
+            "properties": {"path": {"type": "string"}},
+        },
+        "scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "tier": {"enum": ["green", "yellow", "red"]},
+        "idempotency": {"enum": ["required", "optional", "none"]},
+        "input_schema": {"type": "object"},
+        "output_schema": {"type": "object"},
+        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600_000},
+        "mode": {"enum": ["enforce", "shadow"]},
+        "spend": {"type": "string", "minLength": 1},
+    },
+}
+
+
+class Tier(StrEnum):
+    GREEN = "green"
+    YELLOW = "yellow"
+    RED = "red"
+
+
+class Idempotency(StrEnum):
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    NONE = "none"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    upstream: str
+    method: str
+    route: PathTemplate
+    forward: PathTemplate
+    scopes: tuple[str, ...]
+    tier: Tier
+    idempotency: Idempotency
+    input_validator: Validator
+    output_validator: Validator | None
+    pii_pointers: tuple[str, ...]   # JSON pointers of `x-pii: true` argument fields
+    timeout_ms: int
+    mode: Mode
+    source: str                      # file:line, for messages
+    spend: str | None = None         # numeric argument that counts toward the run's spend
+
+
+@dataclass(frozen=True)
+class SpecSet:
+    """Every tool, by name and by route. Immutable once built."""
+
+    tools: Mapping[str, ToolSpec]
+    routes: RouteTable[ToolSpec]
+
+
+# SECURITY: an empty registry with no `retrieve`: a `$ref` to anything outside the spec
+# itself is unresolvable (a load error), never fetched.
+LOCAL_REGISTRY: referencing.Registry[Any] = referencing.Registry()
+FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Validator:
+    """Check a schema and compile it; raises `ValueError` with a readable message."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise ValueError(f"invalid JSON Schema at {where}: {exc.message}") from None
+    unknown = sorted(_formats(schema) - FORMAT_CHECKER.checkers.keys())
+    if unknown:
+        # A format the checker does not know would silently pass anything.
+        raise ValueError(f"format(s) {', '.join(unknown)} cannot be checked by this gateway")
+    resolver = LOCAL_REGISTRY.resolver_with_root(DRAFT202012.create_resource(schema))
+    try:
+        # Resolve every $ref now, so an unresolvable one is a load error, not a 500 later.
+        for ref in _refs(schema):
+            resolver.lookup(ref)
+    except referencing.exceptions.Unresolvable as exc:
+        ref = next((r for r in _refs(schema) if r.endswith(str(exc.ref))), str(exc.ref))
+        if ref.startswith("#"):
+            raise ValueError(f"$ref {ref!r} points at nothing in this schema") from None
+        raise ValueError(f"$ref {ref!r} cannot be resolved: a remote $ref is never fetched; "
+                         "put the schema under $defs") from None
+    return Draft202012Validator(schema, registry=LOCAL_REGISTRY, format_checker=FORMAT_CHECKER)
+
+
+def _walk(schema: Any) -> Iterable[Mapping[str, Any]]:
+    if isinstance(schema, Mapping):
+        yield schema
+        for value in schema.values():
+            yield from _walk(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _walk(item)
+
+
+def _formats(schema: Any) -> set[str]:
+    return {s["format"] for s in _walk(schema) if isinstance(s.get("format"), str)}
+
+
+def _refs(schema: Any) -> list[str]:
+    return [s["$ref"] for s in _walk(schema) if isinstance(s.get("$ref"), str)]
+
+
+def pii_pointers(schema: Mapping[str, Any], prefix: str = "",
+                 root: Mapping[str, Any] | None = None, depth: int = 0) -> list[str]:
+    """JSON pointers of every argument marked `x-pii: true`.
+
+    Follows nested `properties` (whatever the `type`), `items` (as the wildcard segment
+    `*`), local `$ref`s and `allOf`/`anyOf`/`oneOf`, so a marked field is found however the
+    schema reaches it.
+    """
+    root = schema if root is None else root
+    if depth > 32:  # a recursive $ref; deeper values are not marked
+        return []
+    out: list[str] = []
+    for pointer, sub in _children(schema, prefix, root):
+        if sub.get("x-pii") is True and pointer:
+            out.append(pointer)
+        else:
+            out += pii_pointers(sub, pointer, root, depth + 1)
+    return sorted(set(out))
+
+
+def _children(schema: Mapping[str, Any], prefix: str,
+              root: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """The subschemas that describe `prefix` itself or a value below it."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            key = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(key) if isinstance(target, Mapping) else None
+        if isinstance(target, Mapping):
+            yield prefix, target
+    for key in ("allOf", "anyOf", "oneOf"):
+        yield from ((prefix, sub) for sub in schema.get(key) or () if isinstance(sub, Mapping))
+    if isinstance(schema.get("items"), Mapping):
+        yield f"{prefix}/*", schema["items"]
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, Mapping):
+            yield f"{prefix}/{name.replace('~', '~0').replace('/', '~1')}", sub
+
+
+def spec_files(paths: Iterable[Path], suffixes: tuple[str, ...]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in suffixes and f.is_file()))
+        else:
+            files.append(p)
+    return files
+
+
+def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) -> SpecSet:
+    """Load every spec under `paths`; `upstreams` (if given) are the names specs may use."""
+    paths = list(paths)
+    known = set(upstreams) if upstreams is not None else None
+    errors: list[LoadError] = []
+    tools: dict[str, ToolSpec] = {}
+    routes: RouteTable[ToolSpec] = RouteTable()
+    files = spec_files(paths, (".yaml", ".yml"))
+    if not files:
+        raise LoadErrors([LoadError(", ".join(map(str, paths)), None, "no tool specs found")])
+    for file in files:
+        try:
+            doc = yamlfile.load(file)
+        except LoadError as exc:
+            errors.append(exc)
+            continue
+        items = doc.value if isinstance(doc.value, list) else [doc.value]
+        base: tuple[int, ...]
+        for i, raw in enumerate(items):
+            base = (i,) if isinstance(doc.value, list) else ()
+            problems = yamlfile.schema_errors(doc, raw, TOOL_SPEC_SCHEMA, base)
+            if problems:
+                errors.extend(problems)
+                continue
+            try:
+                spec = _build(raw, doc, base)
+            except LoadError as exc:
+                errors.append(exc)
+                continue
+            errors += _register(spec, doc, base, known=known, tools=tools, routes=routes)
+    if errors:
+        raise LoadErrors(errors)
+    return SpecSet(tools=tools, routes=routes)
+
+
+def _register(spec: ToolSpec, doc: yamlfile.YamlDoc, base: tuple[int, ...], *,
+              known: set[str] | None, tools: dict[str, ToolSpec],
+              routes: RouteTable[ToolSpec]) -> list[LoadError]:
+    """Add a compiled spec to the set; the problems that keep it out, if any."""
+    errors = []
+    if known is not None and spec.upstream not in known:
+        errors.append(doc.error((*base, "upstream"),
+                                f"upstream {spec.upstream!r} is not in the config "
+                                f"(known: {', '.join(sorted(known)) or 'none'})"))
+    if spec.name in tools:
+        errors.append(doc.error((*base, "name"), f"duplicate tool name {spec.name!r} "
+                                f"(first defined at {tools[spec.name].source})"))
+        return errors
+    clash = routes.add(spec.method, spec.route, spec)
+    if clash is not None:
+        errors.append(doc.error((*base, "route"),
+                                f"route {spec.method} {spec.route.text} is already "
+                                f"the route of {clash.name!r} ({clash.source})"))
+        return errors
+    tools[spec.name] = spec
+    return errors
+
+
+def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...]) -> ToolSpec:
+    def fail(path: tuple[str, ...], message: str) -> LoadError:
+        return doc.error((*base, *path), f"tool {raw['name']!r}: {message}")
+
+    try:
+        route = PathTemplate.parse(raw["route"]["path"])
+    except ValueError as exc:
+        raise fail(("route", "path"), str(exc)) from None
+    if route.text.startswith(RESERVED_PREFIXES):
+        raise fail(("route", "path"), f"paths under {RESERVED_PREFIXES} belong to the gateway")
+    try:
+        forward = PathTemplate.parse(raw.get("forward", {}).get("path", route.text))
+    except ValueError as exc:
+        raise fail(("forward", "path"), str(exc)) from None
+    missing = set(forward.names) - set(route.names)
+    if missing:
+        raise fail(("forward", "path"), f"uses {sorted(missing)} which the route path does "
+                                        "not define")
+    validators: dict[str, Validator | None] = {}
+    for key in ("input_schema", "output_schema"):
+        if key not in raw:
+            validators[key] = None
+            continue
+        try:
+            validators[key] = compile_schema(raw[key])
+        except ValueError as exc:
+            raise fail((key,), str(exc)) from None
+    input_validator = validators["input_schema"]
+    assert input_validator is not None  # required by TOOL_SPEC_SCHEMA
+    spend = raw.get("spend")
+    if spend is not None and spend not in (raw["input_schema"].get("properties") or {}):
+        raise fail(("spend",), f"spend argument {spend!r} is not a property of input_schema")
+    if raw["input_schema"].get("type", "object") != "object":
+        raise fail(("input_schema",), "the arguments are one JSON object: type must be object")
+    return ToolSpec(
+        name=raw["name"], description=raw.get("description", ""), upstream=raw["upstream"],
+        method=raw["route"]["method"], route=route, forward=forward,
+        scopes=tuple(raw.get("scopes", [])), tier=Tier(raw.get("tier", "red")),
+        idempotency=Idempotency(raw.get("idempotency", "optional")),
+        input_validator=input_validator, output_validator=validators["output_schema"],
+        pii_pointers=tuple(pii_pointers(raw["input_schema"])),
+        timeout_ms=raw.get("timeout_ms", 5000), mode=Mode(raw.get("mode", "enforce")),
+        source=f"{doc.file}:{doc.line(base) or 1}", spend=spend,
+    )

@@ -1,0 +1,195 @@
+"""The `toolgate` command: a thin layer over the library. `main(argv, environ) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.auth import KeyConfigError, load_keys
+from gateway.cli import approvals as cli_approvals
+from gateway.config import Settings
+from gateway.config import load as load_config
+from gateway.core.errors import LoadError, LoadErrors
+from gateway.upstreams.client import CredentialError, read_credential
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="toolgate", description="Tool gateway for AI agents.")
+    p.add_argument("--version", action="version", version=f"toolgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+
+    check = sub.add_parser("check", help="validate config, tool specs and policies")
+    check.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+
+    policy = sub.add_parser("policy", help="policy tools")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    ptest = psub.add_parser("test", help="run every test_* rule, like `opa test`")
+    ptest.add_argument("paths", nargs="*", type=Path,
+                       help="policy files or directories (default: policies/)")
+    ptest.add_argument("--verbose", "-v", action="store_true", help="list passing tests too")
+    ptest.add_argument("--run", "-r", metavar="TEXT", help="only tests whose name contains TEXT")
+
+    cli_approvals.add_parser(sub)
+    cli_approvals.add_kill_parsers(sub)
+
+    keys = sub.add_parser("keys", help="development signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    kinit = ksub.add_parser("init", help="write private.pem and jwks.json into DIR")
+    kinit.add_argument("directory", type=Path)
+
+    token = sub.add_parser("token", help="mint a development token signed by `keys init` keys")
+    token.add_argument("--keys", type=Path, default=Path("keys"), help="directory of the keys")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--scope", default="", help="space-separated scopes")
+    token.add_argument("--tenant")
+    token.add_argument("--agent")
+    token.add_argument("--role", action="append", default=[], dest="roles")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--issuer", default="https://idp.example.com")
+    token.add_argument("--audience", default="toolgate")
+
+    demo = sub.add_parser("demo", help="run the gateway on its defaults with scripted calls")
+    demo.add_argument("--dir", type=Path, default=None,
+                      help="empty directory for the demo's config, keys, state and audit log "
+                           "(default: a new temporary directory)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    if args.command == "serve":
+        return _serve(args.config, env)
+    if args.command == "check":
+        return _check(args.config, env)
+    if args.command == "policy":
+        return _policy_test(args.paths or [Path("policies")], args.verbose, args.run)
+    if args.command == "approvals":
+        return cli_approvals.run(args, env)
+    if args.command in ("kill", "revive"):
+        return cli_approvals.run_kill(args, env)
+    if args.command == "keys":
+        return _keys_init(args.directory)
+    if args.command == "token":
+        return _token(args)
+    if args.command == "demo":
+        from gateway.demo import run_demo  # noqa: PLC0415 (demo pulls in extra modules)
+        return run_demo(args.dir)
+    raise AssertionError(args.command)  # argparse enforces the choices
+
+
+def _errors(errors: Sequence[LoadError | str]) -> int:
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def _load(config: Path, env: Mapping[str, str]) -> Settings | int:
+    try:
+        return load_config(config, env)
+    except LoadError as exc:
+        return _errors([exc])
+    except LoadErrors as exc:
+        return _errors(exc.errors)
+
+
+def _serve(config: Path, env: Mapping[str, str]) -> int:
+    from gateway.serve import serve  # noqa: PLC0415 (uvloop and aiohttp only when serving)
+    settings = _load(config, env)
+    if isinstance(settings, int):
+        return settings
+    try:
+        serve(settings, env)
+    except LoadErrors as exc:
+        return _errors(exc.errors)
+    except (KeyConfigError, CredentialError) as exc:
+        return _errors([str(exc)])
+    return 0
+
+
+def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], str]:
+    """Every problem `serve` would hit at start, and a one-line summary when there are none."""
+    from gateway.bundle.specs import load_specs  # noqa: PLC0415
+    from gateway.policy import load_sources  # noqa: PLC0415
+    from gateway.policy.embedded import compile_engine  # noqa: PLC0415
+
+    problems: list[str] = []
+    summary = ""
+    try:
+        specs = load_specs(settings.tool_specs, settings.upstreams.keys())
+        summary += f"{len(specs.tools)} tools"
+    except LoadErrors as exc:
+        problems += [str(e) for e in exc.errors]
+    try:
+        sources = load_sources(settings.policies)
+        compile_engine(sources)
+        summary += f", {len(sources.modules)} policy modules (revision {sources.revision})"
+    except LoadErrors as exc:
+        problems += [str(e) for e in exc.errors]
+    try:
+        load_keys(settings.auth, env)
+    except KeyConfigError as exc:
+        problems.append(str(exc))
+    for upstream in settings.upstreams.values():
+        try:
+            read_credential(upstream, env)
+        except CredentialError as exc:
+            problems.append(str(exc))
+    return problems, summary
+
+
+def _check(config: Path, env: Mapping[str, str]) -> int:
+    settings = _load(config, env)
+    if isinstance(settings, int):
+        return settings
+    problems, summary = check_all(settings, env)
+    if problems:
+        return _errors(problems)
+    print(f"ok: {config}: {summary}")
+    return 0
+
+
+def _policy_test(paths: list[Path], verbose: bool, name_filter: str | None) -> int:
+    from gateway.policy import load_sources  # noqa: PLC0415
+    from gateway.policy.testing import Outcome, report, run_tests  # noqa: PLC0415
+
+    try:
+        results = run_tests(load_sources(paths, tests=True), name_filter)
+    except LoadErrors as exc:
+        return _errors(exc.errors)
+    for line in report(results, verbose):
+        print(line)
+    ok = results and all(r.outcome is Outcome.PASS for r in results)
+    return 0 if ok else 2
+
+
+def _keys_init(directory: Path) -> int:
+    from gateway.devtokens import DevKey  # noqa: PLC0415
+
+    if (directory / "private.pem").exists():
+        return _errors([f"{directory / 'private.pem'} exists; not overwriting it"])
+    key = DevKey.generate()
+    key.save(directory)
+    print(f"wrote {directory / 'private.pem'} (keep it secret) and {directory / 'jwks.json'} "
+          f"(kid {key.kid}); set auth.jwks_file to the latter")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.devtokens import DevKey  # noqa: PLC0415
+
+    try:
+        key = DevKey.load(args.keys)
+    except (OSError, ValueError, KeyError) as exc:
+        return _errors([f"cannot load keys from {args.keys}: {exc}"])
+    print(key.token(args.sub, scopes=args.scope.split(), tenant=args.tenant, agent=args.agent,
+                    roles=args.roles, ttl_s=args.ttl, issuer=args.issuer,
+                    audience=args.audience))
+    return 0

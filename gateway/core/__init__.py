@@ -1,0 +1,1 @@
+"""The pure core: errors, decisions and verdicts, the tool call, canonical encodings."""

@@ -1,0 +1,94 @@
+"""Stage `parse`: body size limit, then JSON.
+
+Reads: the body, up to `limits.max_body_bytes`. Sets: `ctx.body` (the exact bytes, which are
+what the upstream receives) and `ctx.body_args`. Refuses: 413 `body_too_large`; 415
+`unsupported_media_type` for a body that is not `application/json` or is compressed; 400
+`invalid_json` (not JSON, not an object, a name given twice, NaN/Infinity, a number or
+string that parsers disagree on). An empty body is `{}`.
+
+SECURITY: the upstream receives the raw bytes, so the gateway must see exactly one meaning
+in them. With `{"amount": 5000, "amount": 10}` a parser that keeps the last value would let
+the policy approve 10 while an upstream that keeps the first refunds 5000; such a body is
+refused, as are the non-JSON constants some parsers accept and others reject.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+from gateway.context import CallContext, Runtime
+from gateway.core.errors import InvalidJson, UnsupportedMediaType
+
+
+class _Ambiguous(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _Ambiguous(f"the name {name!r} is given twice in one object")
+        out[name] = value
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise _Ambiguous(f"{name} is not JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Ambiguous(f"{text} is too large for a JSON number")
+    return value
+
+
+def loads_strict(body: bytes) -> Any:
+    """JSON with one meaning: no repeated names, no NaN/Infinity, no number that parsers
+    round differently (beyond a double, or an integer beyond 64 bits), nothing the audit
+    log could not write (a lone surrogate, nesting deeper than 250)."""
+    value = json.loads(body, object_pairs_hook=_object, parse_constant=_constant,
+                       parse_float=_float)
+    try:
+        orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        raise _Ambiguous("the body holds an integer beyond 64 bits, an unpaired surrogate, "
+                         "or nesting deeper than 250") from None
+    return value
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
+async def parse(ctx: CallContext, rt: Runtime) -> None:
+    headers = ctx.call.headers
+    # Checked before reading: the HTTP server would try to decompress it.
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise UnsupportedMediaType("a compressed body is not accepted; send it as is")
+    ctx.body = await ctx.call.read_body(rt.settings.max_body_bytes)
+    if not ctx.body.strip():
+        return
+    # SECURITY: the upstream reads the bytes by their Content-Type; the gateway judged them
+    # as JSON. A form or other type would let the upstream see arguments nobody checked.
+    if not _is_json(headers.get("Content-Type", "")):
+        raise UnsupportedMediaType("a body must be sent as Content-Type: application/json")
+    try:
+        value = loads_strict(ctx.body)
+    except _Ambiguous as exc:
+        raise InvalidJson(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"the body is not valid JSON: {exc.msg} at position {exc.pos}") \
+            from None
+    except (UnicodeDecodeError, RecursionError):
+        raise InvalidJson("the body is not valid UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidJson("the body must be a JSON object of arguments")
+    ctx.body_args = value

@@ -1,1 +1,0 @@
-"""The pipeline's stages, one concept per module; the order is in `gateway.pipeline`."""

@@ -1,0 +1,1 @@
+"""Call state kept across requests: idempotency keys, run budgets, kill switches."""

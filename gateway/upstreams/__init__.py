@@ -1,0 +1,1 @@
+"""Upstream APIs: which headers go out, and the pooled client that sends a planned call."""
