@@ -140,7 +140,7 @@ def micro(key: DevKey) -> None:
     print(f"{'policy decision, regorus on the calling thread':<56} {direct:8.1f} us")
 
     async def threaded() -> float:
-        eng = await EmbeddedEngine.start(sources, "data.toolgate.decision", 1000)
+        eng = EmbeddedEngine(sources, "data.toolgate.decision", 1000)
         try:
             for _ in range(200):
                 await eng.evaluate(doc)

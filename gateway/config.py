@@ -29,6 +29,8 @@ CLI_VARIABLES = frozenset({"TOOLGATE_ADMIN_URL", "TOOLGATE_APPROVER_TOKEN"})
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
               "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
 
+DEFAULT_TAKEOVER_MS = 10_000
+TAKEOVER_HEARTBEATS = 5   # missed heartbeats before a sending instance counts as stopped
 _STR = {"type": "string", "minLength": 1}
 _POS_INT = {"type": "integer", "minimum": 1}
 
@@ -45,6 +47,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "properties": {
         "listen": _STR,
         "admin_listen": _STR,
+        # What upstreams get as X-Forwarded-Host (default: `listen`); never the agent's Host.
+        "forwarded_host": {"type": "string", "pattern": r"^[A-Za-z0-9.:\[\]_-]{1,255}$"},
         "tool_specs": {"type": "array", "items": _STR, "minItems": 1},
         "policies": {"type": "array", "items": _STR, "minItems": 1},
         "policy": {
@@ -109,6 +113,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {
                 "ttl_seconds": _POS_INT,
                 "sweep_interval_ms": _POS_INT,
+                "takeover_after_ms": _POS_INT,
                 "wait_ms": {"type": "integer", "minimum": 0},
                 "webhook": {
                     "type": "object", "additionalProperties": False, "required": ["url"],
@@ -221,6 +226,8 @@ class Settings:
     max_response_bytes: int = 10_485_760
     approval_ttl_seconds: int = 86_400
     approval_sweep_interval_s: float = 1.0
+    approval_takeover_after_s: float = 10.0
+    forwarded_host: str = "127.0.0.1:8080"
     approval_wait_s: float = 2.0
     webhook: WebhookSettings | None = None
     fail_open: bool = False
@@ -255,6 +262,18 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
                 parse_address(raw[key])
             except ValueError as exc:
                 errors.append(doc.error((key,), f"{key}: {exc}"))
+    approvals = raw.get("approvals")
+    if isinstance(approvals, dict):
+        sweep = approvals.get("sweep_interval_ms", 1000)
+        takeover = approvals.get("takeover_after_ms")
+        if (isinstance(sweep, int) and isinstance(takeover, int)
+                and takeover < TAKEOVER_HEARTBEATS * sweep):
+            # SECURITY: an instance heartbeats once a sweep; a takeover sooner than a few
+            # missed heartbeats would resend a call a live instance is still sending.
+            errors.append(doc.error(("approvals", "takeover_after_ms"),
+                                    f"approvals.takeover_after_ms must be at least "
+                                    f"{TAKEOVER_HEARTBEATS} sweeps ({TAKEOVER_HEARTBEATS * sweep}"
+                                    " ms): a live instance heartbeats once a sweep"))
     if errors:
         raise LoadErrors(errors)
     return _construct(raw, path.resolve().parent)
@@ -342,9 +361,11 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
     limits = raw.get("limits", {})
     audit_file = audit.get("file", "audit/toolgate.jsonl")
     approvals = raw.get("approvals", {})
+    listen = parse_address(raw.get("listen", "127.0.0.1:8080"))
     return Settings(
         base_dir=base,
-        listen=parse_address(raw.get("listen", "127.0.0.1:8080")),
+        listen=listen,
+        forwarded_host=raw.get("forwarded_host", str(listen)),
         admin_listen=parse_address(raw.get("admin_listen", "127.0.0.1:8081")),
         tool_specs=tuple(rel(p) for p in raw.get("tool_specs", ["tool_specs/"])),
         policies=tuple(rel(p) for p in raw.get("policies", ["policies/"])),
@@ -367,6 +388,9 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
         max_response_bytes=limits.get("max_response_bytes", 10_485_760),
         approval_ttl_seconds=approvals.get("ttl_seconds", 86_400),
         approval_sweep_interval_s=approvals.get("sweep_interval_ms", 1000) / 1000,
+        approval_takeover_after_s=approvals.get(
+            "takeover_after_ms",
+            max(DEFAULT_TAKEOVER_MS, 10 * approvals.get("sweep_interval_ms", 1000))) / 1000,
         approval_wait_s=approvals.get("wait_ms", 2000) / 1000,
         webhook=WebhookSettings(**approvals["webhook"]) if "webhook" in approvals else None,
         fail_open=raw.get("fail_open", False),

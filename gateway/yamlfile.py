@@ -27,6 +27,7 @@ class YamlDoc:
     file: str
     value: Any
     lines: Mapping[JsonPath, int]
+    text: str = ""                 # the source, for revisions
 
     def line(self, path: Iterable[str | int]) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -57,9 +58,9 @@ def loads(text: str, file: str) -> YamlDoc:
         raise LoadError(file, line, f"invalid YAML: {exc.problem}") from exc
     lines: dict[JsonPath, int] = {}
     if node is None:
-        return YamlDoc(file, None, lines)
+        return YamlDoc(file, None, lines, text)
     value = _Builder(file, lines).build(node, ())
-    return YamlDoc(file, value, lines)
+    return YamlDoc(file, value, lines, text)
 
 
 MAX_NODES = 100_000  # alias expansion ("billion laughs") stops here

@@ -15,10 +15,11 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import RUNTIME, build_apps
+from gateway.app import build_apps
+from gateway.approvals.model import call_hash
 from gateway.config import load as load_config
 from gateway.devtokens import DevKey
-from gateway.store.base import call_hash
+from gateway.web import RUNTIME
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "amount": 250, "currency": "USD"}
@@ -93,10 +94,10 @@ async def test_queued_call_stores_exactly_what_would_be_sent(
     approval_id = (await resp.json())["approval_id"]
     approval = await client.server.app[RUNTIME].store.get_approval(approval_id)
     assert approval is not None
-    assert approval.call.body == raw
-    assert approval.call.path == "/v1/refunds"
-    assert approval.call.upstream == "billing"
-    headers = {k.lower() for k in approval.call.headers}
+    assert approval.plan.body == raw
+    assert approval.plan.path == "/v1/refunds"
+    assert approval.plan.upstream == "billing"
+    headers = {k.lower() for k in approval.plan.headers}
     assert "authorization" not in headers
     assert "traceparent" in headers
     assert approval.call_hash == call_hash("create_refund_request", REFUND, "svc", "acme")

@@ -9,7 +9,6 @@ probes and scrapers call them, and they reveal no call data.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,13 +16,13 @@ import orjson
 from aiohttp import web
 
 from gateway.admin.openapi import ADMIN_OPENAPI
-from gateway.approvals.service import approver_of
+from gateway.approvals.model import Approval, ApprovalStatus
+from gateway.audit import records
 from gateway.auth import Principal, bearer_principal
-from gateway.context import Runtime
 from gateway.core.errors import GatewayError, InsufficientScope, InvalidArguments, NotFound
 from gateway.metrics import CONTENT_TYPE
-from gateway.state.killswitch import check_scope
-from gateway.store.base import ApprovalStatus, KillSwitch
+from gateway.runtime import Runtime
+from gateway.state.killswitch import KillSwitch, check_scope
 
 MAX_LIST = 500
 MAX_TEXT = 2000
@@ -84,6 +83,15 @@ def _text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
     return value.strip()
 
 
+def _public(rt: Runtime, approval: Approval) -> dict[str, Any]:
+    """A held call as approvers see it: everything that would be sent."""
+    return approval.public(rt.upstreams.credential_header(approval.plan.upstream))
+
+
+def _json(value: Any) -> web.Response:
+    return web.json_response(value, dumps=lambda v: orjson.dumps(v).decode())
+
+
 async def list_approvals(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approver(request, rt)
@@ -99,8 +107,7 @@ async def list_approvals(request: web.Request) -> web.StreamResponse:
         raise InvalidArguments(f"limit must be from 1 to {MAX_LIST}")
     approvals = await rt.store.list_approvals(status=status, tool=q.get("tool"),
                                               tenant=q.get("tenant"), limit=limit)
-    return web.json_response({"approvals": [a.public() for a in approvals]},
-                             dumps=lambda v: orjson.dumps(v).decode())
+    return _json({"approvals": [_public(rt, a) for a in approvals]})
 
 
 async def show_approval(request: web.Request) -> web.StreamResponse:
@@ -109,7 +116,7 @@ async def show_approval(request: web.Request) -> web.StreamResponse:
     approval = await rt.store.get_approval(request.match_info["approval_id"])
     if approval is None:
         raise NotFound("no such approval")
-    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+    return _json(_public(rt, approval))
 
 
 async def approve(request: web.Request) -> web.StreamResponse:
@@ -119,7 +126,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     approval = await rt.approvals.approve(approval_id, principal,
                                           _text(body, "comment", required=False))
-    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+    return _json(_public(rt, approval))
 
 
 async def reject(request: web.Request) -> web.StreamResponse:
@@ -130,7 +137,7 @@ async def reject(request: web.Request) -> web.StreamResponse:
     reason = _text(body, "reason", required=True)
     assert reason is not None
     approval = await rt.approvals.reject(approval_id, principal, reason)
-    return web.json_response(approval.public(), dumps=lambda v: orjson.dumps(v).decode())
+    return _json(_public(rt, approval))
 
 
 def operator(request: web.Request, rt: Runtime) -> Principal:
@@ -142,9 +149,7 @@ def operator(request: web.Request, rt: Runtime) -> Principal:
 def _killswitch_record(rt: Runtime, event: str, actor: Principal) -> Callable[[KillSwitch],
                                                                             None]:
     def record(switch: KillSwitch) -> None:
-        rt.audit.write("killswitch", {"decision_id": None, "event": event,
-                                      "scope": switch.scope, "reason": switch.reason,
-                                      "actor": approver_of(actor)})
+        rt.audit.write("killswitch", records.killswitch(event, switch, records.actor(actor)))
     return record
 
 
@@ -161,7 +166,7 @@ async def set_killswitch(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     scope = check_scope(_text(body, "scope", required=True) or "")
     reason = _text(body, "reason", required=True) or ""
-    switch = await rt.store.kill_set(scope, reason, approver_of(actor), time.time(),
+    switch = await rt.store.kill_set(scope, reason, records.actor(actor), rt.clock.time(),
                                      _killswitch_record(rt, "set", actor))
     rt.kills.remember(switch, scope)  # this replica at once; the others within a poll
     return web.json_response(switch.public())
@@ -171,7 +176,7 @@ async def clear_killswitch(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     actor = operator(request, rt)
     scope = check_scope(request.match_info["scope"])
-    switch = await rt.store.kill_clear(scope, time.time(),
+    switch = await rt.store.kill_clear(scope, rt.clock.time(),
                                        _killswitch_record(rt, "cleared", actor))
     rt.kills.remember(None, scope)
     if switch is None:
@@ -191,8 +196,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         await rt.store.ping()
     except GatewayError as exc:
         return web.json_response({"status": "unready", "store": exc.message}, status=503)
-    return web.json_response({"status": "ready", "policy_revision": rt.engine.revision,
-                              "tools": len(rt.specs.tools), "time": time.time()})
+    bundle = rt.bundles.current
+    return web.json_response({"status": "ready", "policy_revision": bundle.revision,
+                              "revisions": {"specs": bundle.spec_revision,
+                                            "policies": bundle.policy_revision},
+                              "tools": len(bundle.tools), "time": rt.clock.time()})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

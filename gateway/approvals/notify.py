@@ -18,8 +18,9 @@ import aiohttp
 from prometheus_client import Counter
 
 from gateway import tasks
+from gateway.approvals.model import Approval
 from gateway.config import WebhookSettings
-from gateway.store.base import Approval, rfc3339
+from gateway.core.canonical import rfc3339
 
 log = logging.getLogger("toolgate")
 QUEUE_SIZE = 1000

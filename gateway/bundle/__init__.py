@@ -1,1 +1,105 @@
-"""The bundle: tool specs, routes, compiled schemas and policies under one revision."""
+"""The bundle: everything a call is judged by, compiled once, under one revision.
+
+Tool specs (with their compiled schemas and route table) and the policies (modules and
+data, compiled into the engine) form one frozen `Bundle`. `load_bundle` is the one function
+that builds it — `toolgate serve` and `toolgate check` both call it, so a bundle `check`
+accepts is exactly one `serve` would run — and it reports every problem at once. The
+running gateway reaches its bundle through one `BundleRef`; a call pins the bundle it
+started with, and its records carry that bundle's `revision`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.bundle.routes import RouteTable
+from gateway.bundle.specs import SpecSet, ToolSpec, load_specs
+from gateway.config import Settings
+from gateway.core.clock import SYSTEM_CLOCK, Clock
+from gateway.core.errors import LoadError, LoadErrors
+from gateway.policy.embedded import EmbeddedEngine
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.sources import PolicySources, load_sources
+
+
+@dataclass(frozen=True)
+class Bundle:
+    tools: Mapping[str, ToolSpec]
+    routes: RouteTable[ToolSpec]
+    policies: PolicySources
+    engine: PolicyEngine
+    spec_revision: str
+    policy_revision: str
+
+    @property
+    def revision(self) -> str:
+        """One revision over the specs and the policies (and their data)."""
+        return hashlib.sha256(f"{self.spec_revision}\0{self.policy_revision}".encode()
+                              ).hexdigest()[:16]
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
+    """Load and compile specs and policies; `LoadErrors` lists every problem in both.
+
+    The embedded engine is bound to the calling thread: call this on the thread that will
+    evaluate (the event loop's, when serving).
+    """
+    errors: list[LoadError] = []
+    specs: SpecSet | None = None
+    sources: PolicySources | None = None
+    try:
+        specs = load_specs(settings.tool_specs, settings.upstreams.keys())
+    except LoadErrors as exc:
+        errors += exc.errors
+    try:
+        sources = load_sources(settings.policies)
+    except LoadErrors as exc:
+        errors += exc.errors
+    engine: PolicyEngine | None = None
+    if sources is not None:
+        try:
+            engine = EmbeddedEngine(sources, settings.policy.query, settings.policy.timeout_ms,
+                                    clock)
+        except LoadErrors as exc:
+            errors += exc.errors
+    if specs is not None:
+        errors += _credential_clashes(specs, settings)
+    if errors or specs is None or sources is None or engine is None:
+        raise LoadErrors(errors)
+    return Bundle(tools=specs.tools, routes=specs.routes, policies=sources, engine=engine,
+                  spec_revision=specs.revision, policy_revision=sources.revision)
+
+
+def _credential_clashes(specs: SpecSet, settings: Settings) -> list[LoadError]:
+    """SECURITY: a spec may not let the agent send its upstream's credential header."""
+    errors = []
+    for spec in specs.tools.values():
+        cred = settings.upstreams[spec.upstream].credential
+        if cred is None:
+            continue
+        if cred.header.lower() in {h.lower() for h in spec.forward_headers}:
+            file, _, line = spec.source.rpartition(":")
+            errors.append(LoadError(file, int(line) if line.isdigit() else None,
+                                    f"tool {spec.name!r}: forward.headers lists "
+                                    f"{cred.header!r}, the credential header of upstream "
+                                    f"{spec.upstream!r}"))
+    return errors
+
+
+class BundleRef:
+    """The one reference the running gateway reaches its bundle through."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self._bundle = bundle
+
+    @property
+    def current(self) -> Bundle:
+        return self._bundle
+
+    async def close(self) -> None:
+        await self._bundle.close()

@@ -9,6 +9,7 @@ All problems are reported together, each with `file:line`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +26,7 @@ from referencing.jsonschema import DRAFT202012
 from gateway import yamlfile
 from gateway.bundle.routes import PathTemplate, RouteTable
 from gateway.core.errors import LoadError, LoadErrors
+from gateway.upstreams.headers import refused_name
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 RESERVED_PREFIXES = ("/v1/approvals",)  # the gateway's own routes on the agent port
@@ -43,7 +45,12 @@ TOOL_SPEC_SCHEMA: dict[str, Any] = {
         },
         "forward": {
             "type": "object", "additionalProperties": False, "required": ["path"],
-            "properties": {"path": {"type": "string"}},
+            "properties": {
+                "path": {"type": "string"},
+                # Extra agent headers this tool's upstream needs (an allow-list, DESIGN §3).
+                "headers": {"type": "array", "items": {"type": "string", "minLength": 1},
+                            "uniqueItems": True},
+            },
         },
         "scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "tier": {"enum": ["green", "yellow", "red"]},
@@ -92,6 +99,7 @@ class ToolSpec:
     mode: Mode
     source: str                      # file:line, for messages
     spend: str | None = None         # numeric argument that counts toward the run's spend
+    forward_headers: tuple[str, ...] = ()   # extra agent headers passed on (allow-list)
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class SpecSet:
 
     tools: Mapping[str, ToolSpec]
     routes: RouteTable[ToolSpec]
+    revision: str = ""               # SHA-256 over every spec file, in path order
 
 
 # SECURITY: an empty registry with no `retrieve`: a `$ref` to anything outside the spec
@@ -211,12 +220,14 @@ def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) ->
     files = spec_files(paths, (".yaml", ".yml"))
     if not files:
         raise LoadErrors([LoadError(", ".join(map(str, paths)), None, "no tool specs found")])
+    digest = hashlib.sha256()
     for file in files:
         try:
             doc = yamlfile.load(file)
         except LoadError as exc:
             errors.append(exc)
             continue
+        digest.update(f"{file.name}\0{doc.text}\0".encode())
         items = doc.value if isinstance(doc.value, list) else [doc.value]
         base: tuple[int, ...]
         for i, raw in enumerate(items):
@@ -233,7 +244,7 @@ def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) ->
             errors += _register(spec, doc, base, known=known, tools=tools, routes=routes)
     if errors:
         raise LoadErrors(errors)
-    return SpecSet(tools=tools, routes=routes)
+    return SpecSet(tools=tools, routes=routes, revision=digest.hexdigest()[:16])
 
 
 def _register(spec: ToolSpec, doc: yamlfile.YamlDoc, base: tuple[int, ...], *,
@@ -273,6 +284,11 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         forward = PathTemplate.parse(raw.get("forward", {}).get("path", route.text))
     except ValueError as exc:
         raise fail(("forward", "path"), str(exc)) from None
+    forward_headers = tuple(raw.get("forward", {}).get("headers", ()))
+    for name in forward_headers:
+        problem = refused_name(name)
+        if problem:
+            raise fail(("forward", "headers"), problem)
     missing = set(forward.names) - set(route.names)
     if missing:
         raise fail(("forward", "path"), f"uses {sorted(missing)} which the route path does "
@@ -302,4 +318,5 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         pii_pointers=tuple(pii_pointers(raw["input_schema"])),
         timeout_ms=raw.get("timeout_ms", 5000), mode=Mode(raw.get("mode", "enforce")),
         source=f"{doc.file}:{doc.line(base) or 1}", spend=spend,
+        forward_headers=forward_headers,
     )

@@ -170,6 +170,7 @@ def details(a: dict[str, Any]) -> str:
         *(f"  - {r}" for r in a["reasons"]),
         "arguments:",
         *("  " + line for line in json.dumps(a["args"], indent=2, sort_keys=True).splitlines()),
+        *_call_lines(a.get("call")),
     ]
     for v in a["approvals"]:
         comment = f": {v['comment']}" if v.get("comment") else ""
@@ -180,6 +181,22 @@ def details(a: dict[str, Any]) -> str:
         r = a["result"]
         lines.append(f"result       HTTP {r['status']}: {json.dumps(r['body'])[:200]}")
     return "\n".join(lines)
+
+
+def _call_lines(call: dict[str, Any] | None) -> list[str]:
+    """Everything that will be sent, as the upstream will receive it."""
+    if not call:
+        return []
+    target = call["path"] + (f"?{call['query']}" if call["query"] else "")
+    credential = call.get("credential_header")
+    return [
+        f"call         {call['method']} {target} to upstream {call['upstream']}",
+        *(f"  {name}: {value}" for name, value in call["headers"].items()),
+        *([f"  {credential}: (the upstream credential, added by the gateway)"]
+          if credential else []),
+        "  body:",
+        *("    " + line for line in (call["body"] or "(empty)").splitlines()),
+    ]
 
 
 def add_kill_parsers(sub: Any) -> None:

@@ -115,22 +115,16 @@ def _serve(config: Path, env: Mapping[str, str]) -> int:
 
 
 def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], str]:
-    """Every problem `serve` would hit at start, and a one-line summary when there are none."""
-    from gateway.bundle.specs import load_specs  # noqa: PLC0415
-    from gateway.policy import load_sources  # noqa: PLC0415
-    from gateway.policy.embedded import compile_engine  # noqa: PLC0415
+    """Every problem `serve` would hit at start, and a one-line summary when there are none.
+    The bundle is built by the same function `serve` uses."""
+    from gateway.bundle import load_bundle  # noqa: PLC0415 (compiles the policies)
 
     problems: list[str] = []
     summary = ""
     try:
-        specs = load_specs(settings.tool_specs, settings.upstreams.keys())
-        summary += f"{len(specs.tools)} tools"
-    except LoadErrors as exc:
-        problems += [str(e) for e in exc.errors]
-    try:
-        sources = load_sources(settings.policies)
-        compile_engine(sources)
-        summary += f", {len(sources.modules)} policy modules (revision {sources.revision})"
+        bundle = load_bundle(settings)
+        summary = (f"{len(bundle.tools)} tools, {len(bundle.policies.modules)} policy modules "
+                   f"(revision {bundle.revision})")
     except LoadErrors as exc:
         problems += [str(e) for e in exc.errors]
     try:

@@ -1,24 +1,30 @@
 """The ordered stage list, and the loop that runs it into a `Verdict`.
 
-Every stage has one signature, `async (ctx, rt) -> None`: it sets facts on `ctx` or raises a
-`GatewayError`. The order is the contract; why each stage sits where it does:
+The pipeline starts where every entrance has left a `ToolCall` (tool, arguments, raw body,
+request facts); it knows nothing of HTTP. Every stage has one signature,
+`async (ctx, rt) -> None`: it sets facts on `ctx` or raises a `GatewayError`. The order is
+the contract; why each stage sits where it does:
 
-1. parse         — the body limit comes first: nothing reads an oversized body.
-2. route         — which tool (and its arguments) decides everything after it.
-3. authenticate  — before anything looks at state, so no stage acts for an unknown caller
+1. authenticate  — before anything looks at state, so no stage acts for an unknown caller
                    (and, with idempotency replay, one principal never sees another's result).
-4. killswitch    — right after we know who calls which tool: a stopped call touches no state.
-5. scopes        — the token must be allowed this tool before its arguments are judged.
-6. idempotency   — a missing required key is refused before the schema, like Stripe/IETF;
+2. killswitch    — right after we know who calls which tool: a stopped call touches no state.
+3. scopes        — the token must be allowed this tool before its arguments are judged.
+4. idempotency   — a missing required key is refused before the schema, like Stripe/IETF;
                    a retry of a held or completed call is answered from it here and the
                    pipeline stops, so a changed policy can never run the same call twice.
-7. validate      — the policy only ever sees arguments that match the schema.
-8. usage         — the run's counters, so the policy can act on them too.
-9. policy        — it sees the verified principal, valid arguments and the run.
-10. claim        — the idempotency key is claimed only by a request the policy lets through
-                   (nothing stored for the others), and before the budget, so a retry that
-                   loses the race (409, or a replay) never counts against the run.
-11. budget       — last, just before sending: only a call that will be sent reserves.
+5. validate      — the policy only ever sees arguments that match the schema.
+6. plan          — the exact outbound request, fixed before the policy decides on it: what
+                   is allowed, or shown to an approver, is what would be sent.
+7. usage         — the run's counters, so the policy can act on them too.
+8. policy        — it sees the verified principal, valid arguments and the run.
+9. commit        — last, for a call about to be forwarded: its key and its budget are taken
+                   in one transaction, so a retry that loses the race (409, or a replay)
+                   never counts against the run, and only a call that will be sent reserves.
+                   (A held call takes its key in the hold act, in one transaction with the
+                   held call and its decision record.)
+
+Entrances run two steps of their own before this (`route`, `parse`); their refusals are
+decided by the same `decide` and audited the same way (`gateway.act.handle`).
 
 Fail closed by construction: an exception a stage did not mean to raise is a deny carrying
 that stage's name (`internal_error`), never logged-and-continued.
@@ -28,40 +34,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from gateway.bundle.specs import Mode
-from gateway.context import CallContext, Runtime
-from gateway.core.decision import Verdict, decide
+from gateway.core.context import CallContext
+from gateway.core.decision import Verdict
 from gateway.core.errors import GatewayError, InternalError
+from gateway.core.stage import Stage
 from gateway.pipeline.authenticate import authenticate
-from gateway.pipeline.budget import budget
-from gateway.pipeline.claim import claim
+from gateway.pipeline.commit import commit
 from gateway.pipeline.idempotency import idempotency
 from gateway.pipeline.killswitch import killswitch
-from gateway.pipeline.parse import parse
+from gateway.pipeline.plan import plan
 from gateway.pipeline.policy import policy
-from gateway.pipeline.route import route
 from gateway.pipeline.scopes import scopes
 from gateway.pipeline.usage import usage
 from gateway.pipeline.validate import validate
-from gateway.store.base import Approval
 
-Stage = Callable[[CallContext, Runtime], Awaitable[None]]
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+StageFn = Callable[[CallContext, "Runtime"], Awaitable[None]]
 log = logging.getLogger("toolgate")
 
-STAGES: tuple[tuple[str, Stage], ...] = (
-    ("parse", parse),
-    ("route", route),
-    ("authenticate", authenticate),
-    ("killswitch", killswitch),
-    ("scopes", scopes),
-    ("idempotency", idempotency),
-    ("validate", validate),
-    ("usage", usage),
-    ("policy", policy),
-    ("claim", claim),
-    ("budget", budget),
+STAGES: tuple[tuple[Stage, StageFn], ...] = (
+    (Stage.AUTHENTICATE, authenticate),
+    (Stage.KILLSWITCH, killswitch),
+    (Stage.SCOPES, scopes),
+    (Stage.IDEMPOTENCY, idempotency),
+    (Stage.VALIDATE, validate),
+    (Stage.PLAN, plan),
+    (Stage.USAGE, usage),
+    (Stage.POLICY, policy),
+    (Stage.COMMIT, commit),
 )
 
 
@@ -75,14 +79,9 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
             error = exc
             break
         except Exception:
-            log.exception("stage %s failed on %s", name, ctx.call.request_id)
+            log.exception("stage %s failed on %s", name, ctx.call.facts.request_id)
             error = InternalError(f"the gateway failed in stage {name}; nothing was done")
             break
-        if ctx.bound is not None:
+        if ctx.answered is not None:
             break
-    shadow = ctx.spec is not None and ctx.spec.mode is Mode.SHADOW
-    bound: Literal["held", "replay"] | None = (
-        None if ctx.bound is None else "held" if isinstance(ctx.bound, Approval) else "replay")
-    # The stage that decided: the one that refused or bound the call, else the policy.
-    deciding = ctx.stage if error is not None or bound is not None else "policy"
-    return decide(deciding, error, ctx.policy, shadow, bound=bound)
+    return ctx.verdict(error)

@@ -3,19 +3,22 @@
 Reads: the replica's kill switches (refreshed from the store every `killswitch.poll_ms`),
 the principal's tenant and agent, the tool. Refuses: 403 `killed`, naming the switch's
 scope and reason. Runs right after authentication: a killed call is refused before it
-touches any state.
+touches any state. The approval executor applies the same rule (`KillSwitches.refusal`)
+before it sends a held call.
 """
 
 from __future__ import annotations
 
-from gateway.context import CallContext, Runtime
-from gateway.core.errors import Killed
+from typing import TYPE_CHECKING
+
+from gateway.core.context import CallContext
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 
 async def killswitch(ctx: CallContext, rt: Runtime) -> None:
-    assert ctx.principal is not None and ctx.spec is not None
-    switch = rt.kills.matching(ctx.principal.tenant, ctx.principal.agent, ctx.spec.name)
-    if switch is not None:
-        raise Killed(f"calls are stopped by the kill switch {switch.scope}: {switch.reason}",
-                     scope=switch.scope, reasons=[f"killed: {switch.scope}: {switch.reason}"],
-                     fallback="route_to_human")
+    principal = ctx.principal
+    refusal = rt.kills.refusal(principal.tenant, principal.agent, ctx.call.spec.name)
+    if refusal is not None:
+        raise refusal

@@ -7,12 +7,16 @@ Refuses: 503 `store_unavailable`.
 
 from __future__ import annotations
 
-from gateway.context import CallContext, Runtime
+from typing import TYPE_CHECKING
+
+from gateway.core.context import CallContext
 from gateway.state.budgets import Usage
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 
 async def usage(ctx: CallContext, rt: Runtime) -> None:
-    assert ctx.principal is not None
     if ctx.run_id is None:
         ctx.usage = Usage()
         return

@@ -1,18 +1,22 @@
 """Stage `validate`: the arguments against the tool's `input_schema` (JSON Schema 2020-12).
 
-Reads: `ctx.args`, the compiled validator (formats checked, no remote `$ref`). Refuses: 422
-`schema_invalid` with `details: [{path, message}]`, one per failed keyword, JSON-pointer
-paths, sorted, at most `MAX_DETAILS`.
+Reads: the call's arguments, the compiled validator (formats checked, no remote `$ref`).
+Refuses: 422 `schema_invalid` with `details: [{path, message, keyword}]`, one per failed
+keyword, JSON-pointer paths, sorted, at most `MAX_DETAILS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from jsonschema.exceptions import ValidationError
 
-from gateway.context import CallContext, Runtime
+from gateway.core.context import CallContext
 from gateway.core.errors import SchemaInvalid
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 MAX_DETAILS = 20
 
@@ -48,9 +52,9 @@ def details(errors: Iterable[ValidationError]) -> list[dict[str, str]]:
 
 
 async def validate(ctx: CallContext, rt: Runtime) -> None:
-    assert ctx.spec is not None and ctx.args is not None
-    errors = list(ctx.spec.input_validator.iter_errors(ctx.args))
-    rt.metrics.schema.labels(ctx.spec.name, "invalid" if errors else "valid").inc()
+    spec = ctx.call.spec
+    errors = list(spec.input_validator.iter_errors(dict(ctx.call.args)))
+    rt.metrics.schema.labels(spec.name, "invalid" if errors else "valid").inc()
     if errors:
-        raise SchemaInvalid(f"the arguments do not match the schema of tool {ctx.spec.name}",
+        raise SchemaInvalid(f"the arguments do not match the schema of tool {spec.name}",
                             details=details(errors))

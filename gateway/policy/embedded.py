@@ -18,16 +18,16 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import regorus
 
+from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.decision import Action, PolicyDecision
 from gateway.core.errors import LoadError, LoadErrors, PolicyUnavailable
-from gateway.policy.engine import PolicySources
+from gateway.policy.sources import PolicySources
 
 _LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)")
 UNDEFINED = "<undefined>"
@@ -83,19 +83,16 @@ def evaluate_json(engine: Any, rule: str, input_json: str) -> Any:
 
 
 class EmbeddedEngine:
-    """`PolicyEngine` on regorus; create with `await EmbeddedEngine.start(...)` on the loop."""
+    """`PolicyEngine` on regorus; create it on the thread that will evaluate (the loop's)."""
 
-    def __init__(self, sources: PolicySources, query: str, timeout_ms: int) -> None:
+    def __init__(self, sources: PolicySources, query: str, timeout_ms: int,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._sources = sources
         self._query = query
         self._timeout = timeout_ms / 1000
+        self._clock = clock
         self._thread = threading.get_ident()
         self._engine: Any = compile_engine(sources)
-
-    @classmethod
-    async def start(cls, sources: PolicySources, query: str,
-                    timeout_ms: int) -> EmbeddedEngine:
-        return cls(sources, query, timeout_ms)
 
     @property
     def revision(self) -> str:
@@ -107,7 +104,7 @@ class EmbeddedEngine:
         if threading.get_ident() != self._thread:
             raise RuntimeError("the embedded engine is bound to the thread that built it")
         input_json = orjson.dumps(input_doc).decode()
-        start = time.perf_counter()
+        start = self._clock.monotonic()
         try:
             value = evaluate_json(self._engine, self._query, input_json)
         except RuntimeError as exc:
@@ -118,7 +115,8 @@ class EmbeddedEngine:
                         if value == UNDEFINED else PolicyDecision.parse(value))
         # Only a late allow is distrusted: a late deny or hold is still safe to act on, and
         # must not turn into an allow under fail_open.
-        if time.perf_counter() - start >= self._timeout and decision.action is Action.ALLOW:
+        if (self._clock.monotonic() - start >= self._timeout
+                and decision.action is Action.ALLOW):
             raise PolicyUnavailable(f"policy evaluation took longer than "
                                     f"{self._timeout * 1000:.0f} ms")
         return decision

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.policy.embedded import compile_engine, error_location, evaluate_json
-from gateway.policy.engine import PolicySources
+from gateway.policy.sources import PolicySources
 
 
 class Outcome(StrEnum):

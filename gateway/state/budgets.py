@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from gateway.core.errors import BudgetExceeded
+
+ZERO_TOLERANCE = 1e-9  # spend is summed in floats; a cap is not overshot by rounding
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,36 @@ class BudgetSettings:
             max_spend={**self.default.max_spend, **override.max_spend})
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """One call counted against its run: the tool and what it spends, under `limits`."""
+
+    tenant: str                      # "" for a principal without a tenant
+    run_id: str
+    tool: str
+    spend: Mapping[str, float]
+    limits: Limits
+
+
+def spend_of(name: str | None, args: Mapping[str, Any]) -> dict[str, float]:
+    """What a call spends: its `spend` argument (a tool spec's `spend: amount`)."""
+    value = args.get(name) if name else None
+    if name is None or not isinstance(value, int | float) or isinstance(value, bool):
+        return {}
+    return {name: float(value)}
+
+
+def reservation(budgets: BudgetSettings, tenant: str | None, run_id: str | None, tool: str,
+                spend: Mapping[str, float]) -> Reservation | None:
+    """The reservation a call makes, or None when its run has no budget to count against."""
+    if run_id is None:
+        return None
+    limits = budgets.for_tenant(tenant)
+    if limits.empty:
+        return None
+    return Reservation(tenant or "", run_id, tool, dict(spend), limits)
+
+
 @dataclass
 class Usage:
     tool_calls: int = 0
@@ -76,12 +110,25 @@ def check_reservation(usage: Usage, limits: Limits, tool: str,
     for name, amount in spend.items():
         cap = limits.max_spend.get(name)
         total = spent.get(name, 0.0) + amount
-        if cap is not None and total > cap + 1e-9:
+        if cap is not None and total > cap + ZERO_TOLERANCE:
             raise BudgetExceeded(f"{name} {amount:g} would bring the run's spend to {total:g}, "
                                  f"over its cap of {cap:g}", budget=f"max_spend.{name}",
                                  limit=cap, used=spent.get(name, 0.0))
         spent[name] = total
     return Usage(usage.tool_calls + 1, {**usage.per_tool, tool: used + 1}, spent)
+
+
+def usage_to_json(usage: Usage) -> str:
+    return orjson.dumps({"tool_calls": usage.tool_calls, "per_tool": usage.per_tool,
+                         "spent": usage.spent}).decode()
+
+
+def usage_from_json(text: str | None) -> Usage:
+    if not text:
+        return Usage()
+    raw = orjson.loads(text)
+    return Usage(int(raw["tool_calls"]), {k: int(v) for k, v in raw["per_tool"].items()},
+                 {k: float(v) for k, v in raw["spent"].items()})
 
 
 def release(usage: Usage, spend: Mapping[str, float], uncount: str | None = None) -> Usage:

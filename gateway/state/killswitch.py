@@ -4,7 +4,8 @@
 The switches live in the state store; each replica keeps them in memory and reloads them
 every `killswitch.poll_ms` (default 500 ms), so a switch set through any replica stops
 calls on all of them within one poll. A switch set through this replica applies at once.
-If the store cannot be read, the last known set stays in force.
+If the store cannot be read, the last known set stays in force. `refusal` is the one rule
+both the pipeline's `killswitch` stage and the approval executor apply.
 """
 
 from __future__ import annotations
@@ -12,13 +13,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from gateway import tasks
-from gateway.core.errors import GatewayError, InvalidArguments
-from gateway.store.base import KillSwitch, StateStore
+from gateway.core.canonical import rfc3339
+from gateway.core.errors import GatewayError, InvalidArguments, Killed
 
 log = logging.getLogger("toolgate")
 SCOPE = re.compile(r"^(global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+)$")
+
+
+@dataclass(frozen=True)
+class KillSwitch:
+    scope: str                     # global | tenant:<t> | agent:<a> | tool:<name>
+    reason: str
+    actor: Mapping[str, Any]
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"scope": self.scope, "reason": self.reason, "actor": dict(self.actor),
+                "since": rfc3339(self.created_at)}
 
 
 def check_scope(scope: str) -> str:
@@ -29,8 +45,10 @@ def check_scope(scope: str) -> str:
 
 
 class KillSwitches:
-    def __init__(self, store: StateStore, poll_s: float) -> None:
-        self._store = store
+    """This replica's view of the switches; `load` reads them from the store."""
+
+    def __init__(self, load: Callable[[], Awaitable[list[KillSwitch]]], poll_s: float) -> None:
+        self._load = load
         self._poll = poll_s
         self._active: dict[str, KillSwitch] = {}
         self._task: asyncio.Task[None] | None = None
@@ -46,6 +64,15 @@ class KillSwitches:
                 return self._active[scope]
         return None
 
+    def refusal(self, tenant: str | None, agent: str | None, tool: str) -> Killed | None:
+        """The 403 `killed` a call by this tenant and agent to this tool gets, if any."""
+        switch = self.matching(tenant, agent, tool)
+        if switch is None:
+            return None
+        return Killed(f"calls are stopped by the kill switch {switch.scope}: {switch.reason}",
+                      scope=switch.scope, reasons=[f"killed: {switch.scope}: {switch.reason}"],
+                      fallback="route_to_human")
+
     def remember(self, switch: KillSwitch | None, scope: str) -> None:
         if switch is None:
             self._active.pop(scope, None)
@@ -53,7 +80,7 @@ class KillSwitches:
             self._active[scope] = switch
 
     async def refresh(self) -> None:
-        self._active = {k.scope: k for k in await self._store.kill_list()}
+        self._active = {k.scope: k for k in await self._load()}
 
     async def _run(self) -> None:
         while True:

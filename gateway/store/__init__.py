@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from gateway.config import Settings
 from gateway.core.errors import StoreUnavailable
-from gateway.store.base import Approval, ApprovalStatus, StateStore, StoredCall
+from gateway.store.base import StateStore
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["Approval", "ApprovalStatus", "StateStore", "StoredCall", "open_store"]
+__all__ = ["StateStore", "open_store"]
 
 
 async def open_store(settings: Settings) -> StateStore:

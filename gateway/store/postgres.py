@@ -1,95 +1,65 @@
-"""The PostgreSQL state store: one queue, one set of idempotency records, budgets and kill
+"""The PostgreSQL state store: one queue, one set of idempotency keys, budgets and kill
 switches for every gateway replica (one sidecar per agent pod).
 
 asyncpg with a pool. Atomic changes are one transaction each, serialised where it matters
-by row locks (`SELECT … FOR UPDATE`) rather than by the isolation level, so replicas wait
-for each other only on the same approval, key or run. Schema changes are numbered
-migrations applied at start under an advisory lock, so replicas starting together apply
-each one once. A lost connection is `StoreUnavailable` (503) for the calls that needed it;
-the pool reconnects on its own when the server is back.
+by row locks (`SELECT … FOR UPDATE`, or the unique key an `INSERT … ON CONFLICT` waits on)
+rather than by the isolation level, so replicas wait for each other only on the same
+approval, key or run. The statements are those of `gateway.store.rows`, numbered for
+PostgreSQL. Schema changes are the migrations of `gateway.store.schema`, applied at start
+under an advisory lock, so replicas starting together apply each one once. A lost
+connection is `StoreUnavailable` (503) for the calls that needed it; the pool reconnects on
+its own when the server is back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import asyncpg
 import orjson
 
+from gateway.approvals.model import Approval, ApprovalStatus, Vote
 from gateway.core.errors import GatewayError, StoreUnavailable
-from gateway.state.budgets import Limits, Usage, check_reservation, release
-from gateway.state.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
-from gateway.store.base import (
-    Approval,
-    ApprovalHook,
-    ApprovalKeyTaken,
-    ApprovalStatus,
-    KillSwitch,
-    Vote,
-    takeover,
-    usage_from_json,
-    usage_to_json,
+from gateway.state.budgets import Reservation, Usage, check_reservation, release
+from gateway.state.budgets import usage_from_json as _usage
+from gateway.state.budgets import usage_to_json as _usage_json
+from gateway.state.idempotency import (
+    Answer,
+    KeyClaim,
+    KeyState,
+    KeyStatus,
+    Scope,
+    may_take_over,
 )
-from gateway.store.sqlite import _COLUMNS, _approval, _row
+from gateway.state.killswitch import KillSwitch
+from gateway.store import rows
+from gateway.store.base import ApprovalHook
+from gateway.store.schema import Dialect, migrations
 
 MIGRATION_LOCK = 0x746F6F6C67617465  # "toolgate"
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE approvals (
-        id TEXT PRIMARY KEY, status TEXT NOT NULL, decision_id TEXT NOT NULL,
-        tool TEXT NOT NULL, args BYTEA NOT NULL, call_hash TEXT NOT NULL,
-        principal BYTEA NOT NULL, sub TEXT NOT NULL, tenant TEXT, reasons BYTEA NOT NULL,
-        approvals_required INTEGER NOT NULL, approver_roles BYTEA NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL, call BYTEA NOT NULL, body BYTEA NOT NULL,
-        call_digest TEXT NOT NULL, idempotency_key TEXT, resend_safe INTEGER NOT NULL,
-        reason TEXT, result_status INTEGER, result_content_type TEXT, result_body BYTEA,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        owner TEXT,
-        error TEXT
-    );
-    CREATE INDEX approvals_status ON approvals (status, expires_at);
-    CREATE UNIQUE INDEX approvals_key ON approvals (COALESCE(tenant, ''), tool, idempotency_key)
-        WHERE idempotency_key IS NOT NULL;
-    CREATE TABLE approval_votes (
-        approval_id TEXT NOT NULL REFERENCES approvals (id), approver_sub TEXT NOT NULL,
-        approver BYTEA NOT NULL, comment TEXT, created_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (approval_id, approver_sub)
-    );
-    CREATE TABLE idempotency (
-        tenant TEXT NOT NULL, tool TEXT NOT NULL, key TEXT NOT NULL,
-        fingerprint TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,
-        lease_until DOUBLE PRECISION NOT NULL, status INTEGER, content_type TEXT,
-        body BYTEA, created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tenant, tool, key)
-    );
-    CREATE INDEX idempotency_age ON idempotency (updated_at);
-    CREATE TABLE runs (
-        tenant TEXT NOT NULL, run_id TEXT NOT NULL, usage TEXT NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tenant, run_id)
-    );
-    CREATE TABLE kill_switches (
-        scope TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE replicas (id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
-    """,
-)
-_IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status, "
-         "content_type, body, created_at")
-_UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "result_body",
-                        "attempts", "owner", "error"})
+MIGRATIONS = migrations(Dialect.POSTGRES)
 # What a lost or refused connection raises, besides asyncpg's own errors.
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_MARK = re.compile(r"\?")
+
+
+@functools.cache
+def pg(sql: str) -> str:
+    """A shared statement with `?` placeholders, numbered (`$1`, …) for PostgreSQL."""
+    sql = sql.replace(" owner IS ?", " owner IS NOT DISTINCT FROM ?")
+    count = iter(range(1, sql.count("?") + 1))
+    return _MARK.sub(lambda _: f"${next(count)}", sql)
 
 
 @contextlib.contextmanager
 def _unavailable(what: str) -> Iterator[None]:
     try:
         yield
-    except (GatewayError, asyncpg.UniqueViolationError):
+    except GatewayError:
         raise
     except _DOWN as exc:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
@@ -114,11 +84,17 @@ class PostgresStore:
             await conn.execute("CREATE TABLE IF NOT EXISTS toolgate_schema "
                                "(version INTEGER NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM toolgate_schema") or 0
+            if version == 1 and await conn.fetchval(
+                    "SELECT to_regclass('idempotency') IS NOT NULL"):
+                # Version 0.1.0 applied migrations 1 and 2 as one and recorded 1.
+                version = 2
+                await conn.execute("INSERT INTO toolgate_schema (version) VALUES (2)")
             if version > len(MIGRATIONS):
                 raise StoreUnavailable(f"state store schema version {version} is newer "
                                        f"than this gateway ({len(MIGRATIONS)})")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
+            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+                for sql in step:
+                    await conn.execute(sql)
                 await conn.execute("INSERT INTO toolgate_schema (version) VALUES ($1)", number)
 
     @contextlib.asynccontextmanager
@@ -127,90 +103,172 @@ class PostgresStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 yield conn
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[Any]:
         with _unavailable("state store unavailable"):
-            return list(await self._pool.fetch(sql, *args))
+            async with self._pool.acquire() as conn:
+                yield conn
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1")
+        async with self._read() as conn:
+            await conn.fetchval("SELECT 1")
 
-    # -- approvals ---------------------------------------------------------------------------
+    # -- a call's transactions ---------------------------------------------------------------
 
-    async def create_approval(self, approval: Approval) -> None:
-        marks = ", ".join(f"${i}" for i in range(1, 28))
-        try:
-            async with self._tx("cannot queue the call") as conn:
-                await conn.execute(f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) "
-                                   f"VALUES ({marks})",
-                                   *_row(approval), approval.sub, approval.tenant)
-        except asyncpg.UniqueViolationError as exc:
-            raise ApprovalKeyTaken(approval.idempotency_key) from exc
+    async def _key_in(self, conn: Any, scope: Scope) -> KeyState | None:
+        row = await conn.fetchrow(pg(rows.SELECT_KEY), *rows.scope_params(scope))
+        if row is None:
+            return None
+        approval_id = row[len(rows.KEY_COLUMNS) - 1]
+        votes = (await self._votes(conn, [approval_id]))[approval_id] if approval_id else []
+        return rows.key_from_row(tuple(row), votes)
 
-    async def _approvals(self, conn: Any, rows: list[Any]) -> list[Approval]:
-        ids = [r[0] for r in rows]
+    async def key_state(self, scope: Scope) -> KeyState | None:
+        async with self._read() as conn:
+            return await self._key_in(conn, scope)
+
+    async def _claim_in(self, conn: Any, claim: KeyClaim, status: KeyStatus,
+                        approval_id: str | None, now: float) -> KeyState | None:
+        """Take the key for `claim`; the state that keeps it from us, if any. The insert
+        waits on a concurrent claim of the same key, so the winner is decided here."""
+        done = await conn.execute(pg(rows.INSERT_KEY), *rows.scope_params(claim.scope),
+                                  claim.fingerprint, claim.request_id, str(status),
+                                  claim.lease_until, now, approval_id, now)
+        if done == "INSERT 0 1":
+            return None
+        await conn.execute("SELECT 1 FROM idempotency WHERE tenant = $1 AND tool = $2 AND "
+                           "key = $3 FOR UPDATE", *rows.scope_params(claim.scope))
+        existing = await self._key_in(conn, claim.scope)
+        if existing is None:
+            # Purged between the insert and the lock: the caller may simply retry.
+            raise StoreUnavailable("the idempotency key changed while it was claimed; retry")
+        if not may_take_over(existing, claim, now):
+            return existing
+        await conn.execute(pg(rows.TAKE_OVER_KEY), claim.request_id, str(status),
+                           claim.lease_until, approval_id, now, *rows.scope_params(claim.scope))
+        return None
+
+    async def _locked_usage(self, conn: Any, tenant: str, run_id: str, now: float) -> Usage:
+        await conn.execute("INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES "
+                           "($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                           tenant, run_id, _usage_json(Usage()), now)
+        return _usage(await conn.fetchval("SELECT usage FROM runs WHERE tenant = $1 AND "
+                                          "run_id = $2 FOR UPDATE", tenant, run_id))
+
+    async def commit_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
+                             now: float) -> KeyState | None:
+        async with self._tx() as conn:
+            if claim is not None:
+                taken = await self._claim_in(conn, claim, KeyStatus.IN_FLIGHT, None, now)
+                if taken is not None:
+                    return taken
+            if reservation is not None:
+                r = reservation
+                usage = check_reservation(
+                    await self._locked_usage(conn, r.tenant, r.run_id, now), r.limits, r.tool,
+                    r.spend)  # raises BudgetExceeded: the whole transaction rolls back
+                await conn.execute(pg(rows.UPSERT_USAGE), r.tenant, r.run_id,
+                                   _usage_json(usage), now)
+            return None
+
+    async def commit_hold(self, approval: Approval, claim: KeyClaim | None,
+                          record: ApprovalHook) -> KeyState | None:
+        async with self._tx("cannot queue the call") as conn:
+            if claim is not None:
+                taken = await self._claim_in(conn, claim, KeyStatus.HELD, approval.id,
+                                             approval.created_at)
+                if taken is not None:
+                    return taken
+            await conn.execute(pg(rows.INSERT_APPROVAL), *rows.approval_row(approval))
+            record(approval)  # write-ahead: if the audit record fails, nothing commits
+            return None
+
+    async def _release_in(self, conn: Any, r: Reservation, now: float, *,
+                          uncount: bool) -> None:
+        usage = release(await self._locked_usage(conn, r.tenant, r.run_id, now), r.spend,
+                        r.tool if uncount else None)
+        await conn.execute(pg(rows.UPSERT_USAGE), r.tenant, r.run_id, _usage_json(usage), now)
+
+    async def settle(self, claim: KeyClaim | None, answer: Answer | None,
+                     give_back: Reservation | None, now: float) -> None:
+        async with self._tx() as conn:
+            if claim is not None and answer is not None:
+                await conn.execute(pg(rows.COMPLETE_KEY), answer.status, answer.content_type,
+                                   answer.body, now, *rows.scope_params(claim.scope),
+                                   claim.request_id)
+            if give_back is not None and give_back.spend:
+                await self._release_in(conn, give_back, now, uncount=False)
+
+    async def undo_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
+                           now: float) -> None:
+        async with self._tx() as conn:
+            if claim is not None:
+                await conn.execute(pg(rows.RELEASE_KEY), *rows.scope_params(claim.scope),
+                                   claim.request_id)
+            if reservation is not None:
+                await self._release_in(conn, reservation, now, uncount=True)
+
+    async def purge_keys(self, before: float) -> int:
+        async with self._tx() as conn:
+            done = await conn.execute(pg(rows.PURGE_KEYS), before, before)
+        return int(done.split()[-1])
+
+    async def usage(self, tenant: str, run_id: str) -> Usage:
+        async with self._read() as conn:
+            return _usage(await conn.fetchval(pg(rows.SELECT_USAGE), tenant, run_id))
+
+    # -- the approval queue ------------------------------------------------------------------
+
+    @staticmethod
+    async def _votes(conn: Any, ids: list[str]) -> dict[str, list[Vote]]:
         votes: dict[str, list[Vote]] = {i: [] for i in ids}
         if ids:
             for v in await conn.fetch(
                     "SELECT approval_id, approver, comment, created_at FROM approval_votes "
                     "WHERE approval_id = ANY($1) ORDER BY created_at", ids):
-                votes[v[0]].append(Vote(orjson.loads(v[1]), v[2], v[3]))
-        return [_approval(tuple(r), votes) for r in rows]
+                votes[v[0]].append(rows.vote_from_row(v[1], v[2], v[3]))
+        return votes
 
-    async def _select(self, where: str, *args: Any, suffix: str = "") -> list[Approval]:
-        with _unavailable("state store unavailable"):
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM approvals {where} {suffix}",
-                                        *args)
-                return await self._approvals(conn, list(rows))
+    async def _approvals(self, conn: Any, sql: str, *args: Any) -> list[Approval]:
+        found = [tuple(r) for r in await conn.fetch(pg(sql), *args)]
+        votes = await self._votes(conn, [r[0] for r in found])
+        return [rows.approval_from_row(r, votes[r[0]]) for r in found]
+
+    async def _select(self, where: str, *args: Any) -> list[Approval]:
+        async with self._read() as conn:
+            return await self._approvals(conn, f"{rows.SELECT_APPROVALS}{where}", *args)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        found = await self._select("WHERE id = $1", approval_id)
-        return found[0] if found else None
-
-    async def find_approval(self, tenant: str | None, tool: str,
-                            idempotency_key: str) -> Approval | None:
-        found = await self._select("WHERE COALESCE(tenant, '') = $1 AND tool = $2 AND "
-                                   "idempotency_key = $3", tenant or "", tool, idempotency_key)
+        found = await self._select(" WHERE id = ?", approval_id)
         return found[0] if found else None
 
     async def list_approvals(self, *, status: str | None = None, tool: str | None = None,
                              tenant: str | None = None, limit: int = 100) -> list[Approval]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("status", status), ("tool", tool), ("tenant", tenant)):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        args.append(limit)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return await self._select(clause, *args,
-                                  suffix=f"ORDER BY created_at DESC LIMIT ${len(args)}")
+        where, params = rows.list_filter(status, tool, tenant, limit)
+        return await self._select(where, *params)
 
     async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]:
-        return await self._select("WHERE status = ANY($1)", [str(s) for s in states],
-                                  suffix="ORDER BY created_at")
+        marks = ", ".join("?" * len(states))
+        return await self._select(f" WHERE status IN ({marks}) ORDER BY created_at",
+                                  *sorted(str(s) for s in states))
 
     async def _locked(self, conn: Any, approval_id: str) -> Approval:
-        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE",
-                                approval_id)
-        if not rows:
+        found = await self._approvals(conn, f"{rows.SELECT_APPROVALS} WHERE id = ? FOR UPDATE",
+                                      approval_id)
+        if not found:
             raise KeyError(approval_id)
-        return (await self._approvals(conn, list(rows)))[0]
+        return found[0]
 
     async def vote(self, approval_id: str, approver: Mapping[str, Any], comment: str | None,
                    now: float, *, check: ApprovalHook, record: ApprovalHook) -> Approval:
         async with self._tx() as conn:
             current = await self._locked(conn, approval_id)
             check(current)
-            await conn.execute(
-                "INSERT INTO approval_votes (approval_id, approver_sub, approver, comment, "
-                "created_at) VALUES ($1, $2, $3, $4, $5)",
-                approval_id, str(approver["sub"]), orjson.dumps(approver), comment, now)
-            votes = await conn.fetchval("SELECT count(*) FROM approval_votes WHERE "
-                                        "approval_id = $1", approval_id)
-            if votes >= current.approvals_required:
-                await conn.execute("UPDATE approvals SET status = 'approved', updated_at = $1 "
-                                   "WHERE id = $2 AND status = 'pending'", now, approval_id)
+            await conn.execute(pg(rows.INSERT_VOTE), approval_id, str(approver["sub"]),
+                               orjson.dumps(approver), comment, now)
+            if await conn.fetchval(pg(rows.COUNT_VOTES), approval_id) >= \
+                    current.approvals_required:
+                await conn.execute(pg(rows.MARK_APPROVED), now, approval_id)
             after = await self._locked(conn, approval_id)
             record(after)
             return after
@@ -219,22 +277,10 @@ class PostgresStore:
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
                          owner_is: tuple[str | None] | None = None,
                          **fields: Any) -> Approval | None:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
-        sets = ["status = $1", "updated_at = $2",
-                *(f"{k} = ${i}" for i, k in enumerate(fields, start=5))]
-        args: list[Any] = [str(to), now, approval_id, [str(s) for s in from_states],
-                           *fields.values()]
-        owner_sql = ""
-        if owner_is is not None:
-            args.append(owner_is[0])
-            owner_sql = f" AND owner IS NOT DISTINCT FROM ${len(args)}"
+        sql = rows.transition_sql(from_states, fields, owner_is)
+        params = rows.transition_params(approval_id, from_states, to, now, fields, owner_is)
         async with self._tx() as conn:
-            done = await conn.execute(
-                f"UPDATE approvals SET {', '.join(sets)} WHERE id = $3 AND status = ANY($4)"
-                f"{owner_sql}", *args)
-            if done != "UPDATE 1":
+            if await conn.execute(pg(sql), *params) != "UPDATE 1":
                 return None
             after = await self._locked(conn, approval_id)
             if record is not None:
@@ -243,117 +289,20 @@ class PostgresStore:
 
     async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
         async with self._tx() as conn:
-            rows = await conn.fetch(
-                "UPDATE approvals SET status = 'expired', updated_at = $1, "
-                "reason = 'not approved before it expired' WHERE status = 'pending' AND "
-                "expires_at <= $1 RETURNING id", now)
-            expired = [await self._locked(conn, r[0]) for r in rows]
+            ids = [r[0] for r in await conn.fetch(pg(rows.EXPIRE_DUE), now, now)]
+            expired = [await self._locked(conn, i) for i in ids]
             for approval in expired:
                 record(approval)
             return expired
 
     async def heartbeat(self, instance: str, now: float) -> None:
         async with self._tx() as conn:
-            await conn.execute("INSERT INTO replicas (id, seen_at) VALUES ($1, $2) ON CONFLICT "
-                               "(id) DO UPDATE SET seen_at = excluded.seen_at", instance, now)
+            await conn.execute(pg(rows.HEARTBEAT), instance, now)
 
     async def abandoned(self, now: float, stale_s: float) -> list[Approval]:
-        return await self._select(
-            "WHERE status = 'executing' AND NOT EXISTS (SELECT 1 FROM replicas r WHERE "
-            "r.id = approvals.owner AND r.seen_at >= $1)", now - stale_s,
-            suffix="ORDER BY created_at")
-
-    # -- idempotency -------------------------------------------------------------------------
-
-    async def idem_get(self, scope: Scope) -> IdempotencyRecord | None:
-        rows = await self._fetch(f"SELECT {_IDEM} FROM idempotency WHERE tenant = $1 AND "
-                                 "tool = $2 AND key = $3", scope.tenant, scope.tool, scope.key)
-        return _idem(tuple(rows[0])) if rows else None
-
-    async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
-                         lease_s: float) -> Claim:
-        for _ in range(3):  # the row can vanish between the insert and the select (purge)
-            claim = await self._claim_once(scope, fingerprint, request_id, now, lease_s)
-            if claim is not None:
-                return claim
-        raise StoreUnavailable("the idempotency key could not be claimed; retry")
-
-    async def _claim_once(self, scope: Scope, fingerprint: str, request_id: str, now: float,
-                          lease_s: float) -> Claim | None:
-        async with self._tx() as conn:
-            key = (scope.tenant, scope.tool, scope.key)
-            inserted = await conn.fetch(
-                f"INSERT INTO idempotency ({_IDEM}, updated_at) VALUES ($1, $2, $3, $4, $5, "
-                "'in_flight', $6, NULL, NULL, NULL, $7, $7) ON CONFLICT DO NOTHING "
-                f"RETURNING {_IDEM}", *key, fingerprint, request_id, now + lease_s, now)
-            if inserted:
-                return Claim(True, _idem(tuple(inserted[0])))
-            rows = await conn.fetch(f"SELECT {_IDEM} FROM idempotency WHERE tenant = $1 AND "
-                                    "tool = $2 AND key = $3 FOR UPDATE", *key)
-            if not rows:
-                return None
-            existing = _idem(tuple(rows[0]))
-            if not takeover(existing, fingerprint, now):
-                return Claim(False, existing)
-            rows = await conn.fetch(
-                "UPDATE idempotency SET request_id = $4, lease_until = $5, updated_at = $6 "
-                f"WHERE tenant = $1 AND tool = $2 AND key = $3 RETURNING {_IDEM}",
-                *key, request_id, now + lease_s, now)
-            return Claim(True, _idem(tuple(rows[0])))
-
-    async def idem_complete(self, scope: Scope, request_id: str, status: int,
-                            content_type: str | None, body: bytes, now: float) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
-                "UPDATE idempotency SET state = 'done', status = $5, content_type = $6, "
-                "body = $7, updated_at = $8 WHERE tenant = $1 AND tool = $2 AND key = $3 "
-                "AND request_id = $4", scope.tenant, scope.tool, scope.key, request_id,
-                status, content_type, body, now)
-
-    async def idem_release(self, scope: Scope, request_id: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
-                "DELETE FROM idempotency WHERE tenant = $1 AND tool = $2 AND key = $3 AND "
-                "request_id = $4 AND state = 'in_flight'",
-                scope.tenant, scope.tool, scope.key, request_id)
-
-    async def idem_purge(self, before: float) -> int:
-        async with self._tx() as conn:
-            done = await conn.execute("DELETE FROM idempotency WHERE state = 'done' AND "
-                                      "updated_at < $1", before)
-        return int(done.split()[-1])
-
-    # -- run budgets -------------------------------------------------------------------------
-
-    async def usage(self, tenant: str, run_id: str) -> Usage:
-        rows = await self._fetch("SELECT usage FROM runs WHERE tenant = $1 AND run_id = $2",
-                                 tenant, run_id)
-        return usage_from_json(rows[0][0] if rows else None)
-
-    async def _locked_usage(self, conn: Any, tenant: str, run_id: str, now: float) -> Usage:
-        await conn.execute("INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES "
-                           "($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                           tenant, run_id, usage_to_json(Usage()), now)
-        text = await conn.fetchval("SELECT usage FROM runs WHERE tenant = $1 AND run_id = $2 "
-                                   "FOR UPDATE", tenant, run_id)
-        return usage_from_json(text)
-
-    async def reserve(self, tenant: str, run_id: str, tool: str, spend: Mapping[str, float],
-                      limits: Limits, now: float) -> Usage:
-        async with self._tx() as conn:
-            usage = check_reservation(await self._locked_usage(conn, tenant, run_id, now),
-                                      limits, tool, spend)
-            await conn.execute("UPDATE runs SET usage = $3, updated_at = $4 WHERE tenant = $1 "
-                               "AND run_id = $2", tenant, run_id, usage_to_json(usage), now)
-            return usage
-
-    async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
-                            now: float, uncount: str | None = None) -> None:
-        async with self._tx() as conn:
-            usage = release(await self._locked_usage(conn, tenant, run_id, now), spend,
-                            uncount)
-            await conn.execute("UPDATE runs SET usage = $3, updated_at = $4 WHERE tenant = $1 "
-                               "AND run_id = $2", tenant, run_id, usage_to_json(usage), now)
+        async with self._read() as conn:
+            return [rows.approval_from_row(tuple(r)) for r in
+                    await conn.fetch(pg(rows.ABANDONED), now - stale_s)]
 
     # -- kill switches -----------------------------------------------------------------------
 
@@ -361,36 +310,24 @@ class PostgresStore:
                        record: Callable[[KillSwitch], None]) -> KillSwitch:
         switch = KillSwitch(scope, reason, dict(actor), now)
         async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO kill_switches (scope, reason, actor, created_at) VALUES "
-                "($1, $2, $3, $4) ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, "
-                "actor = excluded.actor, created_at = excluded.created_at",
-                scope, reason, orjson.dumps(dict(actor)).decode(), now)
+            await conn.execute(pg(rows.PUT_SWITCH), scope, reason, rows.actor_json(actor), now)
             record(switch)
         return switch
 
     async def kill_clear(self, scope: str, now: float,
                          record: Callable[[KillSwitch], None]) -> KillSwitch | None:
         async with self._tx() as conn:
-            row = await conn.fetchrow("DELETE FROM kill_switches WHERE scope = $1 "
-                                      "RETURNING scope, reason, actor, created_at", scope)
+            row = await conn.fetchrow(pg(rows.CLEAR_SWITCH), scope)
             if row is None:
                 return None
-            switch = KillSwitch(row[0], row[1], orjson.loads(row[2]), row[3])
+            switch = rows.switch_from_row(tuple(row))
             record(switch)
             return switch
 
     async def kill_list(self) -> list[KillSwitch]:
-        rows = await self._fetch("SELECT scope, reason, actor, created_at FROM kill_switches "
-                                 "ORDER BY scope")
-        return [KillSwitch(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
+        async with self._read() as conn:
+            return [rows.switch_from_row(tuple(r)) for r in
+                    await conn.fetch(rows.LIST_SWITCHES)]
 
     async def close(self) -> None:
         await self._pool.close()
-
-
-def _idem(row: tuple[Any, ...]) -> IdempotencyRecord:
-    (tenant, tool, key, fp, request_id, state, lease, status, ctype, body, created) = row
-    return IdempotencyRecord(Scope(tenant, tool, key), fp, request_id, ClaimState(state),
-                             lease, status, ctype, None if body is None else bytes(body),
-                             created)

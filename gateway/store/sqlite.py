@@ -7,7 +7,8 @@ never blocks on disk and operations never interleave; each change is one
 survives the gateway being killed (the SIGKILL tests), though the last commits may be lost
 if the machine loses power. In the sidecar deployment the state lives on the pod's
 emptyDir, which does not outlive the node anyway; where it must, use PostgreSQL. Schema
-changes are numbered migrations recorded in `PRAGMA user_version` and applied at start.
+changes are the numbered migrations of `gateway.store.schema`, recorded in
+`PRAGMA user_version` and applied at start.
 """
 
 from __future__ import annotations
@@ -23,111 +24,25 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.approvals.model import Approval, ApprovalStatus, Vote
 from gateway.core.errors import StoreUnavailable
-from gateway.state.budgets import Limits, Usage, check_reservation, release
-from gateway.state.idempotency import Claim, ClaimState, IdempotencyRecord, Scope
-from gateway.store.base import (
-    Approval,
-    ApprovalHook,
-    ApprovalKeyTaken,
-    ApprovalStatus,
-    KillSwitch,
-    StoredCall,
-    Vote,
-    takeover,
-    usage_from_json,
-    usage_to_json,
+from gateway.state.budgets import Reservation, Usage, check_reservation, release
+from gateway.state.budgets import usage_from_json as _usage
+from gateway.state.budgets import usage_to_json as _usage_json
+from gateway.state.idempotency import (
+    Answer,
+    KeyClaim,
+    KeyState,
+    KeyStatus,
+    Scope,
+    may_take_over,
 )
+from gateway.state.killswitch import KillSwitch
+from gateway.store import rows
+from gateway.store.base import ApprovalHook
+from gateway.store.schema import Dialect, migrations
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE approvals (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        decision_id TEXT NOT NULL,
-        tool TEXT NOT NULL,
-        args BLOB NOT NULL,
-        call_hash TEXT NOT NULL,
-        principal BLOB NOT NULL,
-        sub TEXT NOT NULL,
-        tenant TEXT,
-        reasons BLOB NOT NULL,
-        approvals_required INTEGER NOT NULL,
-        approver_roles BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        call BLOB NOT NULL,
-        body BLOB NOT NULL,
-        call_digest TEXT NOT NULL,
-        idempotency_key TEXT,
-        resend_safe INTEGER NOT NULL,
-        reason TEXT,
-        result_status INTEGER,
-        result_content_type TEXT,
-        result_body BLOB,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        owner TEXT,
-        error TEXT
-    );
-    CREATE INDEX approvals_status ON approvals (status, expires_at);
-    CREATE UNIQUE INDEX approvals_key ON approvals (COALESCE(tenant, ''), tool, idempotency_key)
-        WHERE idempotency_key IS NOT NULL;
-    CREATE TABLE approval_votes (
-        approval_id TEXT NOT NULL REFERENCES approvals (id),
-        approver_sub TEXT NOT NULL,
-        approver BLOB NOT NULL,
-        comment TEXT,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (approval_id, approver_sub)
-    );
-    """,
-    """
-    CREATE TABLE idempotency (
-        tenant TEXT NOT NULL,
-        tool TEXT NOT NULL,
-        key TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        request_id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        lease_until REAL NOT NULL,
-        status INTEGER,
-        content_type TEXT,
-        body BLOB,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (tenant, tool, key)
-    );
-    CREATE INDEX idempotency_age ON idempotency (updated_at);
-    CREATE TABLE runs (
-        tenant TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        usage TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (tenant, run_id)
-    );
-    CREATE TABLE kill_switches (
-        scope TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE replicas (
-        id TEXT PRIMARY KEY,
-        seen_at REAL NOT NULL
-    );
-    """,
-)
-_IDEM = ("tenant, tool, key, fingerprint, request_id, state, lease_until, status, "
-         "content_type, body, created_at")
-_COLUMNS = ("id, status, decision_id, tool, args, call_hash, principal, reasons, "
-            "approvals_required, approver_roles, created_at, expires_at, updated_at, call, "
-            "body, call_digest, idempotency_key, resend_safe, reason, result_status, "
-            "result_content_type, result_body, attempts, owner, error")
-_UPDATABLE = frozenset({"reason", "result_status", "result_content_type", "result_body",
-                        "attempts", "owner", "error"})
-
-
+MIGRATIONS = migrations(Dialect.SQLITE)
 T = TypeVar("T")
 
 
@@ -162,9 +77,11 @@ class SqliteStore:
         if version > len(MIGRATIONS):
             raise StoreUnavailable(f"state store schema version {version} is newer than this "
                                    f"gateway ({len(MIGRATIONS)})")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._tx() as tx:
+                for sql in step:
+                    tx.execute(sql)
+                tx.execute(f"PRAGMA user_version = {number}")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the store's thread; database errors become `StoreUnavailable`."""
@@ -172,16 +89,12 @@ class SqliteStore:
             raise StoreUnavailable("the state store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sqlite3.IntegrityError:
-            raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"state store unavailable: {exc}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        if conn is None:
-            raise StoreUnavailable("the state store is not open")
+        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -198,63 +111,139 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run(lambda: self._connection().execute("SELECT 1"))
 
-    # -- approvals ---------------------------------------------------------------------------
+    # -- a call's transactions ---------------------------------------------------------------
 
-    async def create_approval(self, approval: Approval) -> None:
-        def insert() -> None:
+    def _key_in(self, conn: sqlite3.Connection, scope: Scope) -> KeyState | None:
+        row = conn.execute(rows.SELECT_KEY, rows.scope_params(scope)).fetchone()
+        if row is None:
+            return None
+        approval_id = row[len(rows.KEY_COLUMNS) - 1]
+        return rows.key_from_row(tuple(row), _votes_in(conn, [approval_id]).get(approval_id, ())
+                                 if approval_id is not None else ())
+
+    async def key_state(self, scope: Scope) -> KeyState | None:
+        return await self._run(lambda: self._key_in(self._connection(), scope))
+
+    def _claim_in(self, conn: sqlite3.Connection, claim: KeyClaim, status: KeyStatus,
+                  approval_id: str | None, now: float) -> KeyState | None:
+        """Take the key for `claim`; the state that keeps it from us, if any."""
+        inserted = conn.execute(rows.INSERT_KEY, (
+            *rows.scope_params(claim.scope), claim.fingerprint, claim.request_id, str(status),
+            claim.lease_until, now, approval_id, now)).rowcount
+        if inserted == 1:
+            return None
+        existing = self._key_in(conn, claim.scope)
+        if existing is None:  # pragma: no cover - one writer at a time: it cannot vanish
+            raise StoreUnavailable("the idempotency key vanished while being claimed")
+        if not may_take_over(existing, claim, now):
+            return existing
+        conn.execute(rows.TAKE_OVER_KEY, (claim.request_id, str(status), claim.lease_until,
+                                          approval_id, now, *rows.scope_params(claim.scope)))
+        return None
+
+    def _reserve_in(self, conn: sqlite3.Connection, r: Reservation, now: float) -> None:
+        usage = check_reservation(self._usage_in(conn, r.tenant, r.run_id), r.limits, r.tool,
+                                  r.spend)
+        conn.execute(rows.UPSERT_USAGE, (r.tenant, r.run_id, _usage_json(usage), now))
+
+    async def commit_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
+                             now: float) -> KeyState | None:
+        def commit() -> KeyState | None:
             with self._tx() as conn:
-                conn.execute(f"INSERT INTO approvals ({_COLUMNS}, sub, tenant) VALUES "
-                             f"({', '.join('?' * 27)})",
-                             (*_row(approval), approval.sub, approval.tenant))
-        try:
-            await self._run(insert)
-        except sqlite3.IntegrityError as exc:
-            raise ApprovalKeyTaken(approval.idempotency_key) from exc
+                if claim is not None:
+                    taken = self._claim_in(conn, claim, KeyStatus.IN_FLIGHT, None, now)
+                    if taken is not None:
+                        return taken
+                if reservation is not None:
+                    self._reserve_in(conn, reservation, now)  # raises: all rolls back
+                return None
+        return await self._run(commit)
 
-    def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
+    async def commit_hold(self, approval: Approval, claim: KeyClaim | None,
+                          record: ApprovalHook) -> KeyState | None:
+        def hold() -> KeyState | None:
+            with self._tx() as conn:
+                if claim is not None:
+                    taken = self._claim_in(conn, claim, KeyStatus.HELD, approval.id,
+                                           approval.created_at)
+                    if taken is not None:
+                        return taken
+                conn.execute(rows.INSERT_APPROVAL, rows.approval_row(approval))
+                record(approval)  # write-ahead: if the audit record fails, nothing commits
+                return None
+        return await self._run(hold)
+
+    async def settle(self, claim: KeyClaim | None, answer: Answer | None,
+                     give_back: Reservation | None, now: float) -> None:
+        def settle() -> None:
+            with self._tx() as conn:
+                if claim is not None and answer is not None:
+                    conn.execute(rows.COMPLETE_KEY, (
+                        answer.status, answer.content_type, answer.body, now,
+                        *rows.scope_params(claim.scope), claim.request_id))
+                if give_back is not None and give_back.spend:
+                    self._release_in(conn, give_back, now, uncount=False)
+        await self._run(settle)
+
+    async def undo_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
+                           now: float) -> None:
+        def undo() -> None:
+            with self._tx() as conn:
+                if claim is not None:
+                    conn.execute(rows.RELEASE_KEY, (*rows.scope_params(claim.scope),
+                                                    claim.request_id))
+                if reservation is not None:
+                    self._release_in(conn, reservation, now, uncount=True)
+        await self._run(undo)
+
+    def _release_in(self, conn: sqlite3.Connection, r: Reservation, now: float, *,
+                    uncount: bool) -> None:
+        usage = release(self._usage_in(conn, r.tenant, r.run_id), r.spend,
+                        r.tool if uncount else None)
+        conn.execute(rows.UPSERT_USAGE, (r.tenant, r.run_id, _usage_json(usage), now))
+
+    async def purge_keys(self, before: float) -> int:
+        def purge() -> int:
+            with self._tx() as conn:
+                return int(conn.execute(rows.PURGE_KEYS, (before, before)).rowcount)
+        return await self._run(purge)
+
+    @staticmethod
+    def _usage_in(conn: sqlite3.Connection, tenant: str, run_id: str) -> Usage:
+        row = conn.execute(rows.SELECT_USAGE, (tenant, run_id)).fetchone()
+        return _usage(row[0] if row else None)
+
+    async def usage(self, tenant: str, run_id: str) -> Usage:
+        return await self._run(lambda: self._usage_in(self._connection(), tenant, run_id))
+
+    # -- the approval queue ------------------------------------------------------------------
+
+    def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[Approval]:
         conn = self._connection()
-        rows = [tuple(r) for r in conn.execute(sql, params).fetchall()]
-        votes = _votes_in(conn, [r[0] for r in rows])
-        return [_approval(r, votes) for r in rows]
+        found = [tuple(r) for r in conn.execute(f"{rows.SELECT_APPROVALS}{where}",
+                                                params).fetchall()]
+        votes = _votes_in(conn, [r[0] for r in found])
+        return [rows.approval_from_row(r, votes.get(r[0], ())) for r in found]
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        found = await self._run(self._select,
-                                f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
-        return found[0] if found else None
-
-    async def find_approval(self, tenant: str | None, tool: str,
-                            idempotency_key: str) -> Approval | None:
-        found = await self._run(
-            self._select, f"SELECT {_COLUMNS} FROM approvals WHERE COALESCE(tenant, '') = ? "
-            "AND tool = ? AND idempotency_key = ?", (tenant or "", tool, idempotency_key))
+        found = await self._run(self._select, " WHERE id = ?", (approval_id,))
         return found[0] if found else None
 
     async def list_approvals(self, *, status: str | None = None, tool: str | None = None,
                              tenant: str | None = None, limit: int = 100) -> list[Approval]:
-        where, params = [], []
-        for column, value in (("status", status), ("tool", tool), ("tenant", tenant)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {_COLUMNS} FROM approvals"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC LIMIT ?"
-        return await self._run(self._select, sql, (*params, limit))
+        where, params = rows.list_filter(status, tool, tenant, limit)
+        return await self._run(self._select, where, params)
 
     async def in_states(self, states: frozenset[ApprovalStatus]) -> list[Approval]:
         marks = ", ".join("?" * len(states))
-        return await self._run(
-            self._select,
-            f"SELECT {_COLUMNS} FROM approvals WHERE status IN ({marks}) ORDER BY created_at",
-            tuple(str(s) for s in states))
+        return await self._run(self._select, f" WHERE status IN ({marks}) ORDER BY created_at",
+                               tuple(sorted(str(s) for s in states)))
 
     def _get_in(self, conn: sqlite3.Connection, approval_id: str) -> Approval:
-        row = conn.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?",
-                           (approval_id,)).fetchone()
+        row = conn.execute(f"{rows.SELECT_APPROVALS} WHERE id = ?", (approval_id,)).fetchone()
         if row is None:
             raise KeyError(approval_id)
-        return _approval(tuple(row), _votes_in(conn, [approval_id]))
+        return rows.approval_from_row(tuple(row), _votes_in(conn, [approval_id])[approval_id])
 
     async def vote(self, approval_id: str, approver: Mapping[str, Any], comment: str | None,
                    now: float, *, check: ApprovalHook, record: ApprovalHook) -> Approval:
@@ -262,15 +251,11 @@ class SqliteStore:
             with self._tx() as conn:
                 current = self._get_in(conn, approval_id)
                 check(current)  # raises a GatewayError to refuse: the transaction rolls back
-                conn.execute(
-                    "INSERT INTO approval_votes (approval_id, approver_sub, approver, comment, "
-                    "created_at) VALUES (?, ?, ?, ?, ?)",
-                    (approval_id, str(approver["sub"]), orjson.dumps(approver), comment, now))
-                votes = conn.execute("SELECT COUNT(*) FROM approval_votes WHERE "
-                                     "approval_id = ?", (approval_id,)).fetchone()[0]
+                conn.execute(rows.INSERT_VOTE, (approval_id, str(approver["sub"]),
+                                                orjson.dumps(approver), comment, now))
+                votes = conn.execute(rows.COUNT_VOTES, (approval_id,)).fetchone()[0]
                 if votes >= current.approvals_required:
-                    conn.execute("UPDATE approvals SET status = 'approved', updated_at = ? "
-                                 "WHERE id = ? AND status = 'pending'", (now, approval_id))
+                    conn.execute(rows.MARK_APPROVED, (now, approval_id))
                 after = self._get_in(conn, approval_id)
                 record(after)  # write-ahead: if the audit record fails, nothing commits
                 return after
@@ -280,21 +265,12 @@ class SqliteStore:
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
                          owner_is: tuple[str | None] | None = None,
                          **fields: Any) -> Approval | None:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
-        sets = ", ".join(["status = ?", "updated_at = ?", *(f"{k} = ?" for k in fields)])
-        marks = ", ".join("?" * len(from_states))
-        owner_sql = " AND owner IS ?" if owner_is is not None else ""
+        sql = rows.transition_sql(from_states, fields, owner_is)
+        params = rows.transition_params(approval_id, from_states, to, now, fields, owner_is)
 
         def move() -> Approval | None:
             with self._tx() as conn:
-                cur = conn.execute(
-                    f"UPDATE approvals SET {sets} WHERE id = ? AND status IN ({marks})"
-                    f"{owner_sql}",
-                    (str(to), now, *fields.values(), approval_id,
-                     *(str(s) for s in from_states), *(owner_is or ())))
-                if cur.rowcount != 1:
+                if conn.execute(sql, params).rowcount != 1:
                     return None
                 after = self._get_in(conn, approval_id)
                 if record is not None:
@@ -305,11 +281,7 @@ class SqliteStore:
     async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
         def expire() -> list[Approval]:
             with self._tx() as conn:
-                ids = [r[0] for r in conn.execute(
-                    "UPDATE approvals SET status = 'expired', updated_at = ?, "
-                    "reason = 'not approved before it expired' "
-                    "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
-                    (now, now)).fetchall()]
+                ids = [r[0] for r in conn.execute(rows.EXPIRE_DUE, (now, now)).fetchall()]
                 expired = [self._get_in(conn, i) for i in ids]
                 for approval in expired:
                     record(approval)
@@ -317,109 +289,15 @@ class SqliteStore:
         return await self._run(expire)
 
     async def heartbeat(self, instance: str, now: float) -> None:
-        await self._run(self._write, "INSERT INTO replicas (id, seen_at) VALUES (?, ?) ON "
-                        "CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
-                        (instance, now))
+        def beat() -> None:
+            with self._tx() as conn:
+                conn.execute(rows.HEARTBEAT, (instance, now))
+        await self._run(beat)
 
     async def abandoned(self, now: float, stale_s: float) -> list[Approval]:
-        return await self._run(
-            self._select, f"SELECT {_COLUMNS} FROM approvals WHERE status = 'executing' AND "
-            "NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = approvals.owner AND "
-            "r.seen_at >= ?) ORDER BY created_at", (now - stale_s,))
-
-    # -- idempotency -------------------------------------------------------------------------
-
-    def _idem_in(self, conn: sqlite3.Connection, scope: Scope) -> IdempotencyRecord | None:
-        row = conn.execute(f"SELECT {_IDEM} FROM idempotency WHERE tenant = ? AND tool = ? "
-                           "AND key = ?", (scope.tenant, scope.tool, scope.key)).fetchone()
-        return None if row is None else _idem(tuple(row))
-
-    async def idem_get(self, scope: Scope) -> IdempotencyRecord | None:
-        return await self._run(lambda: self._idem_in(self._connection(), scope))
-
-    async def idem_claim(self, scope: Scope, fingerprint: str, request_id: str, now: float,
-                         lease_s: float) -> Claim:
-        def claim() -> Claim:
-            with self._tx() as conn:
-                existing = self._idem_in(conn, scope)
-                if existing is None:
-                    conn.execute(
-                        f"INSERT INTO idempotency ({_IDEM}, updated_at) VALUES "
-                        "(?, ?, ?, ?, ?, 'in_flight', ?, NULL, NULL, NULL, ?, ?)",
-                        (scope.tenant, scope.tool, scope.key, fingerprint, request_id,
-                         now + lease_s, now, now))
-                elif takeover(existing, fingerprint, now):
-                    conn.execute(
-                        "UPDATE idempotency SET request_id = ?, lease_until = ?, "
-                        "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ?",
-                        (request_id, now + lease_s, now, scope.tenant, scope.tool, scope.key))
-                else:
-                    return Claim(False, existing)
-                mine = self._idem_in(conn, scope)
-                assert mine is not None
-                return Claim(True, mine)
-        return await self._run(claim)
-
-    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
-        with self._tx() as conn:
-            return int(conn.execute(sql, params).rowcount)
-
-    async def idem_complete(self, scope: Scope, request_id: str, status: int,
-                            content_type: str | None, body: bytes, now: float) -> None:
-        await self._run(
-            self._write,
-            "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?, "
-            "updated_at = ? WHERE tenant = ? AND tool = ? AND key = ? AND request_id = ?",
-            (status, content_type, body, now, scope.tenant, scope.tool, scope.key, request_id))
-
-    async def idem_release(self, scope: Scope, request_id: str) -> None:
-        await self._run(
-            self._write,
-            "DELETE FROM idempotency WHERE tenant = ? AND tool = ? AND key = ? AND "
-            "request_id = ? AND state = 'in_flight'",
-            (scope.tenant, scope.tool, scope.key, request_id))
-
-    async def idem_purge(self, before: float) -> int:
-        return await self._run(
-            self._write, "DELETE FROM idempotency WHERE state = 'done' AND updated_at < ?",
-            (before,))
-
-    # -- run budgets -------------------------------------------------------------------------
-
-    @staticmethod
-    def _usage_in(conn: sqlite3.Connection, tenant: str, run_id: str) -> Usage:
-        row = conn.execute("SELECT usage FROM runs WHERE tenant = ? AND run_id = ?",
-                           (tenant, run_id)).fetchone()
-        return usage_from_json(row[0] if row else None)
-
-    @staticmethod
-    def _set_usage(conn: sqlite3.Connection, tenant: str, run_id: str, usage: Usage,
-                   now: float) -> None:
-        conn.execute(
-            "INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (tenant, run_id) DO UPDATE SET usage = excluded.usage, "
-            "updated_at = excluded.updated_at", (tenant, run_id, usage_to_json(usage), now))
-
-    async def usage(self, tenant: str, run_id: str) -> Usage:
-        return await self._run(lambda: self._usage_in(self._connection(), tenant, run_id))
-
-    async def reserve(self, tenant: str, run_id: str, tool: str, spend: Mapping[str, float],
-                      limits: Limits, now: float) -> Usage:
-        def reserve() -> Usage:
-            with self._tx() as conn:
-                usage = check_reservation(self._usage_in(conn, tenant, run_id), limits, tool,
-                                          spend)
-                self._set_usage(conn, tenant, run_id, usage, now)
-                return usage
-        return await self._run(reserve)
-
-    async def release_spend(self, tenant: str, run_id: str, spend: Mapping[str, float],
-                            now: float, uncount: str | None = None) -> None:
-        def give_back() -> None:
-            with self._tx() as conn:
-                usage = release(self._usage_in(conn, tenant, run_id), spend, uncount)
-                self._set_usage(conn, tenant, run_id, usage, now)
-        await self._run(give_back)
+        return await self._run(lambda: [
+            rows.approval_from_row(tuple(r)) for r in self._connection().execute(
+                rows.ABANDONED, (now - stale_s,)).fetchall()])
 
     # -- kill switches -----------------------------------------------------------------------
 
@@ -429,12 +307,7 @@ class SqliteStore:
 
         def put() -> KillSwitch:
             with self._tx() as conn:
-                conn.execute(
-                    "INSERT INTO kill_switches (scope, reason, actor, created_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
-                    "reason = excluded.reason, actor = excluded.actor, "
-                    "created_at = excluded.created_at",
-                    (scope, reason, orjson.dumps(dict(actor)).decode(), now))
+                conn.execute(rows.PUT_SWITCH, (scope, reason, rows.actor_json(actor), now))
                 record(switch)
                 return switch
         return await self._run(put)
@@ -443,23 +316,17 @@ class SqliteStore:
                          record: Callable[[KillSwitch], None]) -> KillSwitch | None:
         def clear() -> KillSwitch | None:
             with self._tx() as conn:
-                row = conn.execute("DELETE FROM kill_switches WHERE scope = ? "
-                                   "RETURNING scope, reason, actor, created_at",
-                                   (scope,)).fetchone()
+                row = conn.execute(rows.CLEAR_SWITCH, (scope,)).fetchone()
                 if row is None:
                     return None
-                switch = KillSwitch(row[0], row[1], orjson.loads(row[2]), row[3])
+                switch = rows.switch_from_row(tuple(row))
                 record(switch)
                 return switch
         return await self._run(clear)
 
     async def kill_list(self) -> list[KillSwitch]:
-        def read() -> list[KillSwitch]:
-            rows = self._connection().execute(
-                "SELECT scope, reason, actor, created_at FROM kill_switches "
-                "ORDER BY scope").fetchall()
-            return [KillSwitch(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
-        return await self._run(read)
+        return await self._run(lambda: [rows.switch_from_row(tuple(r)) for r in
+                                        self._connection().execute(rows.LIST_SWITCHES)])
 
     async def close(self) -> None:
         if self._closed:
@@ -482,44 +349,5 @@ def _votes_in(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[Vote]]
             f"SELECT approval_id, approver, comment, created_at FROM approval_votes "
             f"WHERE approval_id IN ({', '.join('?' * len(ids))}) ORDER BY created_at",
             tuple(ids)).fetchall():
-        out[approval_id].append(Vote(orjson.loads(approver), comment, created))
+        out[approval_id].append(rows.vote_from_row(approver, comment, created))
     return out
-
-
-def _idem(row: tuple[Any, ...]) -> IdempotencyRecord:
-    (tenant, tool, key, fp, request_id, state, lease, status, ctype, body, created) = row
-    return IdempotencyRecord(Scope(tenant, tool, key), fp, request_id, ClaimState(state),
-                             lease, status, ctype, None if body is None else bytes(body),
-                             created)
-
-
-def _row(a: Approval) -> tuple[Any, ...]:
-    return (a.id, str(a.status), a.decision_id, a.tool, orjson.dumps(a.args), a.call_hash,
-            orjson.dumps(a.principal), orjson.dumps(a.reasons), a.approvals_required,
-            orjson.dumps(a.approver_roles), a.created_at, a.expires_at,
-            a.updated_at or a.created_at, orjson.dumps(a.call.to_json()), a.call.body,
-            a.call_digest, a.idempotency_key, int(a.resend_safe), a.reason, a.result_status,
-            a.result_content_type, a.result_body, a.attempts, a.owner, a.error)
-
-
-def _approval(row: tuple[Any, ...], votes: Mapping[str, list[Vote]]) -> Approval:
-    (id_, status, decision_id, tool, args, chash, principal, reasons, required, roles,
-     created, expires, updated, call, body, digest, key, resend_safe, reason, rstatus,
-     rtype, rbody, attempts, owner, error) = row
-    c = orjson.loads(call)
-    return Approval(
-        id=id_, status=ApprovalStatus(status), decision_id=decision_id, tool=tool,
-        args=orjson.loads(args), call_hash=chash, principal=orjson.loads(principal),
-        reasons=tuple(orjson.loads(reasons)), approvals_required=required,
-        approver_roles=tuple(orjson.loads(roles)), created_at=created, expires_at=expires,
-        updated_at=updated,
-        call=StoredCall(upstream=c["upstream"], method=c["method"], path=c["path"],
-                        query=c["query"], headers=c["headers"], body=bytes(body),
-                        client_ip=c.get("client_ip", ""), host=c.get("host", ""),
-                        scheme=c.get("scheme", "http"), run_id=c.get("run_id"),
-                        spend=c.get("spend", {})),
-        call_digest=digest, idempotency_key=key, resend_safe=bool(resend_safe), reason=reason,
-        result_status=rstatus, result_content_type=rtype,
-        result_body=None if rbody is None else bytes(rbody), attempts=attempts,
-        owner=owner, error=error,
-        votes=tuple(votes.get(id_, ())))

@@ -39,6 +39,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Gate:
+    """Set from the test's thread, awaited on the upstream's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    arrived: threading.Event = field(default_factory=threading.Event)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wait_arrived(self, timeout: float = 15) -> None:
+        assert self.arrived.wait(timeout), "the request never reached the upstream"
+
+    def open(self) -> None:
+        self.loop.call_soon_threadsafe(self.opened.set)
+
+
 @dataclass(frozen=True)
 class Seen:
     method: str
@@ -49,12 +64,21 @@ class Seen:
 
 @dataclass
 class Upstream:
-    """A recording HTTP server: `/v1/slow/...` sleeps, `/v1/status/<n>` answers n."""
+    """A recording HTTP server: `/v1/status/<n>` answers n; `/v1/slow/...` holds a request
+    with an `X-Gate: <name>` header until the test opens that gate (`gate`), or else sleeps
+    `X-Delay` seconds (default 3) — so a test waits on an event, never on a race."""
 
     port: int = field(default_factory=free_port)
     seen: list[Seen] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
+    _gates: dict[str, Gate] = field(default_factory=dict)
+
+    def gate(self, name: str) -> Gate:
+        """A gate requests with `X-Gate: name` wait at; open it to let them answer."""
+        assert self._loop is not None, "start() the upstream first"
+        gate = self._gates[name] = Gate(self._loop)
+        return gate
 
     @property
     def url(self) -> str:
@@ -65,7 +89,11 @@ class Upstream:
         self.seen.append(Seen(request.method, request.raw_path,
                               CIMultiDict(request.headers), body))
         path = request.rel_url.path
-        if path.startswith("/v1/slow"):
+        gate = self._gates.get(request.headers.get("X-Gate", ""))
+        if path.startswith("/v1/slow") and gate is not None:
+            gate.arrived.set()
+            await gate.opened.wait()
+        elif path.startswith("/v1/slow"):
             await asyncio.sleep(float(request.headers.get("X-Delay", "3")))
         if path.startswith("/v1/status/"):
             status = int(path.rsplit("/", 1)[1])

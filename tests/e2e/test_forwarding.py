@@ -18,7 +18,7 @@ def test_credentials_and_headers(gateway: Gateway, upstream: Upstream, token: st
         "Proxy-Authorization": "Basic Zm9vOmJhcg==", "X-Forwarded-For": "6.6.6.6",
         "Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "hop",
         "TE": "trailers", "X-Custom": "kept", "X-HTTP-Method-Override": "DELETE",
-        "X-Original-URL": "/admin"})
+        "X-Original-URL": "/admin", "X-Not-Listed": "dropped", "Accept": "application/json"})
     assert reply.status == 200, reply.raw
     seen = upstream.seen[-1]
     headers = {k.lower(): v for k, v in seen.headers.items()}
@@ -27,14 +27,16 @@ def test_credentials_and_headers(gateway: Gateway, upstream: Upstream, token: st
     assert headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
     assert token not in json.dumps(dict(seen.headers))
     for stripped in ("cookie", "proxy-authorization", "x-secret-hop", "te",
-                     "x-http-method-override", "x-original-url"):
+                     "x-http-method-override", "x-original-url", "x-not-listed", "connection",
+                     "user-agent", "accept-encoding"):
         assert stripped not in headers, stripped
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-request-id"] == reply.request_id
     assert headers["idempotency-key"] == "fwd-headers-1"
     assert headers["traceparent"] == TRACEPARENT
     assert headers["tracestate"] == "vendor=1"
-    assert headers["x-custom"] == "kept"
+    assert headers["x-custom"] == "kept"  # the spec lists it in forward.headers
+    assert headers["accept"] == "application/json"
     [decision] = [r for r in gateway.records_for(reply.request_id) if r["kind"] == "decision"]
     assert decision["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -4,6 +4,7 @@ CI always sets it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -11,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.approvals_support import admin, approver
+from tests.e2e.approvals_support import admin, approver, wait_for
 from tests.e2e.harness import Gateway, Reply, Upstream
 from tests.e2e.postgres_support import fresh_database
 from tests.e2e.test_state import state_gateway
@@ -68,7 +70,8 @@ def test_spend_cap_across_replicas(pair: tuple[Gateway, Gateway], upstream: Upst
 
     with ThreadPoolExecutor(max_workers=30) as pool:
         replies = list(pool.map(send, range(60)))
-    forwarded = [s for s in upstream.seen if s.headers.get("X-Agent-Run-Id") == run]
+    mine = {r.request_id for r in replies}
+    forwarded = [s for s in upstream.seen if s.headers.get("X-Request-Id") in mine]
     total = sum(json.loads(s.body)["amount"] for s in forwarded)
     assert total <= 100
     # Nothing under the cap was refused: 14 x 7 = 98, a 15th would be 105.
@@ -110,33 +113,50 @@ def test_one_queue_for_every_replica(pair: tuple[Gateway, Gateway], token: str,
     assert polled.json["status"] == "executed"
 
 
+def _heartbeats(dsn: str) -> dict[str, float]:
+    async def read() -> dict[str, float]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return {r[0]: r[1] for r in await conn.fetch("SELECT id, seen_at FROM replicas")}
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
 def test_a_replica_starting_up_leaves_a_live_replicas_call_alone(
         pair: tuple[Gateway, Gateway], upstream: Upstream, token: str, dev_key: DevKey,
         tmp_path: Path, repo_root: Path) -> None:
     """A rolling update starts a replica while another is sending an approved call: the
-    new one must neither send it again nor call its outcome unknown."""
+    new one must neither send it again nor call its outcome unknown. The upstream holds the
+    call until the new replica has swept a few times (seen in its heartbeats)."""
     first, _ = pair
+    gate = upstream.gate("rolling")
     held = first.call("POST", "/echo/slow-notes", token=token, body={"tenant_id": "acme",
                                                                      "amount": 3},
-                      headers={"X-Delay": "4"})
+                      headers={"X-Gate": "rolling"})
     assert held.status == 202
     approval_id = held.json["approval_id"]
     alice = approver(dev_key, "alice", "billing-approver")
     reply = admin(first, "POST", f"/v1/approvals/{approval_id}/approve", alice)
-    assert reply.json["status"] == "executing"  # approve waits 2 s; the upstream takes 4
-    third = state_gateway(tmp_path / "replica3", dev_key, upstream, repo_root,
-                          store=first.config()["store"])
+    assert reply.json["status"] == "executing"  # approve waits 2 s; the upstream holds it
+    gate.wait_arrived()
+    dsn = first.config()["store"]
+    before = set(_heartbeats(dsn))
+    third = state_gateway(tmp_path / "replica3", dev_key, upstream, repo_root, store=dsn)
     third.start()
     try:
-        time.sleep(1.0)  # a few sweeps of the new replica
-        deadline = time.monotonic() + 15
-        status = ""
-        while time.monotonic() < deadline:
-            status = admin(first, "GET", f"/v1/approvals/{approval_id}", alice).json["status"]
-            if status != "executing":
-                break
-            time.sleep(0.1)
-        assert status == "executed"
+        [new] = wait_for(lambda: set(_heartbeats(dsn)) - before, what="a new replica")
+        seen = _heartbeats(dsn)[new]
+        # Each sweep heartbeats, then looks for abandoned calls: three more beats mean the
+        # new replica has looked at this call at least twice.
+        wait_for(lambda: _heartbeats(dsn)[new] >= seen + 0.25, what="three more sweeps")
+        assert admin(first, "GET", f"/v1/approvals/{approval_id}",
+                     alice).json["status"] == "executing"
+        gate.open()
+        wait_for(lambda: admin(first, "GET", f"/v1/approvals/{approval_id}",
+                               alice).json["status"] != "executing", what="the result")
+        assert admin(first, "GET", f"/v1/approvals/{approval_id}",
+                     alice).json["status"] == "executed"
     finally:
         third.stop()
     sent = [s for s in upstream.seen if s.raw_path == "/v1/slow/notes"

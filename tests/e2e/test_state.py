@@ -135,7 +135,7 @@ def test_spend_cap_and_failed_calls(gw: Gateway, token: str) -> None:
     assert (over.status, over.code) == (429, "budget_exceeded")
     assert over.json["error"]["budget"] == "max_spend.amount"
     [decision] = gw.records_for(over.request_id)
-    assert decision["stage"] == "budget"
+    assert decision["stage"] == "commit"  # the key and the budget are taken together
     assert decision["run"]["spent"] == {"amount": 100.0}
     assert post(gw, token, "/state/spend", {"amount": 0}, **run_headers).status == 200
 
@@ -226,13 +226,17 @@ def test_an_approved_call_still_counts_against_its_run(gw: Gateway, upstream: Up
 def test_a_claim_never_lapses_while_its_call_is_in_flight(gw: Gateway, upstream: Upstream,
                                                           token: str) -> None:
     """lease_seconds is 1 here, but the claim lasts at least the tool's timeout: a retry
-    two seconds in still finds the first request in flight."""
+    well past a second still finds the first request in flight. The upstream holds the
+    first request until the test opens its gate, so nothing races."""
+    gate = upstream.gate("lease-1")
     first: list[Reply] = []
     worker = threading.Thread(target=lambda: first.append(post(
-        gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1", "X-Delay": "3"})))
+        gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1", "X-Gate": "lease-1"})))
     worker.start()
-    time.sleep(2)
+    gate.wait_arrived()
+    time.sleep(1.5)  # past lease_seconds; the first request is still held upstream
     retry = post(gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1"})
+    gate.open()
     worker.join()
     assert (retry.status, retry.code) == (409, "idempotency_in_flight")
     assert first[0].status == 200

@@ -16,7 +16,7 @@ import pytest
 from gateway.core.decision import Action, PolicyDecision
 from gateway.core.errors import LoadErrors
 from gateway.policy.embedded import EmbeddedEngine, compile_engine, error_location
-from gateway.policy.engine import load_sources
+from gateway.policy.sources import load_sources
 
 QUERY = "data.toolgate.decision"
 
@@ -50,7 +50,7 @@ def policies(repo_root: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def shipped_engine(policies: Path) -> AsyncIterator[EmbeddedEngine]:
-    engine = await EmbeddedEngine.start(load_sources([policies]), QUERY, 1000)
+    engine = EmbeddedEngine(load_sources([policies]), QUERY, 1000)
     try:
         yield engine
     finally:
@@ -64,7 +64,7 @@ async def _shipped(policies: Path, input_doc: dict[str, Any]) -> PolicyDecision:
 
 async def _engine_for(tmp_path: Path, rego: str, query: str = QUERY) -> EmbeddedEngine:
     (tmp_path / "policy.rego").write_text(rego, encoding="utf-8")
-    return await EmbeddedEngine.start(load_sources([tmp_path]), query, 1000)
+    return EmbeddedEngine(load_sources([tmp_path]), query, 1000)
 
 
 async def _evaluate_once(tmp_path: Path, rego: str, input_doc: dict[str, Any] | None = None,
@@ -183,7 +183,7 @@ async def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
                    encoding="utf-8")
     (tmp_path / "good.rego").write_text("package other\n\ny := 2\n", encoding="utf-8")
     with pytest.raises(LoadErrors) as info:
-        await EmbeddedEngine.start(load_sources([tmp_path]), QUERY, 1000)
+        EmbeddedEngine(load_sources([tmp_path]), QUERY, 1000)
     (error,) = info.value.errors
     assert error.file == str(bad)
     assert error.line == 7
@@ -197,7 +197,7 @@ async def test_every_broken_file_is_reported(tmp_path: Path) -> None:
     second = tmp_path / "b.rego"
     second.write_text("package b\n\nimport rego.v1\n\ny if {\n", encoding="utf-8")
     with pytest.raises(LoadErrors) as info:
-        await EmbeddedEngine.start(load_sources([tmp_path]), QUERY, 1000)
+        EmbeddedEngine(load_sources([tmp_path]), QUERY, 1000)
     assert sorted(e.file for e in info.value.errors) == [str(first), str(second)]
     assert all(e.line for e in info.value.errors)
 
@@ -327,7 +327,7 @@ async def test_closed_engine_is_released_cleanly(policies: Path) -> None:
     "regoruspy::Engine is unsendable, but is being dropped on another thread" and leaks it
     (every reload and shutdown would). Closing and dropping must report nothing."""
     with _unraisable() as seen:
-        engine = await EmbeddedEngine.start(load_sources([policies]), QUERY, 1000)
+        engine = EmbeddedEngine(load_sources([policies]), QUERY, 1000)
         decision = await engine.evaluate(call_input("get_order", "green", {}))
         await engine.close()
         del engine
@@ -339,7 +339,7 @@ async def test_failed_start_releases_the_engine_cleanly(tmp_path: Path) -> None:
     (tmp_path / "bad.rego").write_text("package toolgate\n\nx := \n", encoding="utf-8")
     with _unraisable() as seen:
         with pytest.raises(LoadErrors) as info:
-            await EmbeddedEngine.start(load_sources([tmp_path]), QUERY, 1000)
+            EmbeddedEngine(load_sources([tmp_path]), QUERY, 1000)
         assert info.value.errors[0].file == str(tmp_path / "bad.rego")
         del info
     assert [str(e) for e in seen] == []
@@ -363,7 +363,7 @@ async def test_a_late_deny_or_hold_still_stands(tmp_path: Path, action: Action) 
         "package toolgate\n\nimport rego.v1\n\n"
         f"decision := {{\"action\": \"{action}\", \"reasons\": [sprintf(\"%d\", [n])]}} if {{\n"
         "\tn := count([x | some x in numbers.range(1, 300000)])\n}\n")
-    engine = await EmbeddedEngine.start(load_sources([tmp_path]), "data.toolgate.decision", 1)
+    engine = EmbeddedEngine(load_sources([tmp_path]), "data.toolgate.decision", 1)
     try:
         decision = await engine.evaluate({})
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy import testing
-from gateway.policy.engine import load_sources
+from gateway.policy.sources import load_sources
 from gateway.policy.testing import Outcome, report, run_tests
 
 MIXED = """package mixed_test

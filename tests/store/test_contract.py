@@ -8,31 +8,30 @@ from typing import Any
 
 import pytest
 
+from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.core.errors import ApprovalNotPending, BudgetExceeded, SelfApproval
-from gateway.state.budgets import Limits
-from gateway.state.idempotency import ClaimState, Scope
-from gateway.store.base import (
-    Approval,
-    ApprovalKeyTaken,
-    ApprovalStatus,
-    KillSwitch,
-    StateStore,
-    StoredCall,
-)
+from gateway.core.outbound import OutboundPlan
+from gateway.state.budgets import Limits, Reservation
+from gateway.state.idempotency import Answer, KeyClaim, KeyStatus, Scope
+from gateway.state.killswitch import KillSwitch
+from gateway.store.base import StateStore
 
 NOW = time.time()
+SCOPE = Scope("acme", "create_refund_request", "key-1")
 
 
 def approval(approval_id: str = "apr_1", key: str | None = "k1", **changes: Any) -> Approval:
-    call = StoredCall("billing", "POST", "/v1/refunds", "a=1", {"Content-Type": "x"},
-                      b'{"amount": 250}', "10.0.0.1", "gw", "http")
+    plan = OutboundPlan("billing", "POST", "/v1/refunds", "a=1",
+                        {"Content-Type": "application/json", "X-Request-Id": "req_1"},
+                        b'{"amount": 250}')
     base: dict[str, Any] = {
         "id": approval_id, "status": ApprovalStatus.PENDING, "decision_id": "req_1",
         "tool": "create_refund_request", "args": {"amount": 250}, "call_hash": "h",
         "principal": {"sub": "agent", "agent": "bot", "tenant": "acme"},
         "reasons": ("over_limit",), "approvals_required": 1, "approver_roles": ("r",),
-        "created_at": NOW, "expires_at": NOW + 60, "updated_at": NOW, "call": call,
-        "call_digest": call.digest(), "idempotency_key": key, "resend_safe": True}
+        "created_at": NOW, "expires_at": NOW + 60, "updated_at": NOW, "plan": plan,
+        "call_digest": plan.digest(), "idempotency_key": key, "resend_safe": True,
+        "run_id": "run-1", "spend": {"amount": 250.0}}
     base.update(changes)
     return Approval(**base)
 
@@ -41,27 +40,53 @@ def nothing(_: Any) -> None:
     return None
 
 
+def claim(request_id: str, fingerprint: str = "fp", lease_until: float = NOW + 30,
+          scope: Scope = SCOPE) -> KeyClaim:
+    return KeyClaim(scope, fingerprint, request_id, lease_until)
+
+
+async def hold(store: StateStore, a: Approval) -> None:
+    key = None if a.idempotency_key is None else claim(
+        a.decision_id, scope=Scope("acme", a.tool, a.idempotency_key))
+    assert await store.commit_hold(a, key, nothing) is None
+
+
 async def test_approval_round_trip(store: StateStore) -> None:
     a = approval()
-    await store.create_approval(a)
+    recorded: list[str] = []
+    assert await store.commit_hold(a, claim("req_1", scope=Scope("acme", a.tool, "k1")),
+                                   lambda x: recorded.append(x.id)) is None
+    assert recorded == ["apr_1"]
     got = await store.get_approval("apr_1")
     assert got is not None
-    assert got.call == a.call
-    assert got.call.digest() == a.call_digest
-    assert (got.args, got.reasons, got.approver_roles, got.resend_safe) == (
-        {"amount": 250}, ("over_limit",), ("r",), True)
-    assert await store.find_approval("acme", "create_refund_request", "k1") == got
-    assert await store.find_approval("globex", "create_refund_request", "k1") is None
+    assert got.plan == a.plan
+    assert got.plan.digest() == a.call_digest
+    assert (got.args, got.reasons, got.approver_roles, got.resend_safe, got.run_id,
+            got.spend) == ({"amount": 250}, ("over_limit",), ("r",), True, "run-1",
+                           {"amount": 250.0})
+    state = await store.key_state(Scope("acme", a.tool, "k1"))
+    assert state is not None
+    assert (state.status, state.approval) == (KeyStatus.HELD, got)
+    assert await store.key_state(Scope("globex", a.tool, "k1")) is None
     assert [x.id for x in await store.list_approvals(status="pending")] == ["apr_1"]
     assert await store.list_approvals(tenant="globex") == []
-    with pytest.raises(ApprovalKeyTaken):
-        await store.create_approval(approval("apr_2"))
-    await store.create_approval(approval("apr_3", key=None))
-    await store.create_approval(approval("apr_4", key=None))
+    await hold(store, approval("apr_3", key=None))
+    await hold(store, approval("apr_4", key=None))
+
+
+async def test_a_failed_record_holds_nothing(store: StateStore) -> None:
+    def fail(_: Approval) -> None:
+        raise RuntimeError("audit down")
+
+    with pytest.raises(RuntimeError):
+        await store.commit_hold(approval(), claim("req_1", scope=Scope("acme",
+                                "create_refund_request", "k1")), fail)
+    assert await store.get_approval("apr_1") is None
+    assert await store.key_state(Scope("acme", "create_refund_request", "k1")) is None
 
 
 async def test_a_refused_vote_changes_nothing(store: StateStore) -> None:
-    await store.create_approval(approval())
+    await hold(store, approval())
 
     def refuse(_: Approval) -> None:
         raise SelfApproval("no")
@@ -80,7 +105,7 @@ async def test_a_refused_vote_changes_nothing(store: StateStore) -> None:
 
 
 async def test_concurrent_votes_approve_once(store: StateStore) -> None:
-    await store.create_approval(approval())
+    await hold(store, approval())
     recorded: list[str] = []
 
     def pending_only(current: Approval) -> None:
@@ -106,7 +131,7 @@ async def test_concurrent_votes_approve_once(store: StateStore) -> None:
 
 
 async def test_transitions_are_conditional(store: StateStore) -> None:
-    await store.create_approval(approval())
+    await hold(store, approval())
     pending = frozenset({ApprovalStatus.PENDING})
     approved = frozenset({ApprovalStatus.APPROVED})
     assert await store.transition("apr_1", approved, ApprovalStatus.EXECUTING, NOW) is None
@@ -126,8 +151,8 @@ async def test_transitions_are_conditional(store: StateStore) -> None:
 
 
 async def test_expiry(store: StateStore) -> None:
-    await store.create_approval(approval("apr_old", key="a", expires_at=NOW - 1))
-    await store.create_approval(approval("apr_new", key="b"))
+    await hold(store, approval("apr_old", key="a", expires_at=NOW - 1))
+    await hold(store, approval("apr_new", key="b"))
     seen: list[str] = []
     expired = await store.expire_due(NOW, lambda a: seen.append(a.id))
     assert [a.id for a in expired] == ["apr_old"] == seen
@@ -135,74 +160,133 @@ async def test_expiry(store: StateStore) -> None:
     assert await store.expire_due(NOW, nothing) == []
 
 
-SCOPE = Scope("acme", "create_refund_request", "key-1")
-
-
-async def test_idempotency_claims(store: StateStore) -> None:
-    first = await store.idem_claim(SCOPE, "fp", "req_a", NOW, 30)
-    assert first.claimed
-    assert first.record.state is ClaimState.IN_FLIGHT
-    second = await store.idem_claim(SCOPE, "fp", "req_b", NOW, 30)
-    assert not second.claimed
-    assert second.record.request_id == "req_a"
-    await store.idem_complete(SCOPE, "req_b", 500, None, b"not mine", NOW)  # not the owner
-    await store.idem_complete(SCOPE, "req_a", 201, "application/json", b'{"ok":1}', NOW)
-    done = await store.idem_get(SCOPE)
+async def test_a_key_is_claimed_once(store: StateStore) -> None:
+    assert await store.commit_forward(claim("req_a"), None, NOW) is None
+    taken = await store.commit_forward(claim("req_b"), None, NOW)
+    assert taken is not None
+    assert (taken.status, taken.request_id) == (KeyStatus.IN_FLIGHT, "req_a")
+    # Only the request that holds the key stores its answer.
+    await store.settle(claim("req_b"), Answer(500, None, b"not mine"), None, NOW)
+    await store.settle(claim("req_a"), Answer(201, "application/json", b'{"ok":1}'), None,
+                       NOW)
+    done = await store.key_state(SCOPE)
     assert done is not None
-    assert (done.state, done.status, done.body, done.content_type) == (
-        ClaimState.DONE, 201, b'{"ok":1}', "application/json")
-    again = await store.idem_claim(SCOPE, "fp", "req_c", NOW + 3600, 30)
-    assert not again.claimed, "a completed key is never claimed again"
+    assert (done.status, done.answer_status, done.body, done.content_type) == (
+        KeyStatus.DONE, 201, b'{"ok":1}', "application/json")
+    again = await store.commit_forward(claim("req_c", lease_until=NOW + 3600), None,
+                                       NOW + 3600)
+    assert again is not None, "a completed key is never claimed again"
 
 
 async def test_a_crashed_claim_is_taken_over_after_its_lease(store: StateStore) -> None:
-    assert (await store.idem_claim(SCOPE, "fp", "req_dead", NOW, 5)).claimed
-    assert not (await store.idem_claim(SCOPE, "fp", "req_b", NOW + 1, 5)).claimed
-    assert not (await store.idem_claim(SCOPE, "other-fp", "req_c", NOW + 10, 5)).claimed
-    taken = await store.idem_claim(SCOPE, "fp", "req_d", NOW + 10, 5)
-    assert taken.claimed
-    assert taken.record.request_id == "req_d"
+    assert await store.commit_forward(claim("req_dead", lease_until=NOW + 5), None, NOW) is None
+    assert await store.commit_forward(claim("req_b"), None, NOW + 1) is not None
+    assert await store.commit_forward(claim("req_c", "other-fp"), None, NOW + 10) is not None
+    assert await store.commit_forward(claim("req_d", lease_until=NOW + 20), None,
+                                      NOW + 10) is None
+    state = await store.key_state(SCOPE)
+    assert state is not None
+    assert state.request_id == "req_d"
 
 
-async def test_release_and_purge(store: StateStore) -> None:
-    await store.idem_claim(SCOPE, "fp", "req_a", NOW, 30)
-    await store.idem_release(SCOPE, "req_other")
-    assert await store.idem_get(SCOPE) is not None
-    await store.idem_release(SCOPE, "req_a")
-    assert await store.idem_get(SCOPE) is None
+async def test_undo_and_purge(store: StateStore) -> None:
+    await store.commit_forward(claim("req_a"), None, NOW)
+    await store.undo_forward(claim("req_other"), None, NOW)
+    assert await store.key_state(SCOPE) is not None
+    await store.undo_forward(claim("req_a"), None, NOW)
+    assert await store.key_state(SCOPE) is None
     other = Scope("acme", "t", "k2")
-    await store.idem_claim(other, "fp", "req_x", NOW, 30)
-    await store.idem_complete(other, "req_x", 200, None, b"", NOW)
-    assert await store.idem_purge(NOW - 1) == 0
-    assert await store.idem_purge(NOW + 1) == 1
-    assert await store.idem_get(other) is None
+    await store.commit_forward(claim("req_x", scope=other), None, NOW)
+    await store.settle(claim("req_x", scope=other), Answer(200, None, b""), None, NOW)
+    assert await store.purge_keys(NOW - 1) == 0
+    assert await store.purge_keys(NOW + 1) == 1
+    assert await store.key_state(other) is None
+
+
+async def test_keys_of_decided_held_calls_are_purged_with_them(store: StateStore) -> None:
+    await hold(store, approval("apr_p", key="kp"))
+    scope = Scope("acme", "create_refund_request", "kp")
+    assert await store.purge_keys(NOW + 1) == 0, "a pending call keeps its key"
+    await store.transition("apr_p", frozenset({ApprovalStatus.PENDING}),
+                           ApprovalStatus.REJECTED, NOW, reason="no")
+    assert await store.key_state(scope) is not None
+    assert await store.purge_keys(NOW + 1) == 1
+    assert await store.key_state(scope) is None
 
 
 async def test_concurrent_claims_have_one_winner(store: StateStore) -> None:
-    claims = await asyncio.gather(*(store.idem_claim(SCOPE, "fp", f"req_{i}", NOW, 30)
-                                    for i in range(50)))
-    assert sum(c.claimed for c in claims) == 1
+    results = await asyncio.gather(*(store.commit_forward(claim(f"req_{i}"), None, NOW)
+                                     for i in range(50)))
+    assert sum(r is None for r in results) == 1
+
+
+async def test_a_key_is_executed_once_or_held_once_never_both(store: StateStore) -> None:
+    """Forwarding and holding take the same row: of racing requests with one key, one
+    wins, whichever act it was going to."""
+    scope = Scope("acme", "create_refund_request", "both")
+
+    async def forward(i: int) -> bool:
+        return await store.commit_forward(claim(f"req_f{i}", scope=scope), None, NOW) is None
+
+    async def held(i: int) -> bool:
+        a = approval(f"apr_h{i}", key="both", decision_id=f"req_h{i}")
+        return await store.commit_hold(a, claim(f"req_h{i}", scope=scope), nothing) is None
+
+    results = await asyncio.gather(*(forward(i) if i % 2 else held(i) for i in range(40)))
+    assert sum(results) == 1
+    state = await store.key_state(scope)
+    assert state is not None
+    held_calls = [a for a in await store.list_approvals() if a.idempotency_key == "both"]
+    if state.status is KeyStatus.HELD:
+        assert [a.id for a in held_calls] == [state.approval.id if state.approval else ""]
+    else:
+        assert held_calls == []
 
 
 LIMITS = Limits(max_tool_calls=5, max_calls_per_tool={"default": 3}, max_spend={"amount": 100})
 
 
+def spend(amount: float | None = None, run: str = "run-1",
+          limits: Limits = LIMITS) -> Reservation:
+    return Reservation("acme", run, "refund", {} if amount is None else {"amount": amount},
+                       limits)
+
+
 async def test_budgets(store: StateStore) -> None:
-    usage = await store.reserve("acme", "run-1", "refund", {"amount": 60}, LIMITS, NOW)
+    await store.commit_forward(None, spend(60), NOW)
+    usage = await store.usage("acme", "run-1")
     assert (usage.tool_calls, usage.per_tool, usage.spent) == (1, {"refund": 1},
                                                                {"amount": 60.0})
     with pytest.raises(BudgetExceeded):
-        await store.reserve("acme", "run-1", "refund", {"amount": 41}, LIMITS, NOW)
+        await store.commit_forward(None, spend(41), NOW)
     assert (await store.usage("acme", "run-1")).spent == {"amount": 60.0}
-    await store.reserve("acme", "run-1", "refund", {"amount": 40}, LIMITS, NOW)
-    await store.release_spend("acme", "run-1", {"amount": 40}, NOW)
+    await store.commit_forward(None, spend(40), NOW)
+    await store.settle(None, None, spend(40), NOW)   # failed: spend back, still a call
     usage = await store.usage("acme", "run-1")
     assert (usage.tool_calls, usage.spent) == (2, {"amount": 60.0})
-    await store.reserve("acme", "run-1", "refund", {}, LIMITS, NOW)
+    await store.commit_forward(None, spend(), NOW)
     with pytest.raises(BudgetExceeded) as info:
-        await store.reserve("acme", "run-1", "refund", {}, LIMITS, NOW)
+        await store.commit_forward(None, spend(), NOW)
     assert info.value.extra["budget"] == "max_calls_per_tool"
+    await store.undo_forward(None, spend(), NOW)   # never sent: not even a call
+    assert (await store.usage("acme", "run-1")).tool_calls == 2
     assert (await store.usage("acme", "run-2")).tool_calls == 0
+
+
+async def test_over_budget_the_key_stays_free(store: StateStore) -> None:
+    with pytest.raises(BudgetExceeded):
+        await store.commit_forward(claim("req_a"), spend(101), NOW)
+    assert await store.key_state(SCOPE) is None
+    assert await store.commit_forward(claim("req_b"), spend(100), NOW) is None
+    state = await store.key_state(SCOPE)
+    assert state is not None
+    assert state.request_id == "req_b"
+
+
+async def test_a_lost_key_reserves_nothing(store: StateStore) -> None:
+    assert await store.commit_forward(claim("req_a"), spend(10), NOW) is None
+    assert await store.commit_forward(claim("req_b"), spend(10), NOW) is not None
+    assert (await store.usage("acme", "run-1")).spent == {"amount": 10.0}
 
 
 async def test_concurrent_reservations_never_overshoot(store: StateStore) -> None:
@@ -210,7 +294,7 @@ async def test_concurrent_reservations_never_overshoot(store: StateStore) -> Non
 
     async def try_spend() -> bool:
         try:
-            await store.reserve("acme", "run-c", "refund", {"amount": 7}, limits, NOW)
+            await store.commit_forward(None, spend(7, "run-c", limits), NOW)
         except BudgetExceeded:
             return False
         return True
@@ -238,8 +322,8 @@ async def test_kill_switches(store: StateStore) -> None:
 
 
 async def test_only_calls_of_silent_instances_are_abandoned(store: StateStore) -> None:
-    await store.create_approval(approval("apr_live", key="l"))
-    await store.create_approval(approval("apr_dead", key="d"))
+    await hold(store, approval("apr_live", key="l"))
+    await hold(store, approval("apr_dead", key="d"))
     for approval_id, owner in (("apr_live", "gw-live"), ("apr_dead", "gw-dead")):
         await store.transition(approval_id, frozenset({ApprovalStatus.PENDING}),
                                ApprovalStatus.EXECUTING, NOW, owner=owner)

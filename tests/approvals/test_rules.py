@@ -1,4 +1,5 @@
-"""The approval rules as a pure function, and the notification payload."""
+"""The approval rules, pure: one vote rule, one self-approval rule (the `sub`, whatever the
+tenant), roles, expiry."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.notify import payload
-from gateway.approvals.service import check_vote
+from gateway.approvals.model import Approval, ApprovalStatus, Vote
+from gateway.approvals.rules import check_decision, check_vote, is_requester, may_read
 from gateway.auth import principal_from_claims
 from gateway.core.errors import (
     AlreadyApprovedByYou,
@@ -18,7 +19,7 @@ from gateway.core.errors import (
     GatewayError,
     SelfApproval,
 )
-from gateway.store.base import Approval, ApprovalStatus, StoredCall, Vote
+from gateway.core.outbound import OutboundPlan
 
 NOW = 1_800_000_000.0
 
@@ -31,7 +32,7 @@ def held(**changes: Any) -> Approval:
         "reasons": ("over_limit: amount 250 USD",), "approvals_required": 1,
         "approver_roles": ("billing-approver",), "created_at": NOW - 10,
         "expires_at": NOW + 3600,
-        "call": StoredCall("billing", "POST", "/v1/refunds", "", {}, b"{}")}
+        "plan": OutboundPlan("billing", "POST", "/v1/refunds", "", {}, b"{}")}
     base.update(changes)
     return Approval(**base)
 
@@ -59,21 +60,30 @@ def test_refusals(approval: Approval, approver: Any, error: type[GatewayError]) 
         check_vote(approval, approver, NOW)
 
 
-def test_same_sub_in_another_tenant_is_another_principal() -> None:
-    check_vote(held(), who("agent-1", tenant="globex"), NOW)
+@pytest.mark.parametrize("tenant", ["acme", "globex", None])
+def test_the_requester_never_decides_its_own_call_whatever_the_tenant(
+        tenant: str | None) -> None:
+    """An OIDC `sub` is one identity; a token for another tenant (or none) is still the
+    requester. Before this rule compared (sub, tenant), another tenant's token approved."""
+    me = principal_from_claims({"sub": "agent-1", "roles": ["billing-approver"],
+                                **({"tenant": tenant} if tenant else {})})
+    assert is_requester(held(), me)
+    with pytest.raises(SelfApproval):
+        check_vote(held(), me, NOW)
+    with pytest.raises(SelfApproval):
+        check_decision(held(), me, NOW, "reject")
+
+
+def test_reading_a_held_call_needs_the_same_principal_or_the_approver_scope() -> None:
+    assert may_read(held(), who("agent-1"), "toolgate:approve")
+    assert not may_read(held(), who("agent-1", tenant="globex"), "toolgate:approve")
+    assert not may_read(held(), who("bob"), "toolgate:approve")
+    approver = principal_from_claims({"sub": "bob", "scope": "toolgate:approve"})
+    assert may_read(held(), approver, "toolgate:approve")
 
 
 def test_no_roles_asked_means_any_approver() -> None:
     check_vote(held(approver_roles=()), who("alice", roles=()), NOW)
-
-
-def test_payload_leaves_arguments_out_by_default() -> None:
-    body = payload("pending", held(), include_args=False)
-    assert "args" not in body["toolgate"]
-    assert "a@b.c" not in str(body)
-    assert "create_refund_request" in body["text"]
-    assert "toolgate approvals approve apr_1" in body["text"]
-    assert payload("pending", held(), include_args=True)["toolgate"]["args"]["amount"] == 250
 
 
 def test_expiry_is_checked_at_the_vote_not_later() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.errors import LoadErrors
-from gateway.policy.engine import PolicySources, load_sources
+from gateway.policy.sources import PolicySources, load_sources
 
 POLICY = 'package toolgate\n\nimport rego.v1\n\ndecision := {"action": "deny", "reasons": []}\n'
 

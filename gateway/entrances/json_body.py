@@ -1,10 +1,4 @@
-"""Stage `parse`: body size limit, then JSON.
-
-Reads: the body, up to `limits.max_body_bytes`. Sets: `ctx.body` (the exact bytes, which are
-what the upstream receives) and `ctx.body_args`. Refuses: 413 `body_too_large`; 415
-`unsupported_media_type` for a body that is not `application/json` or is compressed; 400
-`invalid_json` (not JSON, not an object, a name given twice, NaN/Infinity, a number or
-string that parsers disagree on). An empty body is `{}`.
+"""JSON with exactly one meaning, for bodies the gateway judges and then forwards as bytes.
 
 SECURITY: the upstream receives the raw bytes, so the gateway must see exactly one meaning
 in them. With `{"amount": 5000, "amount": 10}` a parser that keeps the last value would let
@@ -20,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.context import CallContext, Runtime
-from gateway.core.errors import InvalidJson, UnsupportedMediaType
+from gateway.core.errors import InvalidJson
 
 
 class _Ambiguous(ValueError):
@@ -62,26 +55,12 @@ def loads_strict(body: bytes) -> Any:
     return value
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/")
-                                            and media.endswith("+json"))
-
-
-async def parse(ctx: CallContext, rt: Runtime) -> None:
-    headers = ctx.call.headers
-    # Checked before reading: the HTTP server would try to decompress it.
-    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-        raise UnsupportedMediaType("a compressed body is not accepted; send it as is")
-    ctx.body = await ctx.call.read_body(rt.settings.max_body_bytes)
-    if not ctx.body.strip():
-        return
-    # SECURITY: the upstream reads the bytes by their Content-Type; the gateway judged them
-    # as JSON. A form or other type would let the upstream see arguments nobody checked.
-    if not _is_json(headers.get("Content-Type", "")):
-        raise UnsupportedMediaType("a body must be sent as Content-Type: application/json")
+def arguments(body: bytes) -> dict[str, Any]:
+    """The JSON object of a body (`{}` when empty); 400 `invalid_json` otherwise."""
+    if not body.strip():
+        return {}
     try:
-        value = loads_strict(ctx.body)
+        value = loads_strict(body)
     except _Ambiguous as exc:
         raise InvalidJson(str(exc)) from None
     except json.JSONDecodeError as exc:
@@ -91,4 +70,4 @@ async def parse(ctx: CallContext, rt: Runtime) -> None:
         raise InvalidJson("the body is not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise InvalidJson("the body must be a JSON object of arguments")
-    ctx.body_args = value
+    return value

@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 
-from gateway.core.decision import Action, PolicyDecision, Verdict, decide
+from gateway.core.decision import Act, Action, PolicyDecision, Verdict, decide
 from gateway.core.errors import (
     IdempotencyKeyRequired,
     InsufficientScope,
     PolicyDenied,
+    PolicyUnavailable,
     ReasonCode,
     Unauthenticated,
 )
+from gateway.core.stage import Stage
 
 ALLOW = {"action": "allow", "reasons": ["green_tier: ok"]}
 
@@ -184,36 +186,40 @@ def test_error_constructor_is_deny_policy_error() -> None:
 
 def test_decide_stage_error_is_deny_with_that_error_and_stage() -> None:
     error = Unauthenticated("token expired")
-    verdict = decide("authenticate", error, None, shadow=False)
-    assert verdict == Verdict(Action.DENY, "authenticate", ("unauthenticated",), error, False)
+    verdict = decide(Stage.AUTHENTICATE, error, None, shadow=False)
+    assert verdict == Verdict(Action.DENY, Act.REFUSE, Stage.AUTHENTICATE,
+                              ("unauthenticated",), error)
     assert verdict.error is error
     assert verdict.code == "unauthenticated"
+    assert verdict.header == "deny"
 
 
 def test_decide_stage_error_beats_an_allowing_policy() -> None:
     error = InsufficientScope("missing billing:refund")
-    verdict = decide("scopes", error, PolicyDecision.parse(ALLOW), shadow=False)
-    assert verdict.action is Action.DENY
+    verdict = decide(Stage.SCOPES, error, PolicyDecision.parse(ALLOW), shadow=False)
+    assert (verdict.action, verdict.act, verdict.stage) == (Action.DENY, Act.REFUSE,
+                                                            Stage.SCOPES)
     assert verdict.error is error
-    assert verdict.stage == "scopes"
 
 
 def test_decide_stage_error_reasons_come_from_the_error() -> None:
     error = PolicyDenied("rejected", reasons=["rejected_by_approver: no"])
-    verdict = decide("policy", error, None, shadow=False)
+    verdict = decide(Stage.POLICY, error, None, shadow=False)
     assert verdict.reasons == ("rejected_by_approver: no",)
 
 
 def test_decide_stage_error_without_reasons_uses_its_code() -> None:
-    verdict = decide("idempotency", IdempotencyKeyRequired("need a key"), None, shadow=True)
+    verdict = decide(Stage.IDEMPOTENCY, IdempotencyKeyRequired("need a key"), None,
+                     shadow=True)
     assert verdict.reasons == ("idempotency_key_required",)
-    assert verdict.shadow is True
+    # Errors before the policy are the agent's to fix, even for a shadow tool.
+    assert verdict.act is Act.REFUSE
 
 
 def test_decide_without_policy_is_deny_policy_error() -> None:
-    verdict = decide("policy", None, None, shadow=False)
-    assert verdict.action is Action.DENY
-    assert verdict.stage == "policy"
+    verdict = decide(Stage.POLICY, None, None, shadow=False)
+    assert (verdict.action, verdict.act) == (Action.DENY, Act.REFUSE)
+    assert verdict.stage is Stage.POLICY
     assert verdict.reasons == ("policy_error",)
     assert isinstance(verdict.error, PolicyDenied)
     body = verdict.error.body("req-1")["error"]
@@ -224,8 +230,8 @@ def test_decide_without_policy_is_deny_policy_error() -> None:
 
 def test_decide_policy_deny_is_policy_denied_with_reasons_and_fallback() -> None:
     policy = PolicyDecision.parse({"action": "deny", "reasons": ["red_tier: never", "z: two"]})
-    verdict = decide("policy", None, policy, shadow=False)
-    assert verdict.action is Action.DENY
+    verdict = decide(Stage.POLICY, None, policy, shadow=False)
+    assert (verdict.action, verdict.act) == (Action.DENY, Act.REFUSE)
     assert verdict.reasons == ("red_tier: never", "z: two")
     assert isinstance(verdict.error, PolicyDenied)
     assert verdict.error.status == 403
@@ -236,24 +242,49 @@ def test_decide_policy_deny_is_policy_denied_with_reasons_and_fallback() -> None
 
 
 def test_decide_policy_error_decision_is_denied() -> None:
-    verdict = decide("policy", None, PolicyDecision.parse("junk"), shadow=False)
+    verdict = decide(Stage.POLICY, None, PolicyDecision.parse("junk"), shadow=False)
     assert verdict.action is Action.DENY
     assert verdict.reasons[0] == "policy_error"
     assert isinstance(verdict.error, PolicyDenied)
 
 
-@pytest.mark.parametrize("action", [Action.ALLOW, Action.REQUIRE_APPROVAL])
-@pytest.mark.parametrize("shadow", [False, True])
-def test_decide_allow_and_require_approval_have_no_error(action: Action, shadow: bool) -> None:
+@pytest.mark.parametrize(("action", "act"), [(Action.ALLOW, Act.FORWARD),
+                                             (Action.REQUIRE_APPROVAL, Act.HOLD)])
+def test_decide_allow_forwards_and_require_approval_holds(action: Action, act: Act) -> None:
     policy = PolicyDecision.parse({"action": str(action), "reasons": ["r: why"]})
-    verdict = decide("policy", None, policy, shadow=shadow)
-    assert verdict == Verdict(action, "policy", ("r: why",), None, shadow)
+    verdict = decide(Stage.POLICY, None, policy, shadow=False)
+    assert verdict == Verdict(action, act, Stage.POLICY, ("r: why",), None)
     assert verdict.code is None
+    assert verdict.header == str(action)
+
+
+@pytest.mark.parametrize("action", ["allow", "require_approval", "deny"])
+def test_decide_shadow_tools_only_report(action: str) -> None:
+    """The shadow rule, in its one place: whatever the policy says is reported, never done."""
+    policy = PolicyDecision.parse({"action": action, "reasons": ["r: why"]})
+    verdict = decide(Stage.POLICY, None, policy, shadow=True)
+    assert verdict.act is Act.SHADOW
+    assert verdict.action == action
+    assert verdict.header == "shadow"
+
+
+def test_decide_shadow_reports_a_failed_policy_but_refuses_earlier_errors() -> None:
+    unavailable = decide(Stage.POLICY, PolicyUnavailable("slow"), None, shadow=True)
+    assert (unavailable.act, unavailable.action) == (Act.SHADOW, Action.DENY)
+    assert decide(Stage.POLICY, None, None, shadow=True).act is Act.SHADOW
+    assert decide(Stage.AUTHENTICATE, Unauthenticated("x"), None,
+                  shadow=True).act is Act.REFUSE
 
 
 @pytest.mark.parametrize("shadow", [False, True])
-def test_decide_carries_shadow_on_deny(shadow: bool) -> None:
+def test_decide_a_retry_is_answered_never_decided_again(shadow: bool) -> None:
     deny = PolicyDecision.parse({"action": "deny", "reasons": ["red_tier: x"]})
-    assert decide("policy", None, deny, shadow=shadow).shadow is shadow
-    assert decide("route", Unauthenticated("x"), None, shadow=shadow).shadow is shadow
-    assert decide("policy", None, None, shadow=shadow).shadow is shadow
+    held = decide(Stage.IDEMPOTENCY, None, deny, shadow, answered="held")
+    assert (held.action, held.act, held.reasons) == (Action.REQUIRE_APPROVAL,
+                                                     Act.ANSWER_HELD, ("idempotent_retry",))
+    replay = decide(Stage.COMMIT, None, deny, shadow, answered="replay")
+    assert (replay.action, replay.act, replay.reasons) == (Action.ALLOW, Act.REPLAY,
+                                                           ("idempotent_replay",))
+    error = decide(Stage.IDEMPOTENCY, IdempotencyKeyRequired("x"), None, shadow,
+                   answered="held")
+    assert error.act is Act.REFUSE, "an error always wins"

@@ -1,0 +1,115 @@
+"""The `forward` act: send the planned call, record its outcome, settle its key and budget.
+
+The plan is sent as it is (`gateway.upstreams.client`). Whatever happens — an answer of any
+status, a transport error, a timeout — is the call's final answer: it is stored under the
+idempotency key (5xx and the gateway's own 502/504 included, as Stripe does) and the outcome
+record is written. A call that did not succeed gives its spend back (it still counts as a
+call). A committed call that is never sent (its decision record could not be written) gives
+back its key and its reservation: `withdraw`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.act.answers import Reply, error_reply
+from gateway.audit import records
+from gateway.audit.call import CallAudit
+from gateway.core.context import CallContext
+from gateway.core.decision import Action
+from gateway.core.errors import GatewayError
+from gateway.state.idempotency import Answer
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger("toolgate")
+SETTLE_ATTEMPTS = 10  # about a minute, well inside the claim's lease
+
+
+async def forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
+    spec, facts = ctx.call.spec, ctx.call.facts
+    audit.expect_outcome()
+    try:
+        resp = await rt.upstreams.send(ctx.plan, spec.timeout_ms)
+    except GatewayError as exc:
+        rt.metrics.upstream.labels(spec.name, str(exc.code)).inc()
+        audit.outcome(records.outcome(
+            error=str(exc.code), status=exc.status,
+            total_s=rt.clock.monotonic() - facts.started, policy_ms=round(ctx.policy_ms, 3)))
+        reply = error_reply(exc, facts.request_id, str(Action.ALLOW))
+        await settle(ctx, rt, Answer(reply.status, reply.content_type, reply.body))
+        return reply
+    output_valid = None
+    if spec.output_validator is not None and 200 <= resp.status < 300:
+        output_valid = _output_valid(spec.output_validator, resp.body)
+        rt.metrics.output_schema.labels(spec.name, "pass" if output_valid else "fail").inc()
+    total = rt.clock.monotonic() - facts.started
+    m = rt.metrics
+    m.upstream.labels(spec.name, f"{resp.status // 100}xx").inc()
+    m.upstream_latency.labels(spec.name).observe(resp.latency_ms / 1000)
+    m.overhead.labels(spec.name).observe(max(0.0, total - resp.latency_ms / 1000))
+    audit.outcome(records.outcome(
+        status=resp.status, upstream_status=resp.status, output_valid=output_valid,
+        total_s=total, policy_ms=round(ctx.policy_ms, 3), upstream_ms=resp.latency_ms))
+    content_type = resp.headers.pop("Content-Type", None)
+    await settle(ctx, rt, Answer(resp.status, content_type, resp.body))
+    return Reply(resp.status, resp.body, str(Action.ALLOW), resp.headers, content_type)
+
+
+def _output_valid(validator: Any, body: bytes) -> bool:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return bool(validator.is_valid(value))
+
+
+async def settle(ctx: CallContext, rt: Runtime, answer: Answer) -> None:
+    """Store the answer under the key, and give back the spend of a call that did not
+    succeed. The answer is already known, so a store error must not lose it (the key would
+    later be taken over and the call sent again): it is retried in the background while
+    the agent gets its answer."""
+    if not ctx.committed:
+        return
+    claim = ctx.claim
+    give_back = ctx.reservation if answer.status >= 400 else None
+    request_id = ctx.call.facts.request_id
+
+    async def store() -> bool:
+        try:
+            await rt.store.settle(claim, answer, give_back, rt.clock.time())
+        except GatewayError as exc:
+            log.warning("settling %s failed: %s", request_id, exc.message)
+            return False
+        return True
+
+    async def retry() -> None:
+        delay = 0.2
+        for _ in range(SETTLE_ATTEMPTS):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if await store():
+                return
+        log.critical("the answer of %s could not be stored under its idempotency key",
+                     request_id)
+
+    if not await store():
+        rt.background.spawn(retry(), name=f"settle {request_id}")
+
+
+async def withdraw(ctx: CallContext, rt: Runtime) -> None:
+    """Give back the key and the reservation of a committed call that will not be sent."""
+    if not ctx.committed:
+        return
+    try:
+        # Never sent: neither its spend nor its call counts.
+        await rt.store.undo_forward(ctx.claim, ctx.reservation, rt.clock.time())
+    except GatewayError:
+        # The claim's lease runs out on its own; the reservation stays spent (fail closed).
+        log.warning("could not undo the reservation of %s", ctx.call.facts.request_id)
+    ctx.committed = False

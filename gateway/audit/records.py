@@ -1,0 +1,129 @@
+"""Every audit record the gateway writes, built here and nowhere else (DESIGN §7).
+
+Kinds: `decision` (one per call, before any action), `outcome` (one per call that reached an
+upstream or whose action failed after its decision), `approval` (every event of a held
+call, refusals included), `killswitch` (set and cleared). A record holds no token, no
+credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
+pointers). `gateway.audit.log.AuditLog` writes them; `gateway.audit.call.CallAudit` makes
+sure each call gets its decision and outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gateway.audit.redact import redact
+from gateway.core.decision import Action, Verdict
+from gateway.core.errors import GatewayError
+from gateway.core.stage import Stage
+
+if TYPE_CHECKING:
+    from gateway.approvals.model import Approval
+    from gateway.auth import Principal
+    from gateway.bundle.specs import ToolSpec
+    from gateway.core.context import CallContext
+    from gateway.state.killswitch import KillSwitch
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def actor(principal: Principal) -> dict[str, Any]:
+    """Who acted on the admin API: the identity and the roles the decision relied on."""
+    return {**principal.as_audit(), "roles": list(principal.roles)}
+
+
+def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
+             spec: ToolSpec | None = None, ctx: CallContext | None = None,
+             approval_id: str | None = None) -> dict[str, Any]:
+    """The decision record: what was decided, by which stage, on what facts.
+
+    `spec` is the tool when the entrance found one; `ctx` is there once the pipeline ran.
+    """
+    principal = ctx.known_principal if ctx is not None else None
+    pointers: list[str] = list(spec.pii_pointers) if spec is not None else []
+    if ctx is not None and ctx.decision is not None:
+        pointers += ctx.decision.redact
+    if approval_id is None and ctx is not None and ctx.answered is not None \
+            and ctx.answered.approval is not None:
+        approval_id = ctx.answered.approval.id   # a retry answered from its held call
+    status = verdict.error.status if verdict.error is not None else (
+        202 if verdict.action is Action.REQUIRE_APPROVAL else None)
+    return {
+        "principal": principal.as_audit() if principal is not None else None,
+        "run_id": ctx.run_id if ctx is not None else None,
+        "run": ctx.usage.as_input() if ctx is not None and ctx.usage is not None else None,
+        "tool": spec.name if spec is not None else None,
+        "action": str(verdict.action),
+        "shadow": spec is not None and spec.mode == "shadow",
+        "stage": str(verdict.stage),
+        "code": verdict.code,
+        "message": verdict.error.message if verdict.error is not None else None,
+        "status": status,
+        "reasons": list(verdict.reasons),
+        "policy_revision": revision,
+        "args": redact(dict(ctx.call.args), pointers) if ctx is not None else None,
+        "idempotency_key": ctx.idempotency_key if ctx is not None else None,
+        "approval_id": approval_id,
+        "latency_ms": {"total": _ms(elapsed_s),
+                       "policy": round(ctx.policy_ms, 3) if ctx is not None else 0.0},
+    }
+
+
+def internal_decision(reason: str) -> dict[str, Any]:
+    """The decision record of a call that failed before it was decided."""
+    return {"action": str(Action.DENY), "stage": str(Stage.INTERNAL), "reasons": [reason],
+            "code": reason}
+
+
+def outcome(*, status: int | None = None, upstream_status: int | None = None,
+            error: str | None = None, output_valid: bool | None = None,
+            total_s: float | None = None, policy_ms: float | None = None,
+            upstream_ms: float | None = None) -> dict[str, Any]:
+    """The outcome record of a call whose action started: what the upstream answered (or
+    how the action failed), and how long it all took."""
+    record: dict[str, Any] = {"status": status, "upstream_status": upstream_status,
+                              "error": error}
+    if output_valid is not None:
+        record["output_valid"] = output_valid
+    if total_s is not None:
+        record["latency_ms"] = {
+            "total": _ms(total_s), "policy": policy_ms,
+            "upstream": None if upstream_ms is None else round(upstream_ms, 3)}
+    return record
+
+
+def approval(event: str, held: Approval, **fields: Any) -> dict[str, Any]:
+    """An `approval` record: one event in the life of a held call, linked to its call."""
+    return {"decision_id": held.decision_id, "approval_id": held.id, "event": event,
+            "status": str(held.status), "tool": held.tool,
+            "principal": dict(held.principal), **fields}
+
+
+def approval_outcome(held: Approval, *, status: str, error: str | None,
+                     upstream_status: int | None, reason: str | None,
+                     latency_ms: float | None, stored: bool = True) -> dict[str, Any]:
+    """The `outcome` record of a held call the executor sent (or could not send)."""
+    record = {"decision_id": held.decision_id, "approval_id": held.id, "tool": held.tool,
+              "principal": dict(held.principal), "status": status, "error": error,
+              "upstream_status": upstream_status, "reason": reason,
+              "attempt": held.attempts, "latency_ms": {"upstream": latency_ms}}
+    if not stored:
+        record["stored"] = False
+    return record
+
+
+def refusal(approval_id: str, who: Principal | None, exc: GatewayError,
+            held: Approval | None) -> dict[str, Any]:
+    """An approver's action the rules refused (an `approval` record, event `refused`)."""
+    return {"decision_id": held.decision_id if held is not None else None,
+            "approval_id": approval_id, "event": "refused", "code": str(exc.code),
+            "message": exc.message, "actor": actor(who) if who is not None else None}
+
+
+def killswitch(event: str, switch: KillSwitch, who: Mapping[str, Any]) -> dict[str, Any]:
+    """A kill switch set or cleared, and by whom."""
+    return {"decision_id": None, "event": event, "scope": switch.scope,
+            "reason": switch.reason, "actor": dict(who)}

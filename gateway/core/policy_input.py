@@ -1,0 +1,28 @@
+"""The policy's input document (DESIGN §2.2), built from what the pipeline established."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.canonical import rfc3339_precise
+from gateway.core.context import CallContext
+from gateway.state.budgets import Usage
+
+
+def input_document(ctx: CallContext) -> dict[str, Any]:
+    spec, call = ctx.call.spec, ctx.call
+    facts = call.facts
+    return {
+        "tool": {"name": spec.name, "tier": str(spec.tier), "scopes": list(spec.scopes),
+                 "upstream": spec.upstream, "mode": str(spec.mode)},
+        "args": dict(call.args),
+        "principal": ctx.principal.as_input(),
+        "run": {"id": ctx.run_id, **(ctx.usage or Usage()).as_input()},
+        "request": {
+            "id": facts.request_id, "method": facts.method, "path": facts.path,
+            "idempotency_key": ctx.idempotency_key,
+            "time": rfc3339_precise(facts.received_at),
+            "source_ip": facts.source_ip,
+            "entrance": str(facts.entrance),
+        },
+    }

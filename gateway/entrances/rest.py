@@ -1,0 +1,158 @@
+"""The REST entrance (DESIGN §3): `route.method route.path` on the agent port.
+
+It turns an HTTP request into a `ToolCall` and renders the reply; it decides nothing. In
+order, each step refusing with a JSON error and one decision record (`gateway.act.handle`):
+
+1. route — the tool is found by (method, raw path) in the call's bundle; the route table
+   matches the still-encoded path segment by segment (`gateway.bundle.routes`). 403
+   `tool_not_allowed`; 400 `invalid_arguments` for a path parameter that is not one segment.
+   Nothing reads the body of a request no tool is declared for.
+2. parse — the body: 415 `unsupported_media_type` for a compressed body or one that is not
+   `application/json` (checked before reading: the server would decompress it); 413
+   `body_too_large` past `limits.max_body_bytes`; 400 `invalid_json` (one meaning only:
+   `gateway.entrances.json_body`). An empty body is `{}`.
+3. arguments — path parameters, query parameters (string values) and body members in one
+   object; a name given twice is 400 `invalid_arguments` (it could validate one value and
+   forward another).
+
+The tool call keeps the body's exact bytes (what the upstream receives), the agent's
+headers (the plan's allow-list picks from them), the credential, and the key and run hints.
+The agent polls a held call at `GET /v1/approvals/<id>` (`poll_approval`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.act.answers import Reply
+from gateway.act.handle import handle, refuse
+from gateway.approvals.rules import may_read
+from gateway.auth import bearer_principal
+from gateway.bundle import Bundle
+from gateway.bundle.routes import decode_params
+from gateway.bundle.specs import ToolSpec
+from gateway.core.call import Entrance, RequestFacts, ToolCall, trace_id
+from gateway.core.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidArguments,
+    NotFound,
+    ToolNotAllowed,
+    UnsupportedMediaType,
+)
+from gateway.core.stage import Stage
+from gateway.entrances.json_body import arguments
+from gateway.runtime import Runtime
+from gateway.web import DECISION, REQUEST_ID, RUNTIME
+
+
+class _Refused(Exception):
+    def __init__(self, stage: Stage, error: GatewayError, spec: ToolSpec | None) -> None:
+        self.stage, self.error, self.spec = stage, error, spec
+
+
+async def tool_call(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    bundle = rt.bundles.current  # pinned: this call is judged by this bundle to the end
+    # raw_path is the request target as sent: still encoded, dot segments untouched.
+    raw_path, _, query = request.raw_path.partition("?")
+    facts = RequestFacts(
+        request_id=request[REQUEST_ID], entrance=Entrance.REST, method=request.method,
+        path=raw_path, source_ip=request.remote or "", scheme=request.scheme,
+        received_at=rt.clock.time(), started=rt.clock.monotonic(),
+        trace_id=trace_id(request.headers.get("traceparent")))
+    try:
+        call = await _tool_call(request, facts, query, bundle, rt)
+    except _Refused as r:
+        reply = await refuse(facts, r.stage, r.error, bundle, rt, r.spec)
+    else:
+        reply = await handle(call, bundle, rt)
+    return render(request, reply)
+
+
+def render(request: web.Request, reply: Reply) -> web.Response:
+    request[DECISION] = reply.decision
+    response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    if reply.content_type:
+        response.headers["Content-Type"] = reply.content_type
+    response.headers["X-Toolgate-Decision"] = reply.decision
+    return response
+
+
+async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bundle: Bundle,
+                     rt: Runtime) -> ToolCall:
+    found = bundle.routes.match(request.method, facts.path)
+    if found is None:
+        raise _Refused(Stage.ROUTE, ToolNotAllowed(
+            f"no tool is declared for {request.method} {facts.path}"), None)
+    spec, raw_params = found
+    try:
+        path_params = decode_params(spec.route, raw_params)
+    except GatewayError as exc:
+        raise _Refused(Stage.ROUTE, exc, spec) from None
+    try:
+        body = await _read_body(request, rt.settings.max_body_bytes)
+        body_args = arguments(body)
+    except GatewayError as exc:
+        raise _Refused(Stage.PARSE, exc, spec) from None
+    args: dict[str, Any] = dict(path_params)
+    # SECURITY: a name given twice could validate one value and forward another.
+    for name, value in (*request.rel_url.query.items(), *body_args.items()):
+        if name in args:
+            raise _Refused(Stage.ROUTE, InvalidArguments(
+                f"argument {name!r} is given more than once"), spec)
+        args[name] = value
+    headers = request.headers
+    return ToolCall(facts=facts, spec=spec, args=args, body=body, path_params=path_params,
+                    query=query, headers=headers, authorization=headers.get("Authorization"),
+                    key_hint=headers.get("Idempotency-Key"),
+                    run_hint=headers.get("X-Agent-Run-Id"))
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    headers = request.headers
+    # Checked before reading: the HTTP server would try to decompress it.
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise UnsupportedMediaType("a compressed body is not accepted; send it as is")
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the body is larger than {limit} bytes")
+    data = await request.content.read(limit + 1)
+    while len(data) <= limit and not request.content.at_eof():
+        more = await request.content.read(limit + 1 - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) > limit:
+        raise BodyTooLarge(f"the body is larger than {limit} bytes")
+    if not data.strip():
+        return data
+    # SECURITY: the upstream reads the bytes by their Content-Type; the gateway judged them
+    # as JSON. A form or other type would let the upstream see arguments nobody checked,
+    # and two Content-Type headers could be read differently upstream.
+    types = headers.getall("Content-Type", [])
+    if len(types) != 1 or not _is_json(types[0]):
+        raise UnsupportedMediaType("a body must be sent with one Content-Type: "
+                                   "application/json")
+    return data
+
+
+async def poll_approval(request: web.Request) -> web.StreamResponse:
+    """The agent polls its held call; only the principal that made it may read it."""
+    rt = request.app[RUNTIME]
+    principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
+    approval = await rt.store.get_approval(request.match_info["approval_id"])
+    # SECURITY: another principal's call looks exactly like a missing one.
+    if approval is None or not may_read(approval, principal, rt.settings.auth.approver_scope):
+        raise NotFound("no such approval")
+    body = {**approval.public(rt.upstreams.credential_header(approval.plan.upstream)),
+            "status": str(approval.status_at(rt.clock.time()))}
+    return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())

@@ -1,0 +1,100 @@
+"""The schema, written once, migrates a database made by Toolgate 0.1 on both stores."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from gateway.approvals.model import ApprovalStatus
+from gateway.state.idempotency import KeyStatus, Scope
+from gateway.store.postgres import PostgresStore
+from gateway.store.schema import Dialect, migrations
+from gateway.store.sqlite import SqliteStore
+from tests.store.conftest import fresh_database
+
+NOW = time.time()
+# A held call as 0.1 stored it: the agent's headers (a deny-list had filtered them) and the
+# peer, host and scheme from which the forwarding headers were made at send time.
+LEGACY_CALL = orjson.dumps({"upstream": "billing", "method": "POST", "path": "/v1/refunds",
+                            "query": "", "headers": {"X-Forwarded-User": "admin"},
+                            "client_ip": "10.0.0.1", "host": "gw", "scheme": "http",
+                            "run_id": None, "spend": {}})
+INSERT = ("INSERT INTO approvals (id, status, decision_id, tool, args, call_hash, principal, "
+          "sub, tenant, reasons, approvals_required, approver_roles, created_at, expires_at, "
+          "updated_at, call, body, call_digest, idempotency_key, resend_safe) VALUES "
+          "(?, ?, 'req_1', 'create_refund_request', ?, 'h', ?, 'agent', 'acme', ?, 1, ?, ?, ?, "
+          "?, ?, ?, 'd', ?, 1)")
+
+
+def legacy_rows() -> list[tuple[object, ...]]:
+    args, principal = orjson.dumps({"amount": 250}), orjson.dumps({"sub": "agent",
+                                                                    "tenant": "acme"})
+    return [(approval_id, status, args, principal, b'["over_limit"]', b"[]", NOW, NOW + 60,
+             NOW, LEGACY_CALL, b"{}", key)
+            for approval_id, status, key in (("apr_pending", "pending", "k-pending"),
+                                             ("apr_approved", "approved", "k-approved"),
+                                             ("apr_done", "executed", "k-done"))]
+
+
+def check(approvals: dict[str, ApprovalStatus]) -> None:
+    assert approvals == {"apr_pending": ApprovalStatus.EXPIRED,
+                         "apr_approved": ApprovalStatus.FAILED,
+                         "apr_done": ApprovalStatus.EXECUTED}
+
+
+async def test_sqlite_from_0_1(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in migrations(Dialect.SQLITE)[:2]:  # what 0.1 created
+        for sql in step:
+            conn.execute(sql)
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany(INSERT, legacy_rows())
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        check({a.id: a.status for a in await store.list_approvals()})
+        state = await store.key_state(Scope("acme", "create_refund_request", "k-done"))
+        assert state is not None
+        assert (state.status, state.approval and state.approval.id) == (KeyStatus.HELD,
+                                                                         "apr_done")
+        old = await store.get_approval("apr_done")
+        assert old is not None
+        assert old.plan.headers == {"X-Forwarded-User": "admin"}  # shown as it was stored
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(
+            migrations(Dialect.SQLITE))
+
+
+async def test_postgres_from_0_1() -> None:
+    async with fresh_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            # 0.1 applied the first two migrations as one, and recorded version 1.
+            await conn.execute("CREATE TABLE toolgate_schema (version INTEGER NOT NULL)")
+            for step in migrations(Dialect.POSTGRES)[:2]:
+                for sql in step:
+                    await conn.execute(sql)
+            await conn.execute("INSERT INTO toolgate_schema (version) VALUES (1)")
+            numbered = INSERT
+            for i in range(1, INSERT.count("?") + 1):
+                numbered = numbered.replace("?", f"${i}", 1)
+            await conn.executemany(numbered, legacy_rows())
+        finally:
+            await conn.close()
+        store = await PostgresStore.open(dsn)
+        try:
+            check({a.id: a.status for a in await store.list_approvals()})
+            state = await store.key_state(Scope("acme", "create_refund_request", "k-pending"))
+            assert state is not None
+            assert state.status is KeyStatus.HELD
+        finally:
+            await store.close()
+        reopened = await PostgresStore.open(dsn)  # a second start applies nothing again
+        await reopened.close()
