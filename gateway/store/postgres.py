@@ -9,6 +9,10 @@ PostgreSQL. Schema changes are the migrations of `gateway.store.schema`, applied
 under an advisory lock, so replicas starting together apply each one once. A lost
 connection is `StoreUnavailable` (503) for the calls that needed it; the pool reconnects on
 its own when the server is back.
+
+Its size is earned: it is the whole `StateStore` protocol for one dialect, one short
+method per operation; the statements and row codecs it shares with SQLite are in
+`gateway.store.rows`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ if the machine loses power. In the sidecar deployment the state lives on the pod
 emptyDir, which does not outlive the node anyway; where it must, use PostgreSQL. Schema
 changes are the numbered migrations of `gateway.store.schema`, recorded in
 `PRAGMA user_version` and applied at start.
+
+Its size is earned: it is the whole `StateStore` protocol for one dialect, one short
+method per operation; the statements and row codecs it shares with PostgreSQL are in
+`gateway.store.rows`.
 """
 
 from __future__ import annotations

@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.bundle.specs import (
-    Idempotency,
-    Mode,
-    Tier,
-    compile_schema,
-    load_specs,
-    pii_pointers,
-)
+from gateway.bundle.schemas import compile_schema, pii_pointers
+from gateway.bundle.specs import Idempotency, Mode, Tier, load_specs
 from gateway.core.errors import LoadError, LoadErrors
 
 UPSTREAMS = ("crm", "billing", "hr")

@@ -1,0 +1,131 @@
+"""The gateway config's JSON Schema (DESIGN §2.3): every key a `toolgate.yaml` may hold.
+
+Unknown keys are errors (`additionalProperties: false` everywhere); `gateway.config` checks
+a document against it, with the file and line of each problem, before building `Settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+              "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
+
+DEFAULT_TAKEOVER_MS = 10_000
+TAKEOVER_HEARTBEATS = 5   # missed heartbeats before a sending instance counts as stopped
+_STR = {"type": "string", "minLength": 1}
+_POS_INT = {"type": "integer", "minimum": 1}
+
+_LIMITS: dict[str, Any] = {  # a run's budget, as a default and per tenant
+    "max_tool_calls": _POS_INT,
+    "max_calls_per_tool": {"type": "object", "additionalProperties": _POS_INT},
+    "max_spend": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["auth", "upstreams"],
+    "properties": {
+        "listen": _STR,
+        "admin_listen": _STR,
+        # What upstreams get as X-Forwarded-Host (default: `listen`); never the agent's Host.
+        "forwarded_host": {"type": "string", "pattern": r"^[A-Za-z0-9.:\[\]_-]{1,255}$"},
+        "tool_specs": {"type": "array", "items": _STR, "minItems": 1},
+        "policies": {"type": "array", "items": _STR, "minItems": 1},
+        "policy": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "engine": {"enum": ["embedded", "opa"]},
+                "query": {"type": "string", "pattern": r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$"},
+                "opa_url": _STR,
+                "timeout_ms": _POS_INT,
+            },
+        },
+        "store": {"type": "string", "pattern": r"^(sqlite:///.+|postgres(ql)?://.+)$"},
+        "auth": {
+            "type": "object", "additionalProperties": False,
+            "required": ["issuer", "audience", "algorithms"],
+            "properties": {
+                "issuer": _STR,
+                "audience": _STR,
+                # SECURITY: "none" is not in the enum, so it can never be allowed.
+                "algorithms": {"type": "array", "items": {"enum": ALGORITHMS}, "minItems": 1},
+                "jwks_file": _STR,
+                "public_key_file": _STR,
+                "hs256_secret_env": _STR,
+                "leeway_s": {"type": "integer", "minimum": 0, "maximum": 300},
+                "approver_scope": _STR,
+                "token_cache_size": {"type": "integer", "minimum": 0},
+            },
+            "oneOf": [
+                {"required": ["jwks_file"]},
+                {"required": ["public_key_file"]},
+                {"required": ["hs256_secret_env"]},
+            ],
+        },
+        "upstreams": {
+            "type": "object", "minProperties": 1,
+            "propertyNames": {"pattern": r"^[a-z0-9_.-]+$"},
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False, "required": ["url"],
+                "properties": {
+                    "url": {"type": "string", "pattern": r"^https?://"},
+                    "credential": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["header"],
+                        "properties": {"header": _STR, "prefix": {"type": "string"},
+                                       "env": _STR, "file": _STR},
+                        "oneOf": [{"required": ["env"]}, {"required": ["file"]}],
+                    },
+                    "max_connections": _POS_INT,
+                },
+            },
+        },
+        "audit": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"file": {"type": ["string", "null"]}, "stdout": {"type": "boolean"}},
+        },
+        "limits": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"max_body_bytes": _POS_INT, "max_response_bytes": _POS_INT},
+        },
+        "approvals": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "ttl_seconds": _POS_INT,
+                "sweep_interval_ms": _POS_INT,
+                "takeover_after_ms": _POS_INT,
+                "wait_ms": {"type": "integer", "minimum": 0},
+                "webhook": {
+                    "type": "object", "additionalProperties": False, "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string", "pattern": r"^https?://"},
+                        "include_args": {"type": "boolean"},
+                        "timeout_ms": _POS_INT,
+                        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20},
+                        "backoff_ms": _POS_INT,
+                    },
+                },
+            },
+        },
+        "fail_open": {"type": "boolean"},
+        "idempotency": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"retention_hours": {"type": "number", "exclusiveMinimum": 0},
+                           "lease_seconds": _POS_INT},
+        },
+        "budgets": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                **_LIMITS,
+                "tenants": {"type": "object", "additionalProperties": {
+                    "type": "object", "additionalProperties": False, "properties": _LIMITS}},
+            },
+        },
+        "killswitch": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"poll_ms": {"type": "integer", "minimum": 50, "maximum": 1000}},
+        },
+    },
+}
