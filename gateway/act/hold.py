@@ -80,7 +80,7 @@ async def hold(ctx: CallContext, rt: Runtime, verdict: Verdict,
         assert ctx.claim is not None  # only a claim can find its key taken
         ctx.stage = Stage.COMMIT
         try:
-            ctx.answered = judge(taken, ctx.claim.fingerprint, rt.clock.time())
+            ctx.answered = judge(taken, ctx.claim, rt.clock.time())
             if ctx.answered is None:  # the store takes over a lapsed claim itself
                 raise IdempotencyInFlight("the Idempotency-Key is being taken over; retry",
                                           retry_after_s=1)

@@ -49,7 +49,7 @@ class ApprovalService:
                  clock: Clock) -> None:
         self._store = store
         self._audit = audit
-        self._executor = executor
+        self.executor = executor
         self.notifier = notifier
         self._wait_time = wait_time
         self._wait = wait_s
@@ -73,18 +73,20 @@ class ApprovalService:
         actor = records.actor(approver)
 
         def record(after: Approval) -> None:
-            self._executor.record("approval_vote", after, actor=actor, comment=comment,
+            self.executor.record("approval_vote", after, actor=actor, comment=comment,
                                   votes=len(after.votes),
                                   approvals_required=after.approvals_required)
             if after.status is ApprovalStatus.APPROVED:
-                self._executor.record("approved", after, actor=actor)
+                self.executor.record("approved", after, actor=actor)
 
         try:
             approval = await self._store.vote(
                 approval_id, actor, comment, now,
                 check=lambda current: check_vote(current, approver, now), record=record)
         except KeyError:
-            raise NotFound(f"no approval {approval_id}") from None
+            missing = NotFound(f"no approval {approval_id}")
+            self.refused(approval_id, approver, missing)
+            raise missing from None
         except _RULES as exc:
             self.refused(approval_id, approver, exc,
                          await self._store.get_approval(approval_id))
@@ -93,7 +95,7 @@ class ApprovalService:
             raise
         if approval.status is ApprovalStatus.APPROVED:
             self._decided("approved", approval, actor)
-            task = self._executor.start(approval.id)
+            task = self.executor.start(approval.id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), self._wait)
             approval = await self._store.get_approval(approval_id) or approval
@@ -103,16 +105,16 @@ class ApprovalService:
         now = self._clock.time()
         actor = records.actor(approver)
         current = await self._store.get_approval(approval_id)
-        if current is None:
-            raise NotFound(f"no approval {approval_id}")
         try:
+            if current is None:
+                raise NotFound(f"no approval {approval_id}")
             check_decision(current, approver, now, "reject")
         except GatewayError as exc:
             self.refused(approval_id, approver, exc, current)
             raise
         rejected = await self._store.transition(
             approval_id, PENDING, ApprovalStatus.REJECTED, now, reason=reason,
-            record=lambda after: self._executor.record("rejected", after, actor=actor,
+            record=lambda after: self.executor.record("rejected", after, actor=actor,
                                                        reason=reason))
         if rejected is None:  # decided by someone else meanwhile
             latest = await self._store.get_approval(approval_id)
@@ -124,6 +126,6 @@ class ApprovalService:
 
     async def expire_due(self) -> None:
         expired = await self._store.expire_due(
-            self._clock.time(), lambda after: self._executor.record("expired", after))
+            self._clock.time(), lambda after: self.executor.record("expired", after))
         for approval in expired:
             self._decided("expired", approval, None)

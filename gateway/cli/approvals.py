@@ -191,11 +191,12 @@ def _call_lines(call: dict[str, Any] | None) -> list[str]:
     credential = call.get("credential_header")
     return [
         f"call         {call['method']} {target} to upstream {call['upstream']}",
-        *(f"  {name}: {value}" for name, value in call["headers"].items()),
+        *(f"  {name}: {json.dumps(value)[1:-1]}" for name, value in call["headers"].items()),
         *([f"  {credential}: (the upstream credential, added by the gateway)"]
           if credential else []),
-        "  body:",
-        *("    " + line for line in (call["body"] or "(empty)").splitlines()),
+        # SECURITY: escaped, so line separators, bidi controls or terminal escapes in the
+        # agent's body cannot make it look like something else.
+        f"  body: {json.dumps(call['body']) if call['body'] else '(empty)'}",
     ]
 
 

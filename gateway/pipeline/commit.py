@@ -40,7 +40,7 @@ async def commit(ctx: CallContext, rt: Runtime) -> None:
     taken = await rt.store.commit_forward(ctx.claim, wanted, now)
     if taken is not None:
         assert ctx.claim is not None  # only a claim can find its key taken
-        ctx.answered = judge(taken, ctx.claim.fingerprint, now)
+        ctx.answered = judge(taken, ctx.claim, now)
         if ctx.answered is None:  # the store takes over a lapsed claim itself; not here
             raise IdempotencyInFlight("the Idempotency-Key is being taken over; retry",
                                       retry_after_s=1)

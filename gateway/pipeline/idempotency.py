@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from gateway.approvals.model import call_hash
 from gateway.bundle.specs import Idempotency
 from gateway.core.context import CallContext
 from gateway.core.errors import IdempotencyKeyInvalid, IdempotencyKeyRequired
@@ -51,10 +52,12 @@ async def idempotency(ctx: CallContext, rt: Runtime) -> None:
     ctx.idempotency_key = key
     principal, now = ctx.principal, rt.clock.time()
     scope = Scope(principal.tenant or "", spec.name, key)
-    mine = fingerprint(spec.method, spec.name, ctx.call.args, principal.sub)
-    ctx.claim = KeyClaim(scope, mine, ctx.call.facts.request_id,
-                         now + lease_for(rt.settings.idempotency_lease_s, spec.timeout_ms))
+    args = ctx.call.args
+    ctx.claim = KeyClaim(scope, fingerprint(spec.method, spec.name, args, principal.sub),
+                         ctx.call.facts.request_id,
+                         now + lease_for(rt.settings.idempotency_lease_s, spec.timeout_ms),
+                         call_hash(spec.name, args, principal.sub, principal.tenant))
     state = await rt.store.key_state(scope)
     if state is not None:
         # else: a claim whose gateway died with its lease run out; `commit` takes it over
-        ctx.answered = judge(state, mine, now)
+        ctx.answered = judge(state, ctx.claim, now)

@@ -26,6 +26,9 @@ from gateway.core.errors import IdempotencyInFlight, IdempotencyKeyReused
 if TYPE_CHECKING:
     from gateway.approvals.model import Approval
 
+# Keys of calls held by Toolgate 0.1 are bound to the call hash (tool, arguments, sub,
+# tenant) rather than the fingerprint; the migration marks them with this prefix.
+LEGACY = "call_hash:"
 # The claim must outlive the call: storing the answer is retried for about a minute after
 # the upstream answered, so the lease covers the tool's timeout plus this margin.
 LEASE_MARGIN_S = 120
@@ -56,12 +59,14 @@ class KeyStatus(StrEnum):
 
 @dataclass(frozen=True)
 class KeyClaim:
-    """What a request writes to take a key."""
+    """What a request writes to take a key. `call_hash` is what the same call's key was
+    bound to by Toolgate 0.1 (see `LEGACY`)."""
 
     scope: Scope
     fingerprint: str
     request_id: str
     lease_until: float
+    call_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,8 @@ class Answer:
     body: bytes
 
 
-def judge(state: KeyState, mine: str, now: float) -> KeyState | None:
-    """What a request with fingerprint `mine` finds when its key has `state`.
+def judge(state: KeyState, claim: KeyClaim, now: float) -> KeyState | None:
+    """What a request that would write `claim` finds when its key has `state`.
 
     Returns the state to answer from (a completed call to replay, or a held call), or None
     when the key may be claimed (a claim whose gateway died and whose lease ran out).
@@ -98,7 +103,9 @@ def judge(state: KeyState, mine: str, now: float) -> KeyState | None:
     the first request still runs.
     """
     # SECURITY: the fingerprint includes the principal, so one principal can never replay
-    # another's stored answer, even inside one tenant.
+    # another's stored answer, even inside one tenant (the legacy call hash does too).
+    mine = (LEGACY + claim.call_hash if state.fingerprint.startswith(LEGACY)
+            else claim.fingerprint)
     if state.fingerprint != mine:
         raise IdempotencyKeyReused("this Idempotency-Key was used for a different call; "
                                    "use a new key for a new call")

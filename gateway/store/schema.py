@@ -97,16 +97,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     )""",
      "CREATE TABLE replicas (id TEXT PRIMARY KEY, seen_at {REAL} NOT NULL)"),
     # 3: a key belongs to one call. A held call claims its key in the same table a
-    # forwarded call does (state 'held'), so no key can be both executed and held. Calls
-    # held by an earlier version were stored with headers nobody was shown: they are not
-    # sent (fail closed; the agent asks again).
+    # forwarded call does (state 'held'), so no key can be both executed and held. Keys of
+    # calls held by an earlier version keep the call hash they were bound to, marked
+    # (`state.idempotency.LEGACY`), so their agents' retries still find them. Those calls
+    # were stored with headers nobody was shown and without the gateway's own headers: they
+    # are never sent again (fail closed): pending ones expire (the agent asks again),
+    # approved ones fail unsent, and one left mid-send becomes outcome_unknown for a person
+    # to check, since it would go out without the Idempotency-Key an upstream dedups on.
     ("ALTER TABLE idempotency ADD COLUMN approval_id TEXT",
      "DROP INDEX approvals_key",
      "CREATE INDEX approvals_key ON approvals (idempotency_key)",
      "CREATE INDEX idempotency_approval ON idempotency (approval_id)",
      """INSERT INTO idempotency (tenant, tool, key, fingerprint, request_id, state,
         lease_until, created_at, updated_at, approval_id)
-        SELECT COALESCE(tenant, ''), tool, idempotency_key, call_hash, decision_id, 'held', 0,
+        SELECT COALESCE(tenant, ''), tool, idempotency_key, 'call_hash:' || call_hash,
+               decision_id, 'held', 0,
                created_at, updated_at, id
         FROM approvals WHERE idempotency_key IS NOT NULL
         ON CONFLICT DO NOTHING""",
@@ -115,7 +120,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE status = 'pending'""",
      """UPDATE approvals SET status = 'failed', updated_at = {NOW}, error = 'not_sent',
         reason = 'not sent: held by an earlier gateway version, which did not show every header'
-        WHERE status = 'approved'"""),
+        WHERE status = 'approved'""",
+     """UPDATE approvals SET status = 'outcome_unknown', updated_at = {NOW},
+        reason = 'the gateway was upgraded while this call was being sent; it is not sent again: '
+                 || 'check the upstream and resolve it by hand'
+        WHERE status = 'executing'"""),
 )
 
 

@@ -102,10 +102,12 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.rollback()
+            # A failed COMMIT too: never leave the one connection inside a transaction.
+            if conn.in_transaction:
+                conn.rollback()
             raise
-        conn.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -36,6 +36,9 @@ STRIPPED_RESPONSE = HOP_BY_HOP | frozenset({
     "server",
 })
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110)
+# Not text: control characters, and the lone surrogates that stand for bytes that were not
+# UTF-8 (how the HTTP server decodes them).
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
 def refused_name(name: str) -> str | None:
@@ -47,6 +50,11 @@ def refused_name(name: str) -> str | None:
         return f"{name!r} is never taken from the agent (credentials, framing, or set by " \
                "the gateway)"
     return None
+
+
+def not_text(value: str) -> bool:
+    """Whether a header value holds something other than text (see `_NOT_TEXT`)."""
+    return _NOT_TEXT.search(value) is not None
 
 
 def agent_headers(headers: Mapping[str, str], extra: Iterable[str]) -> dict[str, str]:

@@ -8,22 +8,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.devtokens import DevKey
-from tests.e2e.harness import Gateway, Reply, Upstream, request
+from tests.e2e.harness import Gateway, Reply, request
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
-
-
-def approvals_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,
-                      **approvals: Any) -> Gateway:
-    return Gateway(directory, key, upstream.url,
-                   tool_specs=[repo_root / "tool_specs", HERE / "specs",
-                               HERE / "specs_approvals"],
-                   policies=[repo_root / "policies", HERE / "policies_approvals"],
-                   extra={"approvals": {"sweep_interval_ms": 100, "wait_ms": 3000,
-                                        "webhook": {"url": f"{upstream.url}/hooks/approvals",
-                                                    "backoff_ms": 50},
-                                        **approvals}})
 
 
 def approver(key: DevKey, sub: str, *roles: str, scope: bool = True,

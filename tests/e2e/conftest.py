@@ -9,6 +9,7 @@ import pytest
 
 from gateway.devtokens import DevKey
 from tests.e2e.harness import Gateway, Upstream, running
+from tests.e2e.profiles import default_gateway
 
 HERE = Path(__file__).resolve().parent
 ALL_SCOPES = ["crm:read", "orders:read", "support:write", "billing:refund", "payroll:write",
@@ -24,12 +25,10 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-            repo_root: Path) -> Iterator[Gateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+            upstream: Upstream) -> Iterator[Gateway]:
     """The shipped tool specs and policies, plus the test tools in tests/e2e/specs."""
-    gw = Gateway(tmp_path_factory.mktemp("gateway"), dev_key, upstream.url,
-                 tool_specs=[repo_root / "tool_specs", HERE / "specs"],
-                 policies=[repo_root / "policies"])
+    gw = default_gateway(tmp_path_factory.mktemp("gateway"), dev_key, upstream)
     with running(gw):
         yield gw
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.approvals_support import admin, approvals_gateway, approver, wait_for
+from tests.e2e.approvals_support import admin, approver, wait_for
 from tests.e2e.harness import Gateway, Reply, Upstream, running
+from tests.e2e.profiles import approvals_gateway
 from tests.e2e.test_cli import run
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "amount": 250, "currency": "USD"}
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-       repo_root: Path) -> Iterator[Gateway]:
-    with running(approvals_gateway(tmp_path_factory.mktemp("approvals"), dev_key, upstream,
-                                   repo_root)) as gateway:
+def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+       upstream: Upstream) -> Iterator[Gateway]:
+    with running(approvals_gateway(tmp_path_factory.mktemp("approvals"), dev_key,
+                                   upstream)) as gateway:
         yield gateway
 
 
@@ -283,9 +283,9 @@ def test_cli_json_and_errors(gw: Gateway, token: str, alice: str, dev_key: DevKe
 
 def test_failing_webhook_is_retried_counted_and_never_blocks(
         tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-        repo_root: Path, token: str) -> None:
+        token: str) -> None:
     hook = f"{upstream.url}/v1/status/503"
-    gw = approvals_gateway(tmp_path_factory.mktemp("hook"), dev_key, upstream, repo_root,
+    gw = approvals_gateway(tmp_path_factory.mktemp("hook"), dev_key, upstream,
                            webhook={"url": hook, "max_attempts": 3, "backoff_ms": 20})
     with running(gw):
         before = sum(1 for s in upstream.seen if s.raw_path == "/v1/status/503")

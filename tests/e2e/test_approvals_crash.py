@@ -11,23 +11,19 @@ from typing import Any
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.approvals_support import (
-    admin,
-    approval_status,
-    approvals_gateway,
-    approver,
-    wait_for,
-)
+from tests.e2e.approvals_support import admin, approval_status, approver, wait_for
 from tests.e2e.harness import Gateway, Upstream
+from tests.e2e.profiles import approvals_gateway
 
 SLOW = {"tenant_id": "acme", "amount": 10}
 
 
 @pytest.fixture
-def gw(tmp_path: Path, dev_key: DevKey, upstream: Upstream,
-       repo_root: Path) -> Iterator[Gateway]:
-    # wait_ms 0: approve answers at once, so the gateway can be killed mid-send.
-    gateway = approvals_gateway(tmp_path / "gw", dev_key, upstream, repo_root, wait_ms=0)
+def gw(tmp_path: Path, dev_key: DevKey, upstream: Upstream) -> Iterator[Gateway]:
+    # wait_ms 0: approve answers at once, so the gateway can be killed mid-send. A killed
+    # instance's calls are taken over after one second of silence (ten sweeps).
+    gateway = approvals_gateway(tmp_path / "gw", dev_key, upstream, wait_ms=0,
+                                takeover_after_ms=1000)
     gateway.start()
     yield gateway
     gateway.stop()
@@ -77,14 +73,16 @@ def test_killed_while_approved(gw: Gateway, upstream: Upstream, token: str,
 
 def test_killed_while_executing_an_idempotent_call(gw: Gateway, upstream: Upstream,
                                                    token: str, alice: str) -> None:
+    gate = upstream.gate("k-e")  # the upstream holds the call until the gateway is killed
     held = gw.call("POST", "/echo/slow-refunds", token=token, body=SLOW,
-                   headers={"Idempotency-Key": "k-e", "X-Delay": "2"})
+                   headers={"Idempotency-Key": "k-e", "X-Gate": "k-e"})
     approval_id = held.json["approval_id"]
     assert admin(gw, "POST", f"/v1/approvals/{approval_id}/approve", alice).status == 200
-    wait_for(lambda: sent(upstream, "k-e"), what="the upstream to receive the call")
+    gate.wait_arrived()
     assert approval_status(gw, approval_id, alice) == "executing"
     restart(gw)
-    # The killed instance's heartbeat must go stale (10 s) before its call is taken over.
+    gate.open()
+    # The killed instance's heartbeat must go stale before its call is taken over.
     wait_for(lambda: approval_status(gw, approval_id, alice) == "executed", timeout=40,
              what="resend")
     # Sent again with the same key, which the upstream dedups on: one execution.
@@ -97,8 +95,9 @@ def test_killed_while_executing_an_idempotent_call(gw: Gateway, upstream: Upstre
 
 def test_killed_while_executing_a_call_without_a_key(gw: Gateway, upstream: Upstream,
                                                      token: str, alice: str) -> None:
+    gate = upstream.gate("notes")
     held = gw.call("POST", "/echo/slow-notes", token=token, body=SLOW,
-                   headers={"X-Delay": "2"})
+                   headers={"X-Gate": "notes"})
     approval_id = held.json["approval_id"]
     assert admin(gw, "POST", f"/v1/approvals/{approval_id}/approve", alice).status == 200
 
@@ -106,8 +105,9 @@ def test_killed_while_executing_a_call_without_a_key(gw: Gateway, upstream: Upst
         return [s for s in upstream.seen if s.raw_path == "/v1/slow/notes"
                 and s.headers.get("X-Request-Id") == held.request_id]
 
-    wait_for(notes, what="the upstream to receive the call")
+    gate.wait_arrived()
     restart(gw)
+    gate.open()
     wait_for(lambda: approval_status(gw, approval_id, alice) == "outcome_unknown",
              timeout=40, what="outcome_unknown")
     assert len(notes()) == 1, "never a silent second execution"

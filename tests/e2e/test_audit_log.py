@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.conftest import HERE
 from tests.e2e.harness import UPSTREAM_SECRET, Gateway, Reply, Upstream, running
+from tests.e2e.profiles import full_disk_gateway
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
           "customer_email": "ada@example.com"}
@@ -76,23 +75,21 @@ def test_no_secret_in_the_audit_log(gateway: Gateway, token: str, dev_key: DevKe
 
 
 @pytest.fixture(scope="module")
-def full_disk_gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
-                      upstream: Upstream, repo_root: Path) -> Iterator[Gateway]:
+def full_disk(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+                      upstream: Upstream) -> Iterator[Gateway]:
     """A gateway whose audit file is /dev/full: every write fails with ENOSPC."""
-    gw = Gateway(tmp_path_factory.mktemp("full"), dev_key, upstream.url,
-                 tool_specs=[repo_root / "tool_specs", HERE / "specs"],
-                 policies=[repo_root / "policies"], extra={"audit": {"file": "/dev/full"}})
+    gw = full_disk_gateway(tmp_path_factory.mktemp("full"), dev_key, upstream)
     with running(gw):
         yield gw
 
 
-def test_audit_sink_down_forwards_nothing(full_disk_gateway: Gateway, upstream: Upstream,
+def test_audit_sink_down_forwards_nothing(full_disk: Gateway, upstream: Upstream,
                                           token: str) -> None:
     before = len(upstream.seen)
     for method, path, body in [("GET", "/echo/items/abc", None),
                                ("POST", "/echo/items", {"name": "a", "count": 1})]:
-        reply = full_disk_gateway.call(method, path, token=token, body=body)
+        reply = full_disk.call(method, path, token=token, body=body)
         assert reply.status == 503
         assert reply.code == "audit_unavailable"
     assert len(upstream.seen) == before
-    assert "audit sink write failed" in full_disk_gateway.log()
+    assert "audit sink write failed" in full_disk.log()

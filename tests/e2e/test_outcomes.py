@@ -4,6 +4,8 @@ real `toolgate serve` and a real upstream — and exactly one decision record fo
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -282,3 +284,22 @@ def test_a_body_must_be_plain_json(gateway: Gateway, upstream: Upstream, token: 
     assert (reply.status, reply.code) == (415, "unsupported_media_type")
     assert len(upstream.seen) == before
     assert one_decision(gateway, reply)["stage"] == "parse"
+
+
+def test_a_body_cut_short_is_refused_and_recorded(gateway: Gateway, token: str) -> None:
+    """The client promises 100 bytes, sends 10 and hangs up: nothing is forwarded, and the
+    refusal is a decision record like any other (never an unhandled 500)."""
+    before = len(gateway.records())
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(b"POST /echo/items HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer " + token.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                  b'{"name": "')
+        s.shutdown(socket.SHUT_WR)
+        s.recv(65536)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(gateway.records()) == before:
+        time.sleep(0.05)
+    [record] = gateway.records()[before:]
+    assert (record["kind"], record["stage"], record["code"], record["tool"]) == (
+        "decision", "parse", "invalid_json", "echo_post")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.approvals_support import admin, approvals_gateway, approver
+from tests.e2e.approvals_support import admin, approver
 from tests.e2e.harness import UPSTREAM_SECRET, Gateway, Reply, Upstream, running
+from tests.e2e.profiles import approvals_gateway
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD"}
 # Headers an agent could send to pose as someone else, or to steer the upstream.
@@ -28,10 +28,10 @@ FORGED = {
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-       repo_root: Path) -> Iterator[Gateway]:
-    with running(approvals_gateway(tmp_path_factory.mktemp("seams"), dev_key, upstream,
-                                   repo_root)) as gateway:
+def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+       upstream: Upstream) -> Iterator[Gateway]:
+    with running(approvals_gateway(tmp_path_factory.mktemp("seams"), dev_key,
+                                   upstream)) as gateway:
         yield gateway
 
 

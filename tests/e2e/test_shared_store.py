@@ -19,15 +19,15 @@ from gateway.devtokens import DevKey
 from tests.e2e.approvals_support import admin, approver, wait_for
 from tests.e2e.harness import Gateway, Reply, Upstream
 from tests.e2e.postgres_support import fresh_database
-from tests.e2e.test_state import state_gateway
+from tests.e2e.profiles import state_gateway
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-         repo_root: Path) -> Iterator[tuple[Gateway, Gateway]]:
+def pair(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+         upstream: Upstream) -> Iterator[tuple[Gateway, Gateway]]:
     with fresh_database() as dsn:
         gateways = [state_gateway(tmp_path_factory.mktemp(f"replica{i}"), dev_key, upstream,
-                                  repo_root, store=dsn) for i in (1, 2)]
+                                  store=dsn) for i in (1, 2)]
         for gw in gateways:
             gw.start()
         try:
@@ -125,7 +125,7 @@ def _heartbeats(dsn: str) -> dict[str, float]:
 
 def test_a_replica_starting_up_leaves_a_live_replicas_call_alone(
         pair: tuple[Gateway, Gateway], upstream: Upstream, token: str, dev_key: DevKey,
-        tmp_path: Path, repo_root: Path) -> None:
+        tmp_path: Path) -> None:
     """A rolling update starts a replica while another is sending an approved call: the
     new one must neither send it again nor call its outcome unknown. The upstream holds the
     call until the new replica has swept a few times (seen in its heartbeats)."""
@@ -142,7 +142,7 @@ def test_a_replica_starting_up_leaves_a_live_replicas_call_alone(
     gate.wait_arrived()
     dsn = first.config()["store"]
     before = set(_heartbeats(dsn))
-    third = state_gateway(tmp_path / "replica3", dev_key, upstream, repo_root, store=dsn)
+    third = state_gateway(tmp_path / "replica3", dev_key, upstream, store=dsn)
     third.start()
     try:
         [new] = wait_for(lambda: set(_heartbeats(dsn)) - before, what="a new replica")

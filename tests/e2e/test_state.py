@@ -5,40 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.devtokens import DevKey
 from tests.e2e.approvals_support import admin, approver
-from tests.e2e.conftest import HERE
 from tests.e2e.harness import Gateway, Reply, Upstream, running
+from tests.e2e.profiles import state_gateway
 from tests.e2e.test_cli import run
-
-BUDGETS = {"max_tool_calls": 8, "max_calls_per_tool": {"default": 50, "keyed_post": 5},
-           "max_spend": {"amount": 100},
-           "tenants": {"globex": {"max_spend": {"amount": 10}},
-                       "initech": {"max_tool_calls": 1000}}}
-
-
-def state_gateway(directory: Path, key: DevKey, upstream: Upstream, repo_root: Path,
-                  **extra: Any) -> Gateway:
-    return Gateway(directory, key, upstream.url,
-                   tool_specs=[repo_root / "tool_specs", HERE / "specs_state",
-                               HERE / "specs_approvals"],
-                   policies=[repo_root / "policies", HERE / "policies_approvals"],
-                   # lease_seconds 1: the lease must still outlast each tool's timeout
-                   extra={"budgets": BUDGETS, "killswitch": {"poll_ms": 200},
-                          "idempotency": {"lease_seconds": 1},
-                          "approvals": {"sweep_interval_ms": 100}, **extra})
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
-       repo_root: Path) -> Iterator[Gateway]:
-    with running(state_gateway(tmp_path_factory.mktemp("state"), dev_key, upstream,
-                               repo_root)) as gateway:
+def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+       upstream: Upstream) -> Iterator[Gateway]:
+    with running(state_gateway(tmp_path_factory.mktemp("state"), dev_key, upstream)) as gateway:
         yield gateway
 
 

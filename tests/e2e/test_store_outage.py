@@ -16,7 +16,7 @@ import pytest
 from gateway.devtokens import DevKey
 from tests.e2e.harness import Reply, Upstream
 from tests.e2e.postgres_support import PrivatePostgres, required_dsn
-from tests.e2e.test_state import state_gateway
+from tests.e2e.profiles import state_gateway
 
 
 @pytest.fixture
@@ -33,9 +33,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 def test_postgres_stopped_mid_load(private_postgres: PrivatePostgres, tmp_path: Path,
-                                   dev_key: DevKey, upstream: Upstream, repo_root: Path,
+                                   dev_key: DevKey, upstream: Upstream,
                                    token: str) -> None:
-    gw = state_gateway(tmp_path / "gw", dev_key, upstream, repo_root,
+    gw = state_gateway(tmp_path / "gw", dev_key, upstream,
                        store=private_postgres.dsn)
     gw.start()
     replies: list[Reply] = []
@@ -87,6 +87,6 @@ def test_postgres_stopped_mid_load(private_postgres: PrivatePostgres, tmp_path: 
     assert sent
     assert all(s.headers["X-Request-Id"] in decided for s in sent), \
         "no call reached the upstream without its decision record"
-    assert all(r["stage"] in ("idempotency", "claim", "usage", "budget")
+    assert all(r["stage"] in ("idempotency", "usage", "commit")
                for r in records if r["kind"] == "decision" and r["code"] ==
                "store_unavailable")

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from gateway.approvals.model import ApprovalStatus
-from gateway.state.idempotency import KeyStatus, Scope
+from gateway.state.idempotency import KeyClaim, KeyStatus, Scope, judge
 from gateway.store.postgres import PostgresStore
 from gateway.store.schema import Dialect, migrations
 from gateway.store.sqlite import SqliteStore
@@ -37,12 +37,16 @@ def legacy_rows() -> list[tuple[object, ...]]:
              NOW, LEGACY_CALL, b"{}", key)
             for approval_id, status, key in (("apr_pending", "pending", "k-pending"),
                                              ("apr_approved", "approved", "k-approved"),
+                                             ("apr_sending", "executing", "k-sending"),
                                              ("apr_done", "executed", "k-done"))]
 
 
 def check(approvals: dict[str, ApprovalStatus]) -> None:
+    # Nothing held by 0.1 is ever sent again: it was stored without the headers an
+    # approver must see, and without the Idempotency-Key an upstream dedups on.
     assert approvals == {"apr_pending": ApprovalStatus.EXPIRED,
                          "apr_approved": ApprovalStatus.FAILED,
+                         "apr_sending": ApprovalStatus.OUTCOME_UNKNOWN,
                          "apr_done": ApprovalStatus.EXECUTED}
 
 
@@ -62,6 +66,9 @@ async def test_sqlite_from_0_1(tmp_path: Path) -> None:
         assert state is not None
         assert (state.status, state.approval and state.approval.id) == (KeyStatus.HELD,
                                                                          "apr_done")
+        # The agent's retry with the same call still finds its answer.
+        retry = KeyClaim(state.scope, "new-style-fingerprint", "req_2", NOW + 60, "h")
+        assert judge(state, retry, NOW) is state
         old = await store.get_approval("apr_done")
         assert old is not None
         assert old.plan.headers == {"X-Forwarded-User": "admin"}  # shown as it was stored

@@ -12,10 +12,4 @@ decision := {"action": "maybe", "reasons": ["?"]} if input.tool.name == "echo_po
 # Engine error at evaluation time.
 decision := {"action": "allow", "reasons": [sprintf("%v", [1 / 0])]} if input.tool.name == "echo_status"
 
-# Too slow for policy.timeout_ms.
-decision := {"action": "allow", "reasons": [sprintf("%d", [n])]} if {
-	input.tool.name == "slow_tool"
-	n := count([x | some x in numbers.range(1, 3000000); x % 7 == 0])
-}
-
 # shadow_tool and down_tool: no rule, so the decision is undefined.

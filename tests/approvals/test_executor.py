@@ -1,0 +1,97 @@
+"""The executor sends an approved call once, as stored — and applies the pipeline's own
+kill-switch and budget rules first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.approvals.model import Approval, ApprovalStatus
+from gateway.devtokens import DevKey
+from gateway.runtime import Runtime
+from gateway.state.budgets import Limits, Reservation
+from gateway.state.killswitch import KillSwitch
+from gateway.store.sqlite import SqliteStore
+from tests.approvals.test_service import QUIET, held_call
+from tests.support import FakeClock, Recorder, runtime
+
+APPROVED = frozenset({ApprovalStatus.PENDING})
+
+
+@pytest.fixture
+async def quiet(tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str],
+                clock: FakeClock) -> AsyncIterator[Runtime]:
+    async with runtime(tmp_path, dev_key, recorder[1], clock, approvals=QUIET,
+                       budgets={"max_tool_calls": 1}) as rt:
+        yield rt
+
+
+async def approved(rt: Runtime, token: str, key: str, **headers: str) -> Approval:
+    """A held call moved to approved (as the vote would), not yet started."""
+    approval_id = await held_call(rt, token, key, "/echo/slow-refunds",
+                                  {"tenant_id": "acme", "amount": 5})
+    moved = await rt.store.transition(approval_id, APPROVED, ApprovalStatus.APPROVED,
+                                      rt.clock.time())
+    assert moved is not None
+    return moved
+
+
+async def finished(rt: Runtime, approval: Approval) -> Approval:
+    await rt.approvals.executor.start(approval.id)
+    done = await rt.store.get_approval(approval.id)
+    assert done is not None
+    return done
+
+
+async def test_concurrent_starts_send_once(quiet: Runtime, agent_token: str,
+                                           recorder: tuple[Recorder, str]) -> None:
+    approval = await approved(quiet, agent_token, "x-1")
+    executor = quiet.approvals.executor
+    recorder[0].release.set()
+    await asyncio.gather(*(executor.start(approval.id) for _ in range(5)))
+    done = await quiet.store.get_approval(approval.id)
+    assert done is not None
+    assert (done.status, done.attempts) == (ApprovalStatus.EXECUTED, 1)
+    assert len(recorder[0].seen) == 1
+    assert recorder[0].bodies[0] == approval.plan.body
+
+
+async def test_a_kill_switch_stops_an_approved_call(quiet: Runtime, agent_token: str,
+                                                    recorder: tuple[Recorder, str]) -> None:
+    approval = await approved(quiet, agent_token, "x-2")
+    quiet.kills.remember(KillSwitch("tool:slow_refund", "incident", {}, 0.0),
+                         "tool:slow_refund")
+    done = await finished(quiet, approval)
+    assert (done.status, done.error) == (ApprovalStatus.FAILED, "killed")
+    assert recorder[0].seen == []
+
+
+async def test_a_tampered_call_is_never_sent(quiet: Runtime, agent_token: str,
+                                             recorder: tuple[Recorder, str]) -> None:
+    approval = await approved(quiet, agent_token, "x-3")
+    store = quiet.store
+    assert isinstance(store, SqliteStore)
+    # Someone with access to the database edits the stored body after approval.
+    await store._run(lambda: store._connection().execute(
+        "UPDATE approvals SET body = ? WHERE id = ?", (b'{"amount": 5000}', approval.id)))
+    done = await finished(quiet, approval)
+    assert done.status is ApprovalStatus.FAILED
+    assert "integrity" in (done.reason or "")
+    assert recorder[0].seen == []
+
+
+async def test_an_approved_call_still_counts_against_its_run(
+        quiet: Runtime, dev_key: DevKey, recorder: tuple[Recorder, str]) -> None:
+    token = dev_key.token("svc-agent", tenant="acme", scopes=["billing:refund"],
+                          run_id="run-x")
+    # The run already made its one call.
+    await quiet.store.commit_forward(None, Reservation("acme", "run-x", "t", {},
+                                                       Limits(max_tool_calls=1)),
+                                     quiet.clock.time())
+    approval = await approved(quiet, token, "x-4")
+    done = await finished(quiet, approval)
+    assert (done.status, done.error) == (ApprovalStatus.FAILED, "budget_exceeded")
+    assert recorder[0].seen == []

@@ -1,0 +1,62 @@
+"""The end-to-end gateways, in one place: each profile is a `toolgate serve` config the
+tests run as a subprocess (see `harness.Gateway`), named for what it is there to show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gateway.devtokens import DevKey
+from tests.e2e.harness import Gateway, Upstream
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SHIPPED_SPECS = ROOT / "tool_specs"
+SHIPPED_POLICIES = ROOT / "policies"
+# Run budgets of the state profile: a few calls per run, a spend cap, tenant overrides.
+BUDGETS = {"max_tool_calls": 8, "max_calls_per_tool": {"default": 50, "keyed_post": 5},
+           "max_spend": {"amount": 100},
+           "tenants": {"globex": {"max_spend": {"amount": 10}},
+                       "initech": {"max_tool_calls": 1000}}}
+
+
+def default_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
+    """The shipped specs and policies, plus the echo tools of the tests."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs"], policies=[SHIPPED_POLICIES])
+
+
+def approvals_gateway(directory: Path, key: DevKey, upstream: Upstream,
+                      **approvals: Any) -> Gateway:
+    """Tools whose policy holds every call; fast sweeps; a webhook to the upstream."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs", HERE / "specs_approvals"],
+                   policies=[SHIPPED_POLICIES, HERE / "policies_approvals"],
+                   extra={"approvals": {"sweep_interval_ms": 100, "wait_ms": 3000,
+                                        "webhook": {"url": f"{upstream.url}/hooks/approvals",
+                                                    "backoff_ms": 50},
+                                        **approvals}})
+
+
+def state_gateway(directory: Path, key: DevKey, upstream: Upstream, **extra: Any) -> Gateway:
+    """Idempotency, budgets and kill switches; `store=` a DSN to share PostgreSQL."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs_state", HERE / "specs_approvals"],
+                   policies=[SHIPPED_POLICIES, HERE / "policies_approvals"],
+                   # lease_seconds 1: the lease must still outlast each tool's timeout
+                   extra={"budgets": BUDGETS, "killswitch": {"poll_ms": 200},
+                          "idempotency": {"lease_seconds": 1},
+                          "approvals": {"sweep_interval_ms": 100}, **extra})
+
+
+def broken_policy_gateway(directory: Path, key: DevKey, upstream: Upstream,
+                          **extra: Any) -> Gateway:
+    """A policy that fails in every way a policy can (tests/e2e/policies_broken)."""
+    return Gateway(directory, key, upstream.url, tool_specs=[HERE / "specs"],
+                   policies=[HERE / "policies_broken"], extra=extra)
+
+
+def full_disk_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
+    """An audit file on /dev/full: every write fails with ENOSPC."""
+    return Gateway(directory, key, upstream.url, tool_specs=[SHIPPED_SPECS, HERE / "specs"],
+                   policies=[SHIPPED_POLICIES], extra={"audit": {"file": "/dev/full"}})

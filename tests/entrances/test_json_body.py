@@ -1,0 +1,29 @@
+"""JSON with one meaning: what parsers disagree on is refused, before anyone judges it."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.errors import InvalidJson
+from gateway.entrances.json_body import arguments
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b'{"a": 1, "a": 2}',
+    b'{"a": {"b": 1, "b": 1}}', b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1e400}',
+    b'{"a": 100000000000000000000000}', b'{"a": "\\ud800"}',
+    b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}",
+])
+def test_ambiguous_or_unwritable_json_is_refused(body: bytes) -> None:
+    with pytest.raises(InvalidJson):
+        arguments(body)
+
+
+def test_an_empty_body_is_no_arguments() -> None:
+    assert arguments(b"") == {}
+    assert arguments(b"  \n") == {}
+
+
+def test_an_object_is_its_arguments() -> None:
+    assert arguments(b'{"amount": 1.5, "nested": {"x": [1, 2]}}') == {
+        "amount": 1.5, "nested": {"x": [1, 2]}}
