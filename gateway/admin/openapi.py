@@ -41,13 +41,31 @@ ADMIN_OPENAPI: dict[str, Any] = {
             "Vote": {"type": "object", "properties": {
                 "approver": {"type": "object"}, "comment": {"type": ["string", "null"]},
                 "at": {"type": "string", "format": "date-time"}}},
-            "Approval": {"type": "object", "required": ["id", "status", "tool", "args"],
+            "Call": {
+                "type": "object",
+                "description": "Everything the upstream will receive, byte for byte; only "
+                               "Host, Content-Length and the credential (named, never "
+                               "shown) are added when it is sent",
+                "required": ["upstream", "method", "path", "query", "headers", "body"],
+                "properties": {
+                    "upstream": {"type": "string"}, "method": {"type": "string"},
+                    "path": {"type": "string", "description": "raw, percent-encoded"},
+                    "query": {"type": "string"},
+                    "headers": {"type": "object",
+                                "additionalProperties": {"type": "string"}},
+                    "body": {"type": "string", "description": "the exact body, as text"},
+                    "credential_header": {"type": ["string", "null"]},
+                }},
+            "Approval": {"type": "object",
+                         "required": ["id", "status", "tool", "args", "call"],
                          "properties": {
                 "id": {"type": "string"},
                 "status": {"enum": ["pending", "approved", "executing", "executed", "failed",
                                     "outcome_unknown", "rejected", "expired"]},
                 "tool": {"type": "string"},
                 "args": {"type": "object", "description": "the exact arguments"},
+                "call": {"$ref": "#/components/schemas/Call"},
+                "run_id": {"type": ["string", "null"]},
                 "reasons": {"type": "array", "items": {"type": "string"}},
                 "principal": {"type": "object", "description": "who asked: sub, agent, "
                                                                "tenant"},

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.audit.redact import redact
+from gateway.bundle.specs import Mode
 from gateway.core.decision import Action, Verdict
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
@@ -57,7 +58,7 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
         "run": ctx.usage.as_input() if ctx is not None and ctx.usage is not None else None,
         "tool": spec.name if spec is not None else None,
         "action": str(verdict.action),
-        "shadow": spec is not None and spec.mode == "shadow",
+        "shadow": spec is not None and spec.mode is Mode.SHADOW,
         "stage": str(verdict.stage),
         "code": verdict.code,
         "message": verdict.error.message if verdict.error is not None else None,

@@ -4,10 +4,7 @@ on every exit path."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,26 +12,7 @@ from gateway.audit.call import CallAudit
 from gateway.audit.log import AuditLog
 from gateway.config import AuditSettings
 from gateway.core.errors import AuditUnavailable
-
-
-class Boom(Exception):
-    pass
-
-
-@pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit" / "toolgate.jsonl"
-
-
-@pytest.fixture
-def audit_log(audit_path: Path) -> Iterator[AuditLog]:
-    log = AuditLog(AuditSettings(file=audit_path))
-    yield log
-    log.close()
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from tests.audit.conftest import Boom, read_records
 
 
 async def test_exception_before_decision_writes_one_deny_record(audit_log: AuditLog,
@@ -42,7 +20,7 @@ async def test_exception_before_decision_writes_one_deny_record(audit_log: Audit
     with pytest.raises(Boom):
         async with CallAudit(audit_log, "req-1", None):
             raise Boom
-    (record,) = _records(audit_path)
+    (record,) = read_records(audit_path)
     assert record["kind"] == "decision"
     assert record["decision_id"] == "req-1"
     assert record["action"] == "deny"
@@ -60,7 +38,7 @@ async def test_exception_after_decision_and_expect_outcome_writes_one_outcome(
 
     with pytest.raises(Boom):
         await call()
-    decision, outcome = _records(audit_path)
+    decision, outcome = read_records(audit_path)
     assert decision["kind"] == "decision"
     assert decision["action"] == "allow"
     assert outcome["kind"] == "outcome"
@@ -77,7 +55,7 @@ async def test_exception_after_decision_without_action_writes_nothing_more(
 
     with pytest.raises(Boom):
         await call()
-    assert [r["kind"] for r in _records(audit_path)] == ["decision"]
+    assert [r["kind"] for r in read_records(audit_path)] == ["decision"]
 
 
 async def test_normal_path_writes_nothing_extra(audit_log: AuditLog, audit_path: Path) -> None:
@@ -87,7 +65,7 @@ async def test_normal_path_writes_nothing_extra(audit_log: AuditLog, audit_path:
         audit.outcome({"upstream_status": 200})
     async with CallAudit(audit_log, "req-5", None) as audit:
         audit.decision({"action": "deny", "stage": "policy", "reasons": ["red_tier: no"]})
-    records = _records(audit_path)
+    records = read_records(audit_path)
     assert [(r["kind"], r["decision_id"]) for r in records] == [
         ("decision", "req-4"), ("outcome", "req-4"), ("decision", "req-5")]
     assert records[1]["upstream_status"] == 200
@@ -98,7 +76,7 @@ async def test_exit_without_decision_still_writes_one(audit_log: AuditLog,
                                                       audit_path: Path) -> None:
     async with CallAudit(audit_log, "req-6", None):
         pass
-    (record,) = _records(audit_path)
+    (record,) = read_records(audit_path)
     assert (record["kind"], record["action"], record["stage"]) == ("decision", "deny",
                                                                    "internal")
 
@@ -108,7 +86,7 @@ async def test_owed_outcome_written_on_clean_exit(audit_log: AuditLog,
     async with CallAudit(audit_log, "req-7", None) as audit:
         audit.decision({"action": "allow", "stage": "policy", "reasons": []})
         audit.expect_outcome()
-    records = _records(audit_path)
+    records = read_records(audit_path)
     assert [r["kind"] for r in records] == ["decision", "outcome"]
     assert records[1]["error"] == "internal_error"
 
@@ -118,7 +96,7 @@ async def test_cancellation_writes_one_cancelled_record(audit_log: AuditLog,
     with pytest.raises(asyncio.CancelledError):
         async with CallAudit(audit_log, "req-8", None):
             raise asyncio.CancelledError
-    (record,) = _records(audit_path)
+    (record,) = read_records(audit_path)
     assert record["kind"] == "decision"
     assert record["action"] == "deny"
     assert record["reasons"] == ["cancelled"]
@@ -139,7 +117,7 @@ async def test_cancelled_task_writes_one_outcome(audit_log: AuditLog, audit_path
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    records = _records(audit_path)
+    records = read_records(audit_path)
     assert [r["kind"] for r in records] == ["decision", "outcome"]
     assert records[1]["error"] == "cancelled"
 
@@ -169,7 +147,7 @@ async def test_base_fields_in_every_record(audit_log: AuditLog, audit_path: Path
         audit.decision({"action": "allow", "stage": "policy", "reasons": []})
         audit.expect_outcome()
         audit.outcome({"upstream_status": 204})
-    for record in _records(audit_path):
+    for record in read_records(audit_path):
         assert record["decision_id"] == "req-12"
         assert record["trace_id"] == "t" * 32
 

@@ -1,41 +1,18 @@
-"""The audit log: JSON lines in a real file, redaction, trace ids, and `CallAudit`'s
-guarantee of exactly one decision record (plus an outcome record when one is owed)."""
+"""The audit log's writer: one JSON line per record, the same bytes in every sink, a file
+only its owner reads, and `AuditUnavailable` when a sink cannot be written."""
 
 from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.audit.log import AuditLog
 from gateway.config import AuditSettings
 from gateway.core.errors import AuditUnavailable
-
-
-class Boom(Exception):
-    pass
-
-
-@pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit" / "toolgate.jsonl"
-
-
-@pytest.fixture
-def audit_log(audit_path: Path) -> Iterator[AuditLog]:
-    log = AuditLog(AuditSettings(file=audit_path))
-    yield log
-    log.close()
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
-
+from tests.audit.conftest import read_records
 
 # ---- AuditLog --------------------------------------------------------------------------
 
@@ -47,7 +24,7 @@ def test_one_json_line_per_write_with_ts_and_kind_first(audit_log: AuditLog,
     text = audit_path.read_text(encoding="utf-8")
     assert text.endswith("\n")
     assert text.count("\n") == 2
-    first, second = _records(audit_path)
+    first, second = read_records(audit_path)
     assert list(first)[:2] == ["ts", "kind"]
     assert list(second)[:2] == ["ts", "kind"]
     assert first["kind"] == "decision"
@@ -73,7 +50,7 @@ def test_appends_to_an_existing_file(audit_path: Path) -> None:
         log.write("decision", {"decision_id": "req-2"})
     finally:
         log.close()
-    records = _records(audit_path)
+    records = read_records(audit_path)
     assert [r["kind"] for r in records] == ["earlier", "decision"]
 
 
@@ -111,7 +88,7 @@ def test_file_and_stdout_get_the_same_record(audit_path: Path,
         log.write("decision", {"decision_id": "req-1", "reasons": ["a: b"], "args": {"x": [1]}})
     finally:
         log.close()
-    (in_file,) = _records(audit_path)
+    (in_file,) = read_records(audit_path)
     in_stdout = json.loads(capfd.readouterr().out)
     # `ts` is stamped per sink; everything else is the same record.
     in_file.pop("ts")

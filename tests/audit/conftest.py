@@ -1,0 +1,33 @@
+"""An audit log writing to a real file in the test's directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit.log import AuditLog
+from gateway.config import AuditSettings
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "toolgate.jsonl"
+
+
+@pytest.fixture
+def audit_log(audit_path: Path) -> Iterator[AuditLog]:
+    log = AuditLog(AuditSettings(file=audit_path))
+    yield log
+    log.close()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
