@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -41,8 +43,70 @@ class Outcome:
     request_id: str | None
 
 
+class Malformed(StrEnum):
+    """Requests an entrance refuses before there is a tool call; each entrance knows how to
+    make its own kind of each."""
+
+    UNDECLARED = "undeclared"          # no such tool
+    ARGUMENT_TWICE = "argument_twice"  # one name, two values
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    MEDIA_TYPE = "media_type"
+
+
+class Door(Protocol):
+    """One entrance, as an agent uses it."""
+
+    name: str
+
+    async def call(self, w: World, tool: str, args: dict[str, Any], *,
+                   headers: dict[str, str]) -> Outcome: ...
+
+    async def malformed(self, w: World, what: Malformed) -> Outcome: ...
+
+
+class Rest:
+    """The REST entrance: `route.method route.path`, arguments in the path, the query (for
+    a GET) or the JSON body, the key and run id in their headers."""
+
+    name = "rest"
+
+    async def call(self, w: World, tool: str, args: dict[str, Any], *,
+                   headers: dict[str, str]) -> Outcome:
+        spec = w.rt.bundles.current.tools[tool]
+        path = spec.route.render({n: str(args[n]) for n in spec.route.names})
+        rest = {k: v for k, v in args.items() if k not in spec.route.names}
+        body = None
+        if spec.method == "GET":
+            path += ("?" + urlencode(rest)) if rest else ""
+        else:
+            body = orjson.dumps(rest)
+            headers = {"Content-Type": "application/json", **headers}
+        return await w.send(spec.method, path, body, headers)
+
+    async def malformed(self, w: World, what: Malformed) -> Outcome:
+        json_type = {"Content-Type": "application/json"}
+        match what:
+            case Malformed.UNDECLARED:
+                return await w.send("POST", "/admin/users", b"{}", json_type)
+            case Malformed.ARGUMENT_TWICE:
+                return await w.send("GET", "/echo/items/abc?item_id=other", None, {})
+            case Malformed.TOO_LARGE:
+                return await w.send("POST", "/echo/items",
+                                    b'{"name": "' + b"x" * 200 + b'"}', json_type)
+            case Malformed.NOT_JSON:
+                return await w.send("POST", "/echo/items", b"{not json", json_type)
+            case Malformed.MEDIA_TYPE:
+                return await w.send("POST", "/echo/items", b"name=a&count=1",
+                                    {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+ENTRANCES: list[Door] = [Rest()]  # each entrance runs every scenario
+
+
 @dataclass
 class World:
+    door: Door
     agent: TestClient[Any, Any]
     admin: TestClient[Any, Any]
     key: DevKey
@@ -50,6 +114,7 @@ class World:
     recorder: Recorder
     token: str
     decision_ids: list[str] = field(default_factory=list)
+    credential: str | None = None   # the Authorization of the next call; "" for none
 
     @property
     def rt(self) -> Runtime:
@@ -58,17 +123,29 @@ class World:
     def approver(self, sub: str, *roles: str, tenant: str = "acme") -> str:
         return self.key.token(sub, tenant=tenant, roles=roles, scopes=["toolgate:approve"])
 
-    async def rest(self, method: str, path: str, *, token: str | None = None,
-                   anonymous: bool = False, body: Any = None, raw: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> Outcome:
-        """A call through the REST entrance, as the agent unless another token is given."""
+    async def call(self, tool: str, args: dict[str, Any], *, key: str | None = None,
+                   run: str | None = None, token: str | None = None,
+                   anonymous: bool = False, headers: dict[str, str] | None = None) -> Outcome:
+        """A tool call through the door under test, as the agent unless told otherwise."""
         hdrs = dict(headers or {})
-        if not anonymous:
-            hdrs["Authorization"] = f"Bearer {token or self.token}"
-        data = raw if raw is not None else (None if body is None else orjson.dumps(body))
-        if data is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        resp = await self.agent.request(method, path, data=data, headers=hdrs)
+        if key is not None:
+            hdrs["Idempotency-Key"] = key
+        if run is not None:
+            hdrs["X-Agent-Run-Id"] = run
+        self.credential = "" if anonymous else f"Bearer {token or self.token}"
+        return await self.door.call(self, tool, args, headers=hdrs)
+
+    async def malformed(self, what: Malformed) -> Outcome:
+        self.credential = f"Bearer {self.token}"
+        return await self.door.malformed(self, what)
+
+    async def send(self, method: str, path: str, body: bytes | None,
+                   headers: dict[str, str]) -> Outcome:
+        """The HTTP request a door makes, with the credential of the call."""
+        hdrs = dict(headers)
+        if self.credential:
+            hdrs["Authorization"] = self.credential
+        resp = await self.agent.request(method, path, data=body, headers=hdrs)
         return await _outcome(resp, self.decision_ids)
 
     async def vote(self, approval_id: str, token: str, verb: str = "approve") -> Outcome:
@@ -77,13 +154,11 @@ class World:
                                      headers={"Authorization": f"Bearer {token}"})
         return await _outcome(resp, None)
 
-    async def hold(self, path: str = "/billing/refunds", key: str = "held",
-                   body: dict[str, Any] | None = None) -> str:
-        held = await self.rest("POST", path, body=body or {**REFUND, "amount": 250},
-                               headers={"Idempotency-Key": key})
+    async def hold(self, tool: str = "create_refund_request", key: str = "held",
+                   args: dict[str, Any] | None = None) -> str:
+        held = await self.call(tool, args or {**REFUND, "amount": 250}, key=key)
         assert held.status == 202, held
-        records = _records(self.rt)
-        return str(next(r["approval_id"] for r in records
+        return str(next(r["approval_id"] for r in _records(self.rt)
                         if r["decision_id"] == held.request_id))
 
 
@@ -118,60 +193,56 @@ def scenario(code: ReasonCode, status: int, **world: Any) -> Callable[[Scenario]
 
 @scenario(ReasonCode.POLICY_DENIED, 403)
 async def _red_tier(w: World) -> Outcome:
-    return await w.rest("PUT", "/payroll/employees/emp_0042/bank-account",
-                        body={"tenant_id": "acme", "iban": "DE89370400440532013000"},
-                        headers={"Idempotency-Key": "k"})
+    return await w.call("change_payroll_bank", {"employee_id": "emp_0042", "tenant_id": "acme",
+                                                "iban": "DE89370400440532013000"}, key="k")
 
 
 @scenario(ReasonCode.POLICY_ERROR, 403, policies=[str(E2E / "policies_broken")])
 async def _malformed_policy(w: World) -> Outcome:
-    return await w.rest("POST", "/echo/items", body={"name": "a", "count": 1})
+    return await w.call("echo_post", {"name": "a", "count": 1})
 
 
 @scenario(ReasonCode.TOOL_NOT_ALLOWED, 403)
 async def _undeclared(w: World) -> Outcome:
-    return await w.rest("POST", "/admin/users", body={})
+    return await w.malformed(Malformed.UNDECLARED)
 
 
 @scenario(ReasonCode.UNAUTHENTICATED, 401)
 async def _no_token(w: World) -> Outcome:
-    return await w.rest("GET", "/echo/items/abc", anonymous=True)
+    return await w.call("echo_item", {"item_id": "abc"}, anonymous=True)
 
 
 @scenario(ReasonCode.INSUFFICIENT_SCOPE, 403)
 async def _no_scope(w: World) -> Outcome:
     reader = w.key.token("reader", tenant="acme", scopes=["orders:read"])
-    return await w.rest("GET", "/echo/items/abc", token=reader)
+    return await w.call("echo_item", {"item_id": "abc"}, token=reader)
 
 
 @scenario(ReasonCode.SCHEMA_INVALID, 422)
 async def _bad_arguments(w: World) -> Outcome:
-    return await w.rest("POST", "/echo/items", body={"name": "a", "count": "lots"})
+    return await w.call("echo_post", {"name": "a", "count": "lots"})
 
 
 @scenario(ReasonCode.INVALID_ARGUMENTS, 400)
 async def _given_twice(w: World) -> Outcome:
-    return await w.rest("GET", "/echo/items/abc?item_id=other")
+    return await w.malformed(Malformed.ARGUMENT_TWICE)
 
 
 @scenario(ReasonCode.IDEMPOTENCY_KEY_REQUIRED, 400)
 async def _no_key(w: World) -> Outcome:
-    return await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 5})
+    return await w.call("create_refund_request", {**REFUND, "amount": 5})
 
 
 @scenario(ReasonCode.IDEMPOTENCY_KEY_INVALID, 400)
 async def _long_key(w: World) -> Outcome:
-    return await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 5},
-                        headers={"Idempotency-Key": "k" * 256})
+    return await w.call("create_refund_request", {**REFUND, "amount": 5}, key="k" * 256)
 
 
 @scenario(ReasonCode.IDEMPOTENCY_KEY_REUSED, 422)
 async def _reused(w: World) -> Outcome:
-    first = await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 5},
-                         headers={"Idempotency-Key": "same"})
+    first = await w.call("create_refund_request", {**REFUND, "amount": 5}, key="same")
     assert first.status == 201
-    return await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 6},
-                        headers={"Idempotency-Key": "same"})
+    return await w.call("create_refund_request", {**REFUND, "amount": 6}, key="same")
 
 
 @scenario(ReasonCode.IDEMPOTENCY_IN_FLIGHT, 409)
@@ -181,59 +252,55 @@ async def _in_flight(w: World) -> Outcome:
     claim = KeyClaim(Scope("acme", "create_refund_request", "busy"), mine, "req_other",
                      w.clock.time() + 60)
     assert await w.rt.store.commit_forward(claim, None, w.clock.time()) is None
-    return await w.rest("POST", "/billing/refunds", body=args,
-                        headers={"Idempotency-Key": "busy"})
+    return await w.call("create_refund_request", args, key="busy")
 
 
 @scenario(ReasonCode.BODY_TOO_LARGE, 413, limits={"max_body_bytes": 100})
 async def _too_large(w: World) -> Outcome:
-    return await w.rest("POST", "/echo/items", raw=b'{"name": "' + b"x" * 200 + b'"}')
+    return await w.malformed(Malformed.TOO_LARGE)
 
 
 @scenario(ReasonCode.INVALID_JSON, 400)
 async def _not_json(w: World) -> Outcome:
-    return await w.rest("POST", "/echo/items", raw=b"{not json")
+    return await w.malformed(Malformed.NOT_JSON)
 
 
 @scenario(ReasonCode.UNSUPPORTED_MEDIA_TYPE, 415)
 async def _form(w: World) -> Outcome:
-    return await w.rest("POST", "/echo/items", raw=b"name=a&count=1",
-                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    return await w.malformed(Malformed.MEDIA_TYPE)
 
 
 @scenario(ReasonCode.POLICY_UNAVAILABLE, 503)
 async def _slow_policy(w: World) -> Outcome:
     w.clock.step_s = 0.2  # every evaluation now appears to take longer than 100 ms
-    return await w.rest("GET", "/echo/items/abc")
+    return await w.call("echo_item", {"item_id": "abc"})
 
 
 @scenario(ReasonCode.STORE_UNAVAILABLE, 503)
 async def _store_down(w: World) -> Outcome:
     await w.rt.store.close()
-    return await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 5},
-                        headers={"Idempotency-Key": "k"})
+    return await w.call("create_refund_request", {**REFUND, "amount": 5}, key="k")
 
 
 @scenario(ReasonCode.AUDIT_UNAVAILABLE, 503, audit={"file": "/dev/full"})
 async def _audit_down(w: World) -> Outcome:
-    return await w.rest("GET", "/echo/items/abc")
+    return await w.call("echo_item", {"item_id": "abc"})
 
 
 @scenario(ReasonCode.UPSTREAM_ERROR, 502)
 async def _upstream_down(w: World) -> Outcome:
-    return await w.rest("GET", "/echo/down")
+    return await w.call("down_tool", {})
 
 
 @scenario(ReasonCode.UPSTREAM_TIMEOUT, 504)
 async def _upstream_slow(w: World) -> Outcome:
-    return await w.rest("GET", "/echo/slow", headers={"X-Gate": "never"})
+    return await w.call("slow_tool", {}, headers={"X-Gate": "never"})
 
 
 @scenario(ReasonCode.BUDGET_EXCEEDED, 429, budgets={"max_tool_calls": 1})
 async def _over_budget(w: World) -> Outcome:
-    run = {"X-Agent-Run-Id": "run-walk"}
-    assert (await w.rest("GET", "/echo/items/a", headers=run)).status == 201
-    return await w.rest("GET", "/echo/items/b", headers=run)
+    assert (await w.call("echo_item", {"item_id": "a"}, run="run-walk")).status == 201
+    return await w.call("echo_item", {"item_id": "b"}, run="run-walk")
 
 
 @scenario(ReasonCode.KILLED, 403)
@@ -242,7 +309,7 @@ async def _killed(w: World) -> Outcome:
                                                       "reason": "incident"},
                               headers={"Authorization": f"Bearer {w.approver('ops')}"})
     assert resp.status == 200
-    return await w.rest("GET", "/echo/items/abc")
+    return await w.call("echo_item", {"item_id": "abc"})
 
 
 @scenario(ReasonCode.OUTCOME_UNKNOWN, 502)
@@ -253,8 +320,7 @@ async def _outcome_unknown(w: World) -> Outcome:
         moved = await w.rt.store.transition(approval_id, frozenset(ApprovalStatus), to,
                                             w.clock.time())
         assert moved is not None
-    return await w.rest("POST", "/billing/refunds", body={**REFUND, "amount": 250},
-                        headers={"Idempotency-Key": "held"})
+    return await w.call("create_refund_request", {**REFUND, "amount": 250}, key="held")
 
 
 @scenario(ReasonCode.INTERNAL_ERROR, 500)
@@ -266,7 +332,7 @@ async def _internal(w: World) -> Outcome:
     saved, stages[Stage.VALIDATE] = pipeline.STAGES, broken
     pipeline.STAGES = tuple(stages.items())
     try:
-        return await w.rest("GET", "/echo/items/abc")
+        return await w.call("echo_item", {"item_id": "abc"})
     finally:
         pipeline.STAGES = saved
 
@@ -290,7 +356,7 @@ async def _no_role(w: World) -> Outcome:
 
 @scenario(ReasonCode.ALREADY_APPROVED_BY_YOU, 409)
 async def _twice(w: World) -> Outcome:
-    approval_id = await w.hold("/echo/two-person", body={"tenant_id": "acme", "amount": 5})
+    approval_id = await w.hold("two_person", args={"tenant_id": "acme", "amount": 5})
     alice = w.approver("alice", "finance")
     assert (await w.vote(approval_id, alice)).status == 200
     return await w.vote(approval_id, alice)
@@ -315,13 +381,11 @@ def test_every_reason_code_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(ReasonCode), sorted(set(ReasonCode) - set(SCENARIOS))
 
 
-ENTRANCES = ["rest"]  # each entrance runs every scenario
-
-
 @pytest.fixture
 async def world(request: pytest.FixtureRequest, tmp_path: Path,
                 dev_key: DevKey, agent_token: str) -> AsyncIterator[World]:
     code = request.node.callspec.params["code"]
+    door = request.node.callspec.params["door"]
     clock = FakeClock()
     async with upstream_server() as (recorder, url):
         settings = config(tmp_path, dev_key, url, approvals={"sweep_interval_ms": 3_600_000},
@@ -330,13 +394,14 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path,
         async with TestClient(TestServer(app)) as agent:
             admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
             async with TestClient(TestServer(admin)) as admin_client:
-                yield World(agent, admin_client, dev_key, clock, recorder, agent_token)
+                yield World(door, agent, admin_client, dev_key, clock, recorder,
+                            agent_token)
             recorder.release.set()
 
 
-@pytest.mark.parametrize("entrance", ENTRANCES)
+@pytest.mark.parametrize("door", ENTRANCES, ids=lambda door: door.name)
 @pytest.mark.parametrize("code", sorted(ReasonCode))
-async def test_the_walk(world: World, code: ReasonCode, entrance: str) -> None:
+async def test_the_walk(world: World, code: ReasonCode, door: Door) -> None:
     status, run, settings = SCENARIOS[code]
     outcome = await run(world)
     assert outcome.status == status, outcome

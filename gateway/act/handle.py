@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 async def handle(call: ToolCall, bundle: Bundle, rt: Runtime) -> Reply:
     ctx = CallContext(call, bundle)
     facts = call.facts
-    async with CallAudit(rt.audit, facts.request_id, facts.trace_id) as audit:
+    async with CallAudit(rt.audit, facts.request_id, facts.trace_id,
+                         bundle.revision) as audit:
         verdict = await pipeline.run(ctx, rt)
         if verdict.act is Act.HOLD:
             held = await hold(ctx, rt, verdict, audit)
@@ -76,7 +77,8 @@ async def refuse(facts: RequestFacts, stage: Stage, error: GatewayError, bundle:
     """A request an entrance refused before it was a tool call: decided and audited the
     same way (the stage is the entrance's: `route` or `parse`)."""
     verdict = decide(stage, error, None, shadow=False)
-    async with CallAudit(rt.audit, facts.request_id, facts.trace_id) as audit:
+    async with CallAudit(rt.audit, facts.request_id, facts.trace_id,
+                         bundle.revision) as audit:
         _observe(rt, facts, verdict, spec)
         try:
             audit.decision(records.decision(verdict, revision=bundle.revision, spec=spec,

@@ -136,11 +136,7 @@ class Executor:
                                    reason=f"not sent: {exc.message}")
                 return
             except GatewayError:
-                # The store failed before anything was sent: hand the call back (approved)
-                # for the sweeper to try again, rather than leave it looking half-sent.
-                await self._store.transition(approval.id, EXECUTING, ApprovalStatus.APPROVED,
-                                             self._clock.time(), owner_is=(self.instance,),
-                                             owner=None)
+                await self._hand_back(approval)
                 raise
         start = self._clock.monotonic()
         try:
@@ -157,6 +153,26 @@ class Executor:
                            result_status=resp.status, result_body=resp.body,
                            result_content_type=resp.headers.get("Content-Type"),
                            latency_ms=round(resp.latency_ms, 3))
+
+    async def _hand_back(self, approval: Approval) -> None:
+        """The store failed before anything was sent: hand the call back (approved) for the
+        sweeper to try again, rather than leave it looking half-sent — retried, since the
+        store that just failed may fail again. If it never succeeds, a restart finds the
+        call `executing` and makes it `outcome_unknown`: fail closed."""
+        delay = 0.1
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                await self._store.transition(approval.id, EXECUTING, ApprovalStatus.APPROVED,
+                                             self._clock.time(), owner_is=(self.instance,),
+                                             owner=None)
+                return
+            except GatewayError as exc:
+                log.warning("handing approval %s back failed (%d/%d): %s", approval.id,
+                            attempt, FINISH_ATTEMPTS, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.critical("approval %s could not be handed back; it stays executing, unsent",
+                     approval.id)
 
     async def _give_back(self, reserved: Reservation | None) -> None:
         if reserved is None or not reserved.spend:

@@ -68,6 +68,7 @@ class Approval:
     idempotency_key: str | None = None
     resend_safe: bool = False      # the upstream dedups by the forwarded Idempotency-Key
     run_id: str | None = None      # the run whose budget the call counts against
+    revision: str = ""             # the bundle the call was decided with
     spend: Mapping[str, float] = field(default_factory=dict)
     updated_at: float = 0.0
     reason: str | None = None      # why rejected / failed / how resolved

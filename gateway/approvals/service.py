@@ -104,23 +104,23 @@ class ApprovalService:
     async def reject(self, approval_id: str, approver: Principal, reason: str) -> Approval:
         now = self._clock.time()
         actor = records.actor(approver)
-        current = await self._store.get_approval(approval_id)
         try:
-            if current is None:
-                raise NotFound(f"no approval {approval_id}")
-            check_decision(current, approver, now, "reject")
-        except GatewayError as exc:
-            self.refused(approval_id, approver, exc, current)
+            # The rules are checked inside the transaction that records the rejection.
+            rejected = await self._store.transition(
+                approval_id, PENDING, ApprovalStatus.REJECTED, now, reason=reason,
+                check=lambda current: check_decision(current, approver, now, "reject"),
+                record=lambda after: self.executor.record("rejected", after, actor=actor,
+                                                           reason=reason))
+        except KeyError:
+            missing = NotFound(f"no approval {approval_id}")
+            self.refused(approval_id, approver, missing)
+            raise missing from None
+        except _RULES as exc:
+            self.refused(approval_id, approver, exc,
+                         await self._store.get_approval(approval_id))
             raise
-        rejected = await self._store.transition(
-            approval_id, PENDING, ApprovalStatus.REJECTED, now, reason=reason,
-            record=lambda after: self.executor.record("rejected", after, actor=actor,
-                                                       reason=reason))
-        if rejected is None:  # decided by someone else meanwhile
-            latest = await self._store.get_approval(approval_id)
-            late = ApprovalNotPending(f"approval {approval_id} is no longer pending")
-            self.refused(approval_id, approver, late, latest)
-            raise late
+        if rejected is None:  # pragma: no cover - the check saw it pending, under the lock
+            raise ApprovalNotPending(f"approval {approval_id} is no longer pending")
         self._decided("rejected", rejected, actor)
         return rejected
 

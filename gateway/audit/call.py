@@ -21,9 +21,13 @@ log = logging.getLogger("toolgate")
 
 
 class CallAudit:
-    def __init__(self, audit_log: AuditLog, decision_id: str, trace_id: str | None) -> None:
+    def __init__(self, audit_log: AuditLog, decision_id: str, trace_id: str | None,
+                 revision: str | None = None) -> None:
         self._log = audit_log
+        # Every record of the call names the bundle it was judged by.
         self.base: dict[str, Any] = {"decision_id": decision_id, "trace_id": trace_id}
+        if revision is not None:
+            self.base["policy_revision"] = revision
         self._decision_tried = False
         self.decision_written = False
         self._outcome_due = False

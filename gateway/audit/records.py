@@ -100,7 +100,8 @@ def approval(event: str, held: Approval, **fields: Any) -> dict[str, Any]:
     """An `approval` record: one event in the life of a held call, linked to its call."""
     return {"decision_id": held.decision_id, "approval_id": held.id, "event": event,
             "status": str(held.status), "tool": held.tool,
-            "principal": dict(held.principal), **fields}
+            "principal": dict(held.principal), "policy_revision": held.revision or None,
+            **fields}
 
 
 def approval_outcome(held: Approval, *, status: str, error: str | None,
@@ -108,7 +109,8 @@ def approval_outcome(held: Approval, *, status: str, error: str | None,
                      latency_ms: float | None, stored: bool = True) -> dict[str, Any]:
     """The `outcome` record of a held call the executor sent (or could not send)."""
     record = {"decision_id": held.decision_id, "approval_id": held.id, "tool": held.tool,
-              "principal": dict(held.principal), "status": status, "error": error,
+              "principal": dict(held.principal), "policy_revision": held.revision or None,
+              "status": status, "error": error,
               "upstream_status": upstream_status, "reason": reason,
               "attempt": held.attempts, "latency_ms": {"upstream": latency_ms}}
     if not stored:
@@ -120,6 +122,7 @@ def refusal(approval_id: str, who: Principal | None, exc: GatewayError,
             held: Approval | None) -> dict[str, Any]:
     """An approver's action the rules refused (an `approval` record, event `refused`)."""
     return {"decision_id": held.decision_id if held is not None else None,
+            "policy_revision": (held.revision or None) if held is not None else None,
             "approval_id": approval_id, "event": "refused", "code": str(exc.code),
             "message": exc.message, "actor": actor(who) if who is not None else None}
 

@@ -41,7 +41,7 @@ def _float(text: str) -> float:
     return value
 
 
-def loads_strict(body: bytes) -> Any:
+def loads_strict(body: str | bytes) -> Any:
     """JSON with one meaning: no repeated names, no NaN/Infinity, no number that parsers
     round differently (beyond a double, or an integer beyond 64 bits), nothing the audit
     log could not write (a lone surrogate, nesting deeper than 250)."""
@@ -56,11 +56,18 @@ def loads_strict(body: bytes) -> Any:
 
 
 def arguments(body: bytes) -> dict[str, Any]:
-    """The JSON object of a body (`{}` when empty); 400 `invalid_json` otherwise."""
+    """The JSON object of a body (`{}` when empty); 400 `invalid_json` otherwise.
+
+    SECURITY: only UTF-8 without a byte-order mark is JSON here (RFC 8259 §8.1). Python's
+    parser also reads UTF-16 and UTF-32, which an approver would be shown as garbage while
+    the gateway judged a meaning in them.
+    """
     if not body.strip():
         return {}
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise InvalidJson("the body starts with a byte-order mark; send UTF-8 without one")
     try:
-        value = loads_strict(body)
+        value = loads_strict(body.decode("utf-8"))
     except _Ambiguous as exc:
         raise InvalidJson(str(exc)) from None
     except json.JSONDecodeError as exc:

@@ -78,10 +78,12 @@ class StateStore(Protocol):
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
                          owner_is: tuple[str | None] | None = None,
+                         check: ApprovalHook | None = None,
                          **fields: Any) -> Approval | None:
         """Move to `to` only if the current state is in `from_states` — and, with
         `owner_is=(x,)`, only if the owner is still x — (None if not), calling `record`
-        with the result before committing."""
+        with the result before committing. `check`, if given, sees the current approval
+        first, inside the transaction, and raises to refuse (`KeyError`: no such id)."""
 
     async def heartbeat(self, instance: str, now: float) -> None:
         """This gateway instance is alive (it owns the calls it is sending)."""

@@ -49,6 +49,11 @@ MIGRATIONS = migrations(Dialect.POSTGRES)
 # What a lost or refused connection raises, besides asyncpg's own errors.
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MARK = re.compile(r"\?")
+CLAIM_ATTEMPTS = 3
+
+
+class _Vanished(Exception):
+    """A key row gone between a conflicting insert and its lock: claim it again."""
 
 
 @functools.cache
@@ -79,7 +84,11 @@ class PostgresStore:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10,
                                              command_timeout=10, timeout=5)
             store = cls(pool)
-            await store._migrate()
+            try:
+                await store._migrate()
+            except BaseException:
+                await pool.close()
+                raise
         return store
 
     async def _migrate(self) -> None:
@@ -144,8 +153,8 @@ class PostgresStore:
                            "key = $3 FOR UPDATE", *rows.scope_params(claim.scope))
         existing = await self._key_in(conn, claim.scope)
         if existing is None:
-            # Purged between the insert and the lock: the caller may simply retry.
-            raise StoreUnavailable("the idempotency key changed while it was claimed; retry")
+            # Freed (a claim given back, a purge) between the insert and the lock.
+            raise _Vanished
         if not may_take_over(existing, claim, now):
             return existing
         await conn.execute(pg(rows.TAKE_OVER_KEY), claim.request_id, str(status),
@@ -161,6 +170,15 @@ class PostgresStore:
 
     async def commit_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
                              now: float) -> KeyState | None:
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                return await self._commit_forward(claim, reservation, now)
+            except _Vanished:
+                continue
+        raise StoreUnavailable("the idempotency key kept changing while it was claimed")
+
+    async def _commit_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
+                              now: float) -> KeyState | None:
         async with self._tx() as conn:
             if claim is not None:
                 taken = await self._claim_in(conn, claim, KeyStatus.IN_FLIGHT, None, now)
@@ -177,6 +195,15 @@ class PostgresStore:
 
     async def commit_hold(self, approval: Approval, claim: KeyClaim | None,
                           record: ApprovalHook) -> KeyState | None:
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                return await self._commit_hold(approval, claim, record)
+            except _Vanished:
+                continue
+        raise StoreUnavailable("the idempotency key kept changing while it was claimed")
+
+    async def _commit_hold(self, approval: Approval, claim: KeyClaim | None,
+                           record: ApprovalHook) -> KeyState | None:
         async with self._tx("cannot queue the call") as conn:
             if claim is not None:
                 taken = await self._claim_in(conn, claim, KeyStatus.HELD, approval.id,
@@ -280,10 +307,13 @@ class PostgresStore:
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
                          owner_is: tuple[str | None] | None = None,
+                         check: ApprovalHook | None = None,
                          **fields: Any) -> Approval | None:
         sql = rows.transition_sql(from_states, fields, owner_is)
         params = rows.transition_params(approval_id, from_states, to, now, fields, owner_is)
         async with self._tx() as conn:
+            if check is not None:
+                check(await self._locked(conn, approval_id))  # raises: rolls back
             if await conn.execute(pg(sql), *params) != "UPDATE 1":
                 return None
             after = await self._locked(conn, approval_id)

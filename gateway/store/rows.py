@@ -121,7 +121,7 @@ def transition_params(approval_id: str, from_states: frozenset[ApprovalStatus],
 
 def approval_row(a: Approval) -> tuple[Any, ...]:
     call = {**a.plan.to_json(), "format": PLAN_FORMAT, "run_id": a.run_id,
-            "spend": dict(a.spend)}
+            "spend": dict(a.spend), "revision": a.revision}
     return (a.id, str(a.status), a.decision_id, a.tool, orjson.dumps(a.args), a.call_hash,
             orjson.dumps(a.principal), orjson.dumps(a.reasons), a.approvals_required,
             orjson.dumps(a.approver_roles), a.created_at, a.expires_at,
@@ -144,6 +144,7 @@ def approval_from_row(row: Sequence[Any], votes: Sequence[Vote] = ()) -> Approva
         updated_at=updated, plan=OutboundPlan.from_json(c, bytes(body)), call_digest=digest,
         idempotency_key=key, resend_safe=bool(resend_safe),
         run_id=c.get("run_id"), spend={k: float(v) for k, v in c.get("spend", {}).items()},
+        revision=str(c.get("revision", "")),
         reason=reason, result_status=rstatus, result_content_type=rtype,
         result_body=None if rbody is None else bytes(rbody), attempts=attempts,
         owner=owner, error=error, votes=tuple(votes))

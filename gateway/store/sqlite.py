@@ -270,12 +270,15 @@ class SqliteStore:
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
                          owner_is: tuple[str | None] | None = None,
+                         check: ApprovalHook | None = None,
                          **fields: Any) -> Approval | None:
         sql = rows.transition_sql(from_states, fields, owner_is)
         params = rows.transition_params(approval_id, from_states, to, now, fields, owner_is)
 
         def move() -> Approval | None:
             with self._tx() as conn:
+                if check is not None:
+                    check(self._get_in(conn, approval_id))  # raises: rolls back
                 if conn.execute(sql, params).rowcount != 1:
                     return None
                 after = self._get_in(conn, approval_id)

@@ -61,10 +61,12 @@ def agent_headers(headers: Mapping[str, str], extra: Iterable[str]) -> dict[str,
     """The agent's headers that go upstream: the allow-list, in its spelling. A header sent
     more than once is combined into one line (RFC 9110 §5.3)."""
     values: dict[str, list[str]] = {}
+    seen: set[str] = set()
     getall = getattr(headers, "getall", None)
     for name in (*ALWAYS_FORWARDED, *extra):
-        if name in values:
+        if name.lower() in seen:  # a spec may list one the allow-list has, in any case
             continue
+        seen.add(name.lower())
         found = list(getall(name, ())) if getall is not None else (
             [headers[name]] if name in headers else [])
         if found:

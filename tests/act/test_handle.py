@@ -28,6 +28,8 @@ async def test_forward_hold_replay_and_refuse(rt: Runtime, agent_token: str,
                                   headers={"Idempotency-Key": "hd-1"}), bundle, rt)
     assert (sent.status, sent.decision) == (201, "allow")
     assert kinds(rt, "req_f") == ["decision", "outcome"]
+    revisions = {r["policy_revision"] for r in records(rt) if r["decision_id"] == "req_f"}
+    assert revisions == {bundle.revision}, "every record of a call names its bundle"
     again = await handle(tool_call(bundle, "POST", "/billing/refunds", token=agent_token,
                                    body={**REFUND, "amount": 20}, request_id="req_r",
                                    headers={"Idempotency-Key": "hd-1"}), bundle, rt)
@@ -39,6 +41,8 @@ async def test_forward_hold_replay_and_refuse(rt: Runtime, agent_token: str,
                                   headers={"Idempotency-Key": "hd-2"}), bundle, rt)
     assert (held.status, held.decision) == (202, "require_approval")
     assert kinds(rt, "req_h") == ["decision", "approval"]  # then: queued
+    assert {r["policy_revision"] for r in records(rt) if r["decision_id"] == "req_h"} == {
+        bundle.revision}
     denied = await handle(tool_call(bundle, "GET", "/echo/items/abc", request_id="req_d"),
                           bundle, rt)
     assert (denied.status, denied.decision) == (401, "deny")

@@ -73,6 +73,8 @@ async def test_an_approved_call_is_sent_once_and_recorded(
     assert len(recorder[0].seen) == 1
     assert events(quiet, approval_id) == ["decision", "queued", "approval_vote", "approved",
                                           "executing", "outcome"]
+    assert {r["policy_revision"] for r in records(quiet)
+            if r.get("approval_id") == approval_id} == {quiet.bundles.current.revision}
     with pytest.raises(ApprovalNotPending):
         await quiet.approvals.approve(approval_id, approver("bob", "billing-approver"), None)
     assert len(recorder[0].seen) == 1
@@ -121,12 +123,18 @@ async def test_a_rejection_reaches_the_agent(quiet: Runtime, agent_token: str) -
     assert orjson.loads(retry.body)["error"]["reasons"] == ["rejected: duplicate of RF-1"]
 
 
-async def test_an_expired_call_cannot_be_approved(quiet: Runtime, agent_token: str,
-                                                  clock: FakeClock) -> None:
+async def test_an_expired_call_cannot_be_decided(quiet: Runtime, agent_token: str,
+                                                 clock: FakeClock) -> None:
     approval_id = await held_call(quiet, agent_token, "s-5")
     clock.advance(3601)  # the shipped policy holds refunds for an hour
+    # Checked inside the transaction, before any sweep has stored `expired`.
+    with pytest.raises(ApprovalExpired):
+        await quiet.approvals.reject(approval_id, approver("alice", "billing-approver"), "x")
+    assert await status(quiet, approval_id) is ApprovalStatus.PENDING
     with pytest.raises(ApprovalExpired):
         await quiet.approvals.approve(approval_id, approver("alice", "billing-approver"), None)
     assert await status(quiet, approval_id) is ApprovalStatus.EXPIRED
     with pytest.raises(NotFound):
         await quiet.approvals.approve("apr_nope", approver("alice"), None)
+    with pytest.raises(NotFound):
+        await quiet.approvals.reject("apr_nope", approver("alice"), "no")

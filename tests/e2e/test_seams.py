@@ -76,6 +76,9 @@ def test_an_approved_call_sends_exactly_what_the_approver_saw(
     assert done.json["status"] == "executed", done.raw
     [sent] = [s for s in upstream.seen if s.headers.get("Idempotency-Key") == "seen-1"]
     sent_headers = {k.lower(): v for k, v in sent.headers.items()}
+    for name in FORGED:  # none of them was shown, so none of them may be sent
+        if name.lower() not in ("x-forwarded-host", "x-forwarded-proto"):
+            assert name.lower() not in sent_headers, name
     # Everything the upstream got was shown, except what HTTP itself adds and the injected
     # credential, which the view names but never shows.
     transport = {"host", "content-length", call["credential_header"].lower()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,16 +205,16 @@ def test_an_approved_call_still_counts_against_its_run(gw: Gateway, upstream: Up
 
 def test_a_claim_never_lapses_while_its_call_is_in_flight(gw: Gateway, upstream: Upstream,
                                                           token: str) -> None:
-    """lease_seconds is 1 here, but the claim lasts at least the tool's timeout: a retry
-    well past a second still finds the first request in flight. The upstream holds the
-    first request until the test opens its gate, so nothing races."""
+    """A retry while the first request is still at the upstream is 409, never a second
+    call. The upstream holds the first request until the test opens its gate, so nothing
+    races. (That the lease outlasts `lease_seconds` when the tool's timeout is longer is
+    shown with the injected clock: tests/pipeline/test_idempotency.py.)"""
     gate = upstream.gate("lease-1")
     first: list[Reply] = []
     worker = threading.Thread(target=lambda: first.append(post(
         gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1", "X-Gate": "lease-1"})))
     worker.start()
     gate.wait_arrived()
-    time.sleep(1.5)  # past lease_seconds; the first request is still held upstream
     retry = post(gw, token, "/state/slow", {}, **{"Idempotency-Key": "lease-1"})
     gate.open()
     worker.join()

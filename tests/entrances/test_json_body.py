@@ -19,6 +19,18 @@ def test_ambiguous_or_unwritable_json_is_refused(body: bytes) -> None:
         arguments(body)
 
 
+@pytest.mark.parametrize("body", [
+    '{"amount": 250}'.encode("utf-16"), '{"amount": 250}'.encode("utf-16-le"),
+    '{"amount": 250}'.encode("utf-32"), b'\xef\xbb\xbf{"amount": 250}',
+    b'{"amount": "\xff"}',
+])
+def test_only_utf8_without_a_byte_order_mark_is_json(body: bytes) -> None:
+    """Python's parser reads UTF-16 and UTF-32 too: the gateway would judge a meaning an
+    approver is shown as garbage, and that an upstream may read another way."""
+    with pytest.raises(InvalidJson):
+        arguments(body)
+
+
 def test_an_empty_body_is_no_arguments() -> None:
     assert arguments(b"") == {}
     assert arguments(b"  \n") == {}

@@ -3,6 +3,8 @@ read leaves the last known set in force."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.core.errors import InvalidArguments, StoreUnavailable
@@ -47,6 +49,27 @@ async def test_a_failed_refresh_keeps_the_last_known_set() -> None:
     with pytest.raises(StoreUnavailable):
         await kills.refresh()
     assert kills.matching(None, None, "x") is not None
+
+
+async def test_a_switch_set_elsewhere_arrives_with_the_next_poll() -> None:
+    """Another replica set it in the store: this one picks it up within `poll_ms`."""
+    stored: list[KillSwitch] = []
+    arrived = asyncio.Event()
+
+    async def load() -> list[KillSwitch]:
+        if stored:
+            arrived.set()
+        return list(stored)
+
+    kills = KillSwitches(load, 0.01)
+    await kills.start()
+    try:
+        assert kills.matching(None, None, "refund") is None
+        stored.append(switch("tool:refund"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert kills.matching(None, None, "refund") is not None
+    finally:
+        await kills.close()
 
 
 @pytest.mark.parametrize("scope", ["", "everything", "tool:Bad Name", "tenant:", "tool:"])

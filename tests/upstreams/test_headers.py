@@ -28,6 +28,12 @@ def test_only_the_allow_list_crosses() -> None:
         "Accept-Language": "de", "traceparent": "t", "tracestate": "s"}
 
 
+def test_a_spec_listing_an_allowed_header_again_sends_it_once() -> None:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    assert agent_headers(headers, ("content-type", "ACCEPT")) == {
+        "Content-Type": "application/json"}
+
+
 def test_a_repeated_header_is_one_line() -> None:
     headers: CIMultiDict[str] = CIMultiDict([("Accept", "a"), ("accept", "b")])
     assert agent_headers(headers, ()) == {"Accept": "a, b"}
