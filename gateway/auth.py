@@ -12,6 +12,7 @@ Verified tokens are cached, but a cache entry never outlives the token's own `ex
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -33,6 +35,7 @@ FAMILIES: Mapping[str, frozenset[str]] = {
     "oct": frozenset({"HS256", "HS384", "HS512"}),
 }
 MIN_HMAC_SECRET_BYTES = 32
+MAX_RUN_ID = 128
 # What the agent is told (RFC 6750 error_description); never the library's own text.
 _JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidAudienceError, "wrong audience"),
@@ -132,7 +135,16 @@ def _family_of(public: Any) -> frozenset[str]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # NaN and Infinity compare false (or true) with everything: an `exp` of Infinity would
+    # never expire, one of NaN would never be checked.
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _scope_tokens(value: str) -> list[str]:
+    """RFC 6749 §3.3: scope tokens are separated by spaces (U+0020) only; other Unicode
+    whitespace is part of a token, never a separator that could make a scope appear."""
+    return [token for token in value.split(" ") if token]
 
 
 def _unauthenticated(description: str) -> Unauthenticated:
@@ -145,22 +157,28 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     scp = claims.get("scp")
     scopes: set[str] = set()
     if isinstance(scope, str):
-        scopes.update(scope.split())
+        scopes.update(_scope_tokens(scope))
     if isinstance(scp, list):
         scopes.update(s for s in scp if isinstance(s, str))
     elif isinstance(scp, str):
-        scopes.update(scp.split())
+        scopes.update(_scope_tokens(scp))
     roles = claims.get("roles")
 
     def text(name: str) -> str | None:
         value = claims.get(name)
         return value if isinstance(value, str) and value else None
 
+    run_id = claims.get("run_id")
+    # SECURITY: a signed run id always wins; one the gateway cannot use is refused, never
+    # replaced by the unsigned X-Agent-Run-Id header (a fresh budget for the asking).
+    if run_id is not None and (not isinstance(run_id, str) or not run_id
+                               or len(run_id) > MAX_RUN_ID or not run_id.isprintable()):
+        raise _unauthenticated("malformed run_id claim")
     return Principal(
         sub=str(claims["sub"]), agent=text("agent"), tenant=text("tenant"),
         scopes=frozenset(scopes),
         roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
-        run_id=text("run_id"), claims=dict(claims))
+        run_id=run_id, claims=dict(claims))
 
 
 class TokenVerifier:
@@ -237,11 +255,18 @@ class TokenVerifier:
         leeway = self._settings.leeway_s
         exp, nbf = claims["exp"], claims.get("nbf")
         if not _is_number(exp) or (nbf is not None and not _is_number(nbf)):
-            raise _unauthenticated("exp and nbf must be numbers")
+            raise _unauthenticated("exp and nbf must be finite numbers")
         if now >= exp + leeway:
             raise _unauthenticated("token expired")
         if nbf is not None and now < nbf - leeway:
             raise _unauthenticated("token not yet valid")
+        try:
+            # The claims go to the policy (input.principal.claims) and nowhere else: a value
+            # JSON cannot carry to it (an integer beyond 64 bits) is refused here, once.
+            orjson.dumps(claims)
+        except (TypeError, orjson.JSONEncodeError):
+            raise _unauthenticated("a claim holds a value the policy cannot be given") \
+                from None
         return claims
 
 

@@ -128,6 +128,15 @@ def test_scopes_from_scope_and_scp_are_combined(verifier: TokenVerifier,
     assert verifier.verify(token).scopes == frozenset({"a", "b", "c"})
 
 
+@pytest.mark.parametrize("run_id", [7, 7.5, True, ["run-1"], {"id": "run-1"}, "", "r" * 129,
+                                    "run\n1"], ids=repr)
+def test_a_malformed_run_id_claim_is_401(verifier: TokenVerifier, dev_key: DevKey,
+                                         run_id: object) -> None:
+    """A signed run id the gateway cannot use is refused, never silently replaced by the
+    unsigned X-Agent-Run-Id header (which would give the agent a fresh budget)."""
+    _rejects(verifier, _sign(dev_key, _claims(run_id=run_id)), "malformed run_id claim")
+
+
 def test_optional_claims_absent_or_wrong_type(verifier: TokenVerifier, dev_key: DevKey) -> None:
     token = _sign(dev_key, _claims(tenant="", agent=3, roles="admin"))
     principal = verifier.verify(token)
@@ -462,3 +471,27 @@ def test_jwks_with_two_keys_selects_by_kid(tmp_path: Path, dev_key: DevKey) -> N
     assert verifier.verify(other.token("b")).sub == "b"
     # Without a kid there is no way to choose between two keys.
     _rejects(verifier, _sign(dev_key, _claims(), kid=None), "token has no key id")
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_exp_and_nbf_must_be_finite(verifier: TokenVerifier, dev_key: DevKey, claim: str,
+                                    value: float) -> None:
+    """JSON parsers read NaN and Infinity; an `exp` of Infinity would never expire."""
+    _rejects(verifier, _sign(dev_key, _claims(**{claim: value})),
+             "exp and nbf must be finite numbers")
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\t", "\n"], ids=repr)
+def test_scopes_are_split_on_spaces_only(verifier: TokenVerifier, dev_key: DevKey,
+                                         space: str) -> None:
+    """`orders:read<NBSP>billing:refund` is one (unknown) scope, not two granted ones."""
+    token = dev_key.token("svc", scopes=[f"orders:read{space}billing:refund", "crm:read"])
+    assert verifier.verify(token).scopes == frozenset({f"orders:read{space}billing:refund",
+                                                       "crm:read"})
+
+
+def test_a_claim_the_policy_cannot_be_given_is_401(verifier: TokenVerifier,
+                                                   dev_key: DevKey) -> None:
+    _rejects(verifier, _sign(dev_key, _claims(big=2**64)),
+             "a claim holds a value the policy cannot be given")

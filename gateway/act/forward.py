@@ -1,11 +1,13 @@
 """The `forward` act: send the planned call, record its outcome, settle its key and budget.
 
-The plan is sent as it is (`gateway.upstreams.client`). Whatever happens — an answer of any
-status, a transport error, a timeout — is the call's final answer: it is stored under the
-idempotency key (5xx and the gateway's own 502/504 included, as Stripe does) and the outcome
-record is written. A call that did not succeed gives its spend back (it still counts as a
-call). A committed call that is never sent (its decision record could not be written) gives
-back its key and its reservation: `withdraw`.
+The plan is sent as it is (`gateway.upstreams.client`). Whatever happens once the request
+may have reached the upstream — an answer of any status, a broken answer, a timeout — is the
+call's final answer: it is stored under the idempotency key (5xx and the gateway's own
+502/504 included, as Stripe does), the outcome record is written, and the call keeps its
+reservation, spend included: the upstream may have acted (DESIGN §6). Only a call the
+gateway knows was never executed — the upstream could not be connected to, or the decision
+record could not be written — gives back its key and its reservation (`withdraw`), so the
+agent may simply try again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gateway.audit import records
 from gateway.audit.call import CallAudit
 from gateway.core.context import CallContext
 from gateway.core.decision import Action
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, UpstreamUnreachable
 from gateway.state.idempotency import Answer
 
 if TYPE_CHECKING:
@@ -38,11 +40,15 @@ async def forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
         resp = await rt.upstreams.send(ctx.plan, spec.timeout_ms)
     except GatewayError as exc:
         rt.metrics.upstream.labels(spec.name, str(exc.code)).inc()
+        unsent = isinstance(exc, UpstreamUnreachable)
         audit.outcome(records.outcome(
-            error=str(exc.code), status=exc.status,
+            error=str(exc.code), status=exc.status, sent=not unsent,
             total_s=rt.clock.monotonic() - facts.started, policy_ms=round(ctx.policy_ms, 3)))
         reply = error_reply(exc, facts.request_id, str(Action.ALLOW))
-        await settle(ctx, rt, Answer(reply.status, reply.content_type, reply.body))
+        if unsent:
+            await withdraw(ctx, rt)
+        else:
+            await settle(ctx, rt, Answer(reply.status, reply.content_type, reply.body))
         return reply
     output_valid = None
     if spec.output_validator is not None and 200 <= resp.status < 300:
@@ -70,19 +76,17 @@ def _output_valid(validator: Any, body: bytes) -> bool:
 
 
 async def settle(ctx: CallContext, rt: Runtime, answer: Answer) -> None:
-    """Store the answer under the key, and give back the spend of a call that did not
-    succeed. The answer is already known, so a store error must not lose it (the key would
-    later be taken over and the call sent again): it is retried in the background while
-    the agent gets its answer."""
-    if not ctx.committed:
+    """Store the answer under the key. The answer is already known, so a store error must
+    not lose it (the key would later be taken over and the call sent again): it is retried
+    in the background while the agent gets its answer."""
+    if not ctx.committed or ctx.claim is None:
         return
     claim = ctx.claim
-    give_back = ctx.reservation if answer.status >= 400 else None
     request_id = ctx.call.facts.request_id
 
     async def store() -> bool:
         try:
-            await rt.store.settle(claim, answer, give_back, rt.clock.time())
+            await rt.store.settle(claim, answer, rt.clock.time())
         except GatewayError as exc:
             log.warning("settling %s failed: %s", request_id, exc.message)
             return False
@@ -103,7 +107,7 @@ async def settle(ctx: CallContext, rt: Runtime, answer: Answer) -> None:
 
 
 async def withdraw(ctx: CallContext, rt: Runtime) -> None:
-    """Give back the key and the reservation of a committed call that will not be sent."""
+    """Give back the key and the reservation of a committed call that was not sent."""
     if not ctx.committed:
         return
     try:

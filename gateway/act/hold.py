@@ -22,7 +22,6 @@ from gateway.core.context import CallContext
 from gateway.core.decision import Verdict
 from gateway.core.errors import AuditUnavailable, GatewayError, IdempotencyInFlight
 from gateway.core.stage import Stage
-from gateway.state.budgets import spend_of
 from gateway.state.idempotency import judge
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ def held_call(ctx: CallContext, rt: Runtime, verdict: Verdict) -> Approval:
         # crash mid-send; the key is forwarded exactly when the tool uses one.
         resend_safe=ctx.idempotency_key is not None, run_id=ctx.run_id,
         revision=ctx.bundle.revision,
-        spend=spend_of(call.spec.spend, call.args))
+        spend=ctx.spend or {})
 
 
 async def hold(ctx: CallContext, rt: Runtime, verdict: Verdict,

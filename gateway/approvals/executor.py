@@ -23,7 +23,12 @@ from gateway.audit import records
 from gateway.audit.log import AuditLog
 from gateway.bundle import BundleRef
 from gateway.core.clock import Clock
-from gateway.core.errors import AuditUnavailable, BudgetExceeded, GatewayError
+from gateway.core.errors import (
+    AuditUnavailable,
+    BudgetExceeded,
+    GatewayError,
+    UpstreamUnreachable,
+)
 from gateway.state.budgets import BudgetSettings, Reservation, reservation
 from gateway.state.killswitch import KillSwitches
 from gateway.store.base import StateStore
@@ -142,13 +147,16 @@ class Executor:
         try:
             resp = await self._upstreams.send(approval.plan, spec.timeout_ms)
         except GatewayError as exc:
-            await self._give_back(reserved)
-            await self._finish(approval, ApprovalStatus.FAILED, reason=exc.message,
+            # Only a call that never left the gateway is known not to have run: it gives its
+            # reservation back. A timeout or a broken answer keeps it (DESIGN §6).
+            unsent = isinstance(exc, UpstreamUnreachable)
+            if unsent:
+                await self._give_back(reserved)
+            await self._finish(approval, ApprovalStatus.FAILED,
+                               reason=f"not sent: {exc.message}" if unsent else exc.message,
                                error=str(exc.code),
                                latency_ms=round((self._clock.monotonic() - start) * 1000, 3))
             return
-        if resp.status >= 400:
-            await self._give_back(reserved)
         await self._finish(approval, ApprovalStatus.EXECUTED, upstream_status=resp.status,
                            result_status=resp.status, result_body=resp.body,
                            result_content_type=resp.headers.get("Content-Type"),
@@ -175,10 +183,11 @@ class Executor:
                      approval.id)
 
     async def _give_back(self, reserved: Reservation | None) -> None:
-        if reserved is None or not reserved.spend:
+        """Uncount a call that was never sent: neither its spend nor the call counts."""
+        if reserved is None:
             return
         try:
-            await self._store.settle(None, None, reserved, self._clock.time())
+            await self._store.undo_forward(None, reserved, self._clock.time())
         except GatewayError as exc:
             log.warning("spend of run %s not given back: %s", reserved.run_id, exc.message)
 

@@ -82,11 +82,14 @@ def internal_decision(reason: str) -> dict[str, Any]:
 def outcome(*, status: int | None = None, upstream_status: int | None = None,
             error: str | None = None, output_valid: bool | None = None,
             total_s: float | None = None, policy_ms: float | None = None,
-            upstream_ms: float | None = None) -> dict[str, Any]:
+            upstream_ms: float | None = None, sent: bool | None = None) -> dict[str, Any]:
     """The outcome record of a call whose action started: what the upstream answered (or
-    how the action failed), and how long it all took."""
+    how the action failed), and how long it all took. `sent: false` says the request never
+    left the gateway (the upstream could not be connected to)."""
     record: dict[str, Any] = {"status": status, "upstream_status": upstream_status,
                               "error": error}
+    if sent is not None:
+        record["sent"] = sent
     if output_valid is not None:
         record["output_valid"] = output_valid
     if total_s is not None:

@@ -107,6 +107,30 @@ class SpecSet:
     revision: str = ""               # SHA-256 over every spec file, in path order
 
 
+def spend_problem(schema: Mapping[str, Any], name: str) -> str | None:
+    """Why argument `name` cannot count toward a run's spend, or None.
+
+    SECURITY: a spend argument must be a required, non-negative number, checked by the
+    schema before the policy or the budget sees it: a missing or non-numeric amount would
+    count as nothing, and a negative one would lower the run's spend.
+    """
+    prop = (schema.get("properties") or {}).get(name)
+    if not isinstance(prop, Mapping):
+        return f"spend argument {name!r} is not a property of input_schema"
+    if name not in (schema.get("required") or []):
+        return f"spend argument {name!r} must be required in input_schema"
+    types = prop.get("type")
+    types = [types] if isinstance(types, str) else types
+    if not types or not set(types) <= {"number", "integer"}:
+        return f"spend argument {name!r} must have type number (or integer)"
+    floors = [prop.get(k) for k in ("minimum", "exclusiveMinimum")]
+    if not any(isinstance(f, int | float) and not isinstance(f, bool) and f >= 0
+               for f in floors):
+        return (f"spend argument {name!r} must not be negative: give it minimum: 0 "
+                "(or exclusiveMinimum: 0)")
+    return None
+
+
 def spec_files(paths: Iterable[Path], suffixes: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
@@ -212,8 +236,10 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
     input_validator = validators["input_schema"]
     assert input_validator is not None  # required by TOOL_SPEC_SCHEMA
     spend = raw.get("spend")
-    if spend is not None and spend not in (raw["input_schema"].get("properties") or {}):
-        raise fail(("spend",), f"spend argument {spend!r} is not a property of input_schema")
+    if spend is not None:
+        problem = spend_problem(raw["input_schema"], spend)
+        if problem:
+            raise fail(("spend",), problem)
     if raw["input_schema"].get("type", "object") != "object":
         raise fail(("input_schema",), "the arguments are one JSON object: type must be object")
     return ToolSpec(

@@ -41,6 +41,7 @@ class CallContext:
     claim: KeyClaim | None = None        # idempotency: what taking the key writes
     answered: KeyState | None = None     # idempotency/commit: the key's answer for a retry
     usage: Usage | None = None           # usage: the run's counters before this call
+    spend: dict[str, float] | None = None  # usage: what this call would spend
     decision: PolicyDecision | None = None        # policy
     policy_ms: float = 0.0
     reservation: Reservation | None = None  # commit: what this call counted against its run

@@ -187,6 +187,11 @@ class UpstreamError(GatewayError):
     code = ReasonCode.UPSTREAM_ERROR
 
 
+class UpstreamUnreachable(UpstreamError):
+    """The upstream could not be connected to: nothing of the call was sent, so it is known
+    not to have run (a timeout or a broken answer may have run)."""
+
+
 class PolicyUnavailable(GatewayError):
     status = 503
     code = ReasonCode.POLICY_UNAVAILABLE

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from gateway.core.context import CallContext
 from gateway.core.decision import Act
 from gateway.core.errors import IdempotencyInFlight
-from gateway.state.budgets import reservation, spend_of
+from gateway.state.budgets import reservation
 from gateway.state.idempotency import judge
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ async def commit(ctx: CallContext, rt: Runtime) -> None:
         return
     spec, principal = ctx.call.spec, ctx.principal
     wanted = reservation(rt.settings.budgets, principal.tenant, ctx.run_id, spec.name,
-                         spend_of(spec.spend, ctx.call.args))
+                         ctx.spend or {})
     if ctx.claim is None and wanted is None:
         return
     now = rt.clock.time()

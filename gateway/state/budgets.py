@@ -4,18 +4,21 @@ A run is `(tenant, run_id)`; its usage is the number of forwarded calls, the cal
 tool, and the spend per spend-argument name (a tool spec's `spend: amount` makes each call
 add its `amount`). The store reserves inside one transaction: it reads the run's usage,
 calls `check_reservation`, and writes the new usage, so concurrent calls — on any replica —
-can never overshoot. A call that fails or is not forwarded gives its spend back.
+can never overshoot. Only a call known never to have run (nothing was sent) is given back
+(`release`); a timeout or an upstream error keeps its spend, since the upstream may have
+acted.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from gateway.core.errors import BudgetExceeded
+from gateway.core.errors import BudgetExceeded, InvalidArguments
 
 ZERO_TOLERANCE = 1e-9  # spend is summed in floats; a cap is not overshot by rounding
 
@@ -65,10 +68,17 @@ class Reservation:
 
 
 def spend_of(name: str | None, args: Mapping[str, Any]) -> dict[str, float]:
-    """What a call spends: its `spend` argument (a tool spec's `spend: amount`)."""
-    value = args.get(name) if name else None
-    if name is None or not isinstance(value, int | float) or isinstance(value, bool):
+    """What a call spends: its `spend` argument (a tool spec's `spend: amount`).
+
+    The spec loader requires that argument to be a required, non-negative number, and the
+    schema has checked it; anything else here is refused rather than counted as nothing.
+    """
+    if name is None:
         return {}
+    value = args.get(name)
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0):
+        raise InvalidArguments(f"spend argument {name!r} must be a non-negative number")
     return {name: float(value)}
 
 
@@ -131,12 +141,10 @@ def usage_from_json(text: str | None) -> Usage:
                  {k: float(v) for k, v in raw["spent"].items()})
 
 
-def release(usage: Usage, spend: Mapping[str, float], uncount: str | None = None) -> Usage:
-    """Give a call's spend back. A call that failed upstream still counts as a call; one
-    that was never sent (`uncount` names its tool) does not count at all."""
+def release(usage: Usage, spend: Mapping[str, float], tool: str) -> Usage:
+    """Give back a call known never to have run (nothing was sent): neither its spend nor
+    the call counts. A call that may have run (a timeout, an upstream error) keeps both."""
     spent = {k: max(0.0, v - spend.get(k, 0.0)) for k, v in usage.spent.items()}
-    if uncount is None:
-        return Usage(usage.tool_calls, dict(usage.per_tool), spent)
     per_tool = dict(usage.per_tool)
-    per_tool[uncount] = max(0, per_tool.get(uncount, 0) - 1)
+    per_tool[tool] = max(0, per_tool.get(tool, 0) - 1)
     return Usage(max(0, usage.tool_calls - 1), per_tool, spent)

@@ -48,14 +48,14 @@ class StateStore(Protocol):
         store the approval, and call `record` before committing. Returns None when held,
         or the key's state when it belongs to another call (nothing is stored then)."""
 
-    async def settle(self, claim: KeyClaim | None, answer: Answer | None,
-                     give_back: Reservation | None, now: float) -> None:
-        """After the upstream answered: store `answer` under the key if this request still
-        holds it, and give back the reservation's spend (the call still counts)."""
+    async def settle(self, claim: KeyClaim, answer: Answer, now: float) -> None:
+        """After the call may have reached the upstream: store its final `answer` under the
+        key, if this request still holds it. The reservation stays: the call may have run."""
 
     async def undo_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
                            now: float) -> None:
-        """For a call that was never sent: free the key and uncount the reservation."""
+        """For a call known never to have run (nothing was sent): free the key, and give
+        back the reservation — the call and its spend."""
 
     async def purge_keys(self, before: float) -> int:
         """Forget answers (and keys of decided held calls) last changed before `before`."""

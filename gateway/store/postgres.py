@@ -214,21 +214,11 @@ class PostgresStore:
             record(approval)  # write-ahead: if the audit record fails, nothing commits
             return None
 
-    async def _release_in(self, conn: Any, r: Reservation, now: float, *,
-                          uncount: bool) -> None:
-        usage = release(await self._locked_usage(conn, r.tenant, r.run_id, now), r.spend,
-                        r.tool if uncount else None)
-        await conn.execute(pg(rows.UPSERT_USAGE), r.tenant, r.run_id, _usage_json(usage), now)
-
-    async def settle(self, claim: KeyClaim | None, answer: Answer | None,
-                     give_back: Reservation | None, now: float) -> None:
+    async def settle(self, claim: KeyClaim, answer: Answer, now: float) -> None:
         async with self._tx() as conn:
-            if claim is not None and answer is not None:
-                await conn.execute(pg(rows.COMPLETE_KEY), answer.status, answer.content_type,
-                                   answer.body, now, *rows.scope_params(claim.scope),
-                                   claim.request_id)
-            if give_back is not None and give_back.spend:
-                await self._release_in(conn, give_back, now, uncount=False)
+            await conn.execute(pg(rows.COMPLETE_KEY), answer.status, answer.content_type,
+                               answer.body, now, *rows.scope_params(claim.scope),
+                               claim.request_id)
 
     async def undo_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
                            now: float) -> None:
@@ -237,7 +227,11 @@ class PostgresStore:
                 await conn.execute(pg(rows.RELEASE_KEY), *rows.scope_params(claim.scope),
                                    claim.request_id)
             if reservation is not None:
-                await self._release_in(conn, reservation, now, uncount=True)
+                r = reservation
+                usage = release(await self._locked_usage(conn, r.tenant, r.run_id, now),
+                                r.spend, r.tool)
+                await conn.execute(pg(rows.UPSERT_USAGE), r.tenant, r.run_id,
+                                   _usage_json(usage), now)
 
     async def purge_keys(self, before: float) -> int:
         async with self._tx() as conn:

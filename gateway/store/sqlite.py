@@ -179,16 +179,12 @@ class SqliteStore:
                 return None
         return await self._run(hold)
 
-    async def settle(self, claim: KeyClaim | None, answer: Answer | None,
-                     give_back: Reservation | None, now: float) -> None:
+    async def settle(self, claim: KeyClaim, answer: Answer, now: float) -> None:
         def settle() -> None:
             with self._tx() as conn:
-                if claim is not None and answer is not None:
-                    conn.execute(rows.COMPLETE_KEY, (
-                        answer.status, answer.content_type, answer.body, now,
-                        *rows.scope_params(claim.scope), claim.request_id))
-                if give_back is not None and give_back.spend:
-                    self._release_in(conn, give_back, now, uncount=False)
+                conn.execute(rows.COMPLETE_KEY, (
+                    answer.status, answer.content_type, answer.body, now,
+                    *rows.scope_params(claim.scope), claim.request_id))
         await self._run(settle)
 
     async def undo_forward(self, claim: KeyClaim | None, reservation: Reservation | None,
@@ -199,14 +195,11 @@ class SqliteStore:
                     conn.execute(rows.RELEASE_KEY, (*rows.scope_params(claim.scope),
                                                     claim.request_id))
                 if reservation is not None:
-                    self._release_in(conn, reservation, now, uncount=True)
+                    r = reservation
+                    usage = release(self._usage_in(conn, r.tenant, r.run_id), r.spend, r.tool)
+                    conn.execute(rows.UPSERT_USAGE, (r.tenant, r.run_id, _usage_json(usage),
+                                                     now))
         await self._run(undo)
-
-    def _release_in(self, conn: sqlite3.Connection, r: Reservation, now: float, *,
-                    uncount: bool) -> None:
-        usage = release(self._usage_in(conn, r.tenant, r.run_id), r.spend,
-                        r.tool if uncount else None)
-        conn.execute(rows.UPSERT_USAGE, (r.tenant, r.run_id, _usage_json(usage), now))
 
     async def purge_keys(self, before: float) -> int:
         def purge() -> int:

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Upstream
-from gateway.core.errors import UpstreamError, UpstreamTimeout
+from gateway.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.core.outbound import OutboundPlan
 from gateway.upstreams.headers import response_headers
 
@@ -89,7 +89,8 @@ class Upstreams:
         self._sessions.clear()
 
     async def send(self, plan: OutboundPlan, timeout_ms: int) -> UpstreamResponse:
-        """Send one planned call; raises `UpstreamError` (502) or `UpstreamTimeout` (504)."""
+        """Send one planned call; raises `UpstreamError` (502) or `UpstreamTimeout` (504).
+        `UpstreamUnreachable` (a 502 too) means nothing was sent."""
         session = self._sessions[plan.upstream]  # KeyError: start() was not awaited
         headers = CIMultiDict(plan.headers)
         credential = self._credentials[plan.upstream]
@@ -107,6 +108,10 @@ class Upstreams:
                 body = await self._read(resp)
                 out_headers = CIMultiDict(response_headers(resp.headers.items()))
                 status = resp.status
+        except aiohttp.ClientConnectorError as exc:
+            # Raised before a byte of the request is written: the call did not run.
+            raise UpstreamUnreachable(f"upstream {plan.upstream} could not be reached: "
+                                      f"{type(exc).__name__}") from None
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {plan.upstream} did not answer within "
                                   f"{timeout_ms} ms") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway import pipeline
@@ -51,9 +52,10 @@ async def test_the_plan_is_sent_as_it_is(rt: Runtime, agent_token: str,
 
 @pytest.mark.parametrize(("path", "status"), [("/state/spend", 201),
                                               ("/state/spend-fail", 502)])
-async def test_failed_spend_comes_back(tmp_path: Path, dev_key: DevKey,
-                                       recorder: tuple[Recorder, str], clock: FakeClock,
-                                       agent_token: str, path: str, status: int) -> None:
+async def test_a_call_that_reached_the_upstream_keeps_its_spend(
+        tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str], clock: FakeClock,
+        agent_token: str, path: str, status: int) -> None:
+    """Whatever the upstream answered, it may have acted: the spend stays (DESIGN §6)."""
     async with runtime(tmp_path, dev_key, recorder[1], clock, budgets=BUDGETS) as rt:
         ctx = await decided(rt, agent_token, path, {"amount": 30},
                             **{"X-Agent-Run-Id": "run-f"})
@@ -63,20 +65,43 @@ async def test_failed_spend_comes_back(tmp_path: Path, dev_key: DevKey,
             reply = await forward(ctx, rt, audit)
         assert reply.status == status
         usage = await rt.store.usage("acme", "run-f")
-        assert usage.tool_calls == 1, "a call that was sent counts, whatever it answered"
-        assert usage.spent == {"amount": 30.0 if status < 400 else 0.0}
+        assert (usage.tool_calls, usage.spent) == (1, {"amount": 30.0})
 
 
-async def test_an_unreachable_upstream_is_502_with_its_outcome(rt: Runtime,
-                                                                 agent_token: str) -> None:
-    ctx = context(rt, "GET", "/echo/down", token=agent_token)
-    await pipeline.run(ctx, rt)
-    async with CallAudit(rt.audit, "req_test", None) as audit:
-        audit.decision({})
-        reply = await forward(ctx, rt, audit)
-    assert (reply.status, reply.decision) == (502, "allow")
-    [outcome] = [r for r in records(rt) if r["kind"] == "outcome"]
-    assert (outcome["error"], outcome["upstream_status"]) == ("upstream_error", None)
+async def test_a_call_that_never_left_is_given_back(
+        tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str], clock: FakeClock,
+        agent_token: str) -> None:
+    """The upstream could not be connected to: nothing was sent, so neither the call nor
+    its spend counts, and its key is free for the agent's retry."""
+    async with runtime(tmp_path, dev_key, recorder[1], clock,
+                       budgets={"max_tool_calls": 5}) as rt:
+        ctx = context(rt, "GET", "/echo/down", token=agent_token,
+                      headers={"X-Agent-Run-Id": "run-d"})
+        await pipeline.run(ctx, rt)
+        assert ctx.committed
+        async with CallAudit(rt.audit, "req_test", None) as audit:
+            audit.decision({})
+            reply = await forward(ctx, rt, audit)
+        assert (reply.status, orjson.loads(reply.body)["error"]["code"]) == (
+            502, "upstream_error")
+        assert (await rt.store.usage("acme", "run-d")).tool_calls == 0
+        [outcome] = [r for r in records(rt) if r["kind"] == "outcome"]
+        assert outcome["sent"] is False
+
+
+async def test_a_timeout_keeps_its_spend(tmp_path: Path, dev_key: DevKey,
+                                         recorder: tuple[Recorder, str], clock: FakeClock,
+                                         agent_token: str) -> None:
+    async with runtime(tmp_path, dev_key, recorder[1], clock,
+                       budgets={"max_tool_calls": 5}) as rt:
+        ctx = context(rt, "GET", "/echo/slow", token=agent_token,
+                      headers={"X-Agent-Run-Id": "run-t", "X-Gate": "never"})
+        await pipeline.run(ctx, rt)
+        async with CallAudit(rt.audit, "req_test", None) as audit:
+            audit.decision({})
+            reply = await forward(ctx, rt, audit)
+        assert reply.status == 504
+        assert (await rt.store.usage("acme", "run-t")).tool_calls == 1
 
 
 async def test_withdraw_gives_back_key_and_budget(tmp_path: Path, dev_key: DevKey,

@@ -428,3 +428,44 @@ def test_pii_pointers_follow_every_nested_object(nested: dict[str, Any]) -> None
     # redacted from the audit record.
     schema = {"type": "object", "properties": {"contact": nested}}
     assert pii_pointers(schema) == ["/contact/phone"]
+
+
+SPEND_SPEC = """\
+name: pay
+upstream: billing
+route: {{method: POST, path: /pay}}
+spend: amount
+input_schema:
+  type: object
+  required: {required}
+  properties:
+    amount: {amount}
+"""
+
+
+@pytest.mark.parametrize(("required", "amount", "why"), [
+    ("[]", "{type: number, minimum: 0}", "must be required"),
+    ("[amount]", "{minimum: 0}", "must have type number"),
+    ("[amount]", "{type: string}", "must have type number"),
+    ("[amount]", "{type: [number, string], minimum: 0}", "must have type number"),
+    ("[amount]", "{type: number}", "must not be negative"),
+    ("[amount]", "{type: number, minimum: -5}", "must not be negative"),
+    ("[amount]", "{type: number, exclusiveMinimum: -1}", "must not be negative"),
+    ("[other]", "{type: number, minimum: 0}", "must be required"),
+])
+def test_a_spend_argument_must_be_a_required_non_negative_number(
+        tmp_path: Path, required: str, amount: str, why: str) -> None:
+    """A missing or non-numeric amount would count as nothing; a negative one would lower
+    the run's spend."""
+    path = write(tmp_path, "pay.yaml", SPEND_SPEC.format(required=required, amount=amount))
+    error = only_error([path])
+    assert why in error.message
+    assert error.line == 4  # the spend key
+
+
+@pytest.mark.parametrize("amount", ["{type: number, minimum: 0}",
+                                    "{type: integer, exclusiveMinimum: 0}",
+                                    "{type: number, minimum: 0.01, maximum: 500}"])
+def test_a_well_declared_spend_argument_loads(tmp_path: Path, amount: str) -> None:
+    path = write(tmp_path, "pay.yaml", SPEND_SPEC.format(required="[amount]", amount=amount))
+    assert load_specs([path], UPSTREAMS).tools["pay"].spend == "amount"

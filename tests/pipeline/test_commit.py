@@ -104,7 +104,7 @@ async def test_a_race_lost_to_a_completed_call_is_its_replay(
     first = await run(budgeted, agent_token, "/state/items", {"name": "a"},
                       **{"Idempotency-Key": "c-5"})
     assert first.claim is not None
-    await budgeted.store.settle(first.claim, Answer(201, None, b"{}"), None,
+    await budgeted.store.settle(first.claim, Answer(201, None, b"{}"),
                                 budgeted.clock.time())
     await commit(late, budgeted)
     assert late.answered is not None

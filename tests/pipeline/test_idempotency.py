@@ -69,7 +69,7 @@ async def test_a_completed_key_is_replayed(rt: Runtime, agent_token: str) -> Non
     first = await checked(rt, agent_token, "k-done")
     assert first.claim is not None
     await rt.store.commit_forward(first.claim, None, rt.clock.time())
-    await rt.store.settle(first.claim, Answer(201, "application/json", b"{}"), None,
+    await rt.store.settle(first.claim, Answer(201, "application/json", b"{}"),
                           rt.clock.time())
     retry = await checked(rt, agent_token, "k-done")
     assert retry.answered is not None

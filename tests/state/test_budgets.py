@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.errors import BudgetExceeded
+from gateway.core.errors import BudgetExceeded, InvalidArguments
 from gateway.state.budgets import (
     BudgetSettings,
     Limits,
@@ -32,7 +32,7 @@ def test_a_tenant_override_replaces_defaults_key_by_key() -> None:
 
 @pytest.mark.parametrize(("args", "spend"), [
     ({"amount": 20}, {"amount": 20.0}), ({"amount": 2.5}, {"amount": 2.5}),
-    ({}, {}), ({"amount": True}, {}), ({"amount": "20"}, {}),
+    ({"amount": 0}, {"amount": 0.0}),
 ])
 def test_what_a_call_spends(args: dict[str, object], spend: dict[str, float]) -> None:
     assert spend_of("amount", args) == spend
@@ -64,14 +64,19 @@ def test_each_limit_refuses_with_its_name() -> None:
     assert calls.value.extra["budget"] == "max_tool_calls"
 
 
-def test_release_gives_spend_back_and_uncounts_only_unsent_calls() -> None:
+def test_release_gives_back_a_call_that_never_ran() -> None:
     usage = Usage(2, {"refund": 2}, {"amount": 50.0})
-    failed = release(usage, {"amount": 20})
-    assert (failed.tool_calls, failed.per_tool, failed.spent) == (2, {"refund": 2},
+    unsent = release(usage, {"amount": 20}, "refund")
+    assert (unsent.tool_calls, unsent.per_tool, unsent.spent) == (1, {"refund": 1},
                                                                   {"amount": 30.0})
-    unsent = release(usage, {"amount": 20}, uncount="refund")
-    assert (unsent.tool_calls, unsent.per_tool) == (1, {"refund": 1})
-    assert release(Usage(), {"amount": 5}, uncount="x").tool_calls == 0
+    assert release(Usage(), {"amount": 5}, "x") == Usage(0, {"x": 0}, {})
+
+
+@pytest.mark.parametrize("value", [-1, -0.01, "20", True, None, float("nan"),
+                                   float("inf")])
+def test_a_spend_that_is_not_a_non_negative_number_is_refused(value: object) -> None:
+    with pytest.raises(InvalidArguments):
+        spend_of("amount", {"amount": value})
 
 
 def test_usage_round_trips() -> None:

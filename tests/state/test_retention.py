@@ -12,7 +12,7 @@ async def test_completed_keys_go_after_the_retention(rt: Runtime, clock: FakeClo
     scope = Scope("acme", "keyed_post", "old")
     claim = KeyClaim(scope, "fp", "req_1", clock.now + 60)
     await rt.store.commit_forward(claim, None, clock.now)
-    await rt.store.settle(claim, Answer(200, None, b""), None, clock.now)
+    await rt.store.settle(claim, Answer(200, None, b""), clock.now)
     retention = KeyRetention(rt.store, 24 * 3600, clock)
     assert await retention.purge_once() == 0
     clock.advance(24 * 3600 + 1)

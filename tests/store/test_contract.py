@@ -166,8 +166,8 @@ async def test_a_key_is_claimed_once(store: StateStore) -> None:
     assert taken is not None
     assert (taken.status, taken.request_id) == (KeyStatus.IN_FLIGHT, "req_a")
     # Only the request that holds the key stores its answer.
-    await store.settle(claim("req_b"), Answer(500, None, b"not mine"), None, NOW)
-    await store.settle(claim("req_a"), Answer(201, "application/json", b'{"ok":1}'), None,
+    await store.settle(claim("req_b"), Answer(500, None, b"not mine"), NOW)
+    await store.settle(claim("req_a"), Answer(201, "application/json", b'{"ok":1}'),
                        NOW)
     done = await store.key_state(SCOPE)
     assert done is not None
@@ -197,7 +197,7 @@ async def test_undo_and_purge(store: StateStore) -> None:
     assert await store.key_state(SCOPE) is None
     other = Scope("acme", "t", "k2")
     await store.commit_forward(claim("req_x", scope=other), None, NOW)
-    await store.settle(claim("req_x", scope=other), Answer(200, None, b""), None, NOW)
+    await store.settle(claim("req_x", scope=other), Answer(200, None, b""), NOW)
     assert await store.purge_keys(NOW - 1) == 0
     assert await store.purge_keys(NOW + 1) == 1
     assert await store.key_state(other) is None
@@ -261,15 +261,15 @@ async def test_budgets(store: StateStore) -> None:
         await store.commit_forward(None, spend(41), NOW)
     assert (await store.usage("acme", "run-1")).spent == {"amount": 60.0}
     await store.commit_forward(None, spend(40), NOW)
-    await store.settle(None, None, spend(40), NOW)   # failed: spend back, still a call
+    await store.undo_forward(None, spend(40), NOW)   # never sent: neither call nor spend
     usage = await store.usage("acme", "run-1")
-    assert (usage.tool_calls, usage.spent) == (2, {"amount": 60.0})
+    assert (usage.tool_calls, usage.spent) == (1, {"amount": 60.0})
+    await store.commit_forward(None, spend(), NOW)
     await store.commit_forward(None, spend(), NOW)
     with pytest.raises(BudgetExceeded) as info:
         await store.commit_forward(None, spend(), NOW)
     assert info.value.extra["budget"] == "max_calls_per_tool"
-    await store.undo_forward(None, spend(), NOW)   # never sent: not even a call
-    assert (await store.usage("acme", "run-1")).tool_calls == 2
+    assert (await store.usage("acme", "run-1")).tool_calls == 3
     assert (await store.usage("acme", "run-2")).tool_calls == 0
 
 
