@@ -41,7 +41,9 @@ def build_apps(settings: Settings, environ: Mapping[str, str], clock: Clock = SY
                           client_max_size=settings.max_body_bytes + 1)
     app.cleanup_ctx.append(_runtime_ctx(settings, environ, bundle, clock))
     app.router.add_get("/v1/approvals/{approval_id}", rest.poll_approval)
-    app.router.add_route("*", "/{tail:.*}", rest.tool_call)
+    # Every path, newlines included (`.` would not match an encoded %0A), reaches the
+    # entrance, so every request is decided and recorded.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", rest.tool_call)
 
     admin = web.Application(middlewares=[error_middleware])
     admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
@@ -50,5 +52,5 @@ def build_apps(settings: Settings, environ: Mapping[str, str], clock: Clock = SY
     async def unknown(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"no admin endpoint {request.path}")
 
-    admin.router.add_route("*", "/{tail:.*}", unknown)
+    admin.router.add_route("*", r"/{tail:[\s\S]*}", unknown)
     return app, admin

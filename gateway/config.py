@@ -104,6 +104,13 @@ class Settings:
     audit: AuditSettings = field(default_factory=lambda: AuditSettings(None))
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 10_485_760
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 1024
+    admin_max_connections: int = 128
+    max_headers: int = 64
+    max_header_bytes: int = 8190
     approval_ttl_seconds: int = 86_400
     approval_sweep_interval_s: float = 1.0
     approval_takeover_after_s: float = 10.0
@@ -114,6 +121,7 @@ class Settings:
     idempotency_retention_s: float = 86_400.0
     idempotency_lease_s: float = 60.0
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    run_retention_s: float = 86_400.0
     killswitch_poll_s: float = 0.5
 
     @property
@@ -266,6 +274,13 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
                             stdout=audit.get("stdout", False)),
         max_body_bytes=limits.get("max_body_bytes", 1_048_576),
         max_response_bytes=limits.get("max_response_bytes", 10_485_760),
+        header_timeout_s=limits.get("header_timeout_ms", 10_000) / 1000,
+        body_timeout_s=limits.get("body_timeout_ms", 30_000) / 1000,
+        idle_timeout_s=limits.get("idle_timeout_ms", 60_000) / 1000,
+        max_connections=limits.get("max_connections", 1024),
+        admin_max_connections=limits.get("admin_max_connections", 128),
+        max_headers=limits.get("max_headers", 64),
+        max_header_bytes=limits.get("max_header_bytes", 8190),
         approval_ttl_seconds=approvals.get("ttl_seconds", 86_400),
         approval_sweep_interval_s=approvals.get("sweep_interval_ms", 1000) / 1000,
         approval_takeover_after_s=approvals.get(
@@ -277,6 +292,7 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
         idempotency_retention_s=raw.get("idempotency", {}).get("retention_hours", 24) * 3600,
         idempotency_lease_s=float(raw.get("idempotency", {}).get("lease_seconds", 60)),
         budgets=_budgets(raw.get("budgets", {})),
+        run_retention_s=raw.get("budgets", {}).get("retention_hours", 24) * 3600,
         killswitch_poll_s=raw.get("killswitch", {}).get("poll_ms", 500) / 1000,
     )
 

@@ -88,7 +88,16 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
         "limits": {
             "type": "object", "additionalProperties": False,
-            "properties": {"max_body_bytes": _POS_INT, "max_response_bytes": _POS_INT},
+            "properties": {
+                "max_body_bytes": _POS_INT, "max_response_bytes": _POS_INT,
+                # Against slow and hostile clients, on both ports (gateway.listener).
+                "header_timeout_ms": _POS_INT, "body_timeout_ms": _POS_INT,
+                "idle_timeout_ms": _POS_INT,
+                "max_connections": _POS_INT, "admin_max_connections": _POS_INT,
+                "max_headers": {"type": "integer", "minimum": 8, "maximum": 512},
+                "max_header_bytes": {"type": "integer", "minimum": 1024,
+                                     "maximum": 65536},
+            },
         },
         "approvals": {
             "type": "object", "additionalProperties": False,
@@ -119,6 +128,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "object", "additionalProperties": False,
             "properties": {
                 **_LIMITS,
+                "retention_hours": {"type": "number", "exclusiveMinimum": 0},
                 "tenants": {"type": "object", "additionalProperties": {
                     "type": "object", "additionalProperties": False, "properties": _LIMITS}},
             },

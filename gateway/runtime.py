@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from gateway.admin.refusals import RefusalLedger
 from gateway.approvals.executor import Executor
 from gateway.approvals.notify import Notifier
 from gateway.approvals.service import ApprovalService
@@ -27,7 +28,7 @@ from gateway.config import Settings
 from gateway.core.clock import Clock
 from gateway.metrics import Metrics
 from gateway.state.killswitch import KillSwitches
-from gateway.state.retention import KeyRetention
+from gateway.state.retention import Retention
 from gateway.store import StateStore, open_store
 from gateway.tasks import Background
 from gateway.upstreams.client import Upstreams
@@ -48,6 +49,7 @@ class Runtime:
     approvals: ApprovalService
     background: Background
     clock: Clock
+    refusals: RefusalLedger
 
 
 def instance_id() -> str:
@@ -93,8 +95,12 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
                           takeover_after_s=settings.approval_takeover_after_s, clock=clock)
         await sweeper.start()
         stack.push_async_callback(sweeper.close)
-        retention = KeyRetention(store, settings.idempotency_retention_s, clock)
+        retention = Retention(store, settings.idempotency_retention_s,
+                              settings.run_retention_s, clock)
         await retention.start()
         stack.push_async_callback(retention.close)
+        refusals = RefusalLedger(audit, clock)
+        await refusals.start()
+        stack.push_async_callback(refusals.close)
         yield Runtime(settings, bundles, verifier, store, upstreams, audit, metrics, kills,
-                      approvals, background, clock)
+                      approvals, background, clock, refusals)

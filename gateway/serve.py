@@ -1,4 +1,13 @@
-"""Run the gateway and admin apps on their sockets until SIGTERM/SIGINT, on uvloop."""
+"""Run the gateway and admin apps on their sockets until SIGTERM/SIGINT, on uvloop.
+
+Each port is a `gateway.listener.Listener` with the connection limits of the config. A
+request the HTTP parser refuses is answered with the JSON envelope and, on the agent port,
+recorded like any refusal (stage `parse`, code `bad_request`); on the admin port it is
+counted with the other unauthenticated refusals (`gateway.admin.refusals`).
+
+Logs go to stderr through `SafeFormatter`: an exception is logged as its types and frames,
+never its message, since a message can quote what a client sent (a token, a body).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +15,81 @@ import asyncio
 import logging
 import signal
 import sys
+import traceback
+import uuid
 from collections.abc import Mapping
+from types import TracebackType
 
 import uvloop
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
+from gateway.act.handle import refuse
 from gateway.app import build_apps
 from gateway.config import Settings
+from gateway.core.call import Entrance, RequestFacts
+from gateway.core.errors import GatewayError
+from gateway.core.stage import Stage
+from gateway.listener import ConnectionLimits, Listener, Refused
+from gateway.web import RUNTIME
 
 log = logging.getLogger("toolgate")
+SHUTDOWN_TIMEOUT_S = 10
+
+
+def connection_limits(settings: Settings, max_connections: int) -> ConnectionLimits:
+    return ConnectionLimits(max_connections=max_connections,
+                            header_timeout_s=settings.header_timeout_s,
+                            idle_timeout_s=settings.idle_timeout_s,
+                            max_headers=settings.max_headers,
+                            max_header_bytes=settings.max_header_bytes)
+
+
+def agent_port_refusals(app: web.Application) -> Refused:
+    """Malformed requests on the agent port: one decision record each (stage `parse`)."""
+    def refused(request: BaseRequest, error: GatewayError) -> str:
+        rt = app[RUNTIME]
+        facts = RequestFacts(request_id=f"req_{uuid.uuid4().hex}", entrance=Entrance.REST,
+                             method="", path="", source_ip=request.remote or "",
+                             scheme="http", received_at=rt.clock.time(),
+                             started=rt.clock.monotonic())
+        refuse(facts, Stage.PARSE, error, rt.bundles.current, rt)
+        return facts.request_id
+    return refused
+
+
+def admin_port_refusals(app: web.Application) -> Refused:
+    """Malformed requests on the admin port: counted with the unauthenticated refusals."""
+    def refused(request: BaseRequest, error: GatewayError) -> str:
+        app[RUNTIME].refusals.count(request.remote or "-", str(error.code), "-")
+        return f"req_{uuid.uuid4().hex}"
+    return refused
 
 
 async def _serve(settings: Settings, environ: Mapping[str, str],
                  ready: asyncio.Event | None = None,
                  stop: asyncio.Event | None = None) -> None:
     app, admin = build_apps(settings, environ)
-    runners = [web.AppRunner(app, access_log=None, handle_signals=False),
-               web.AppRunner(admin, access_log=None, handle_signals=False)]
+    runners = [web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S),
+               web.AppRunner(admin, handle_signals=False,
+                             shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
+    listeners: list[Listener] = []
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        for runner, address in zip(runners, (settings.listen, settings.admin_listen),
-                                   strict=True):
+        for runner in runners:
             await runner.setup()
-            await web.TCPSite(runner, address.host, address.port,
-                              shutdown_timeout=10).start()
+        listeners = [
+            Listener(runners[0], settings.listen,
+                     connection_limits(settings, settings.max_connections),
+                     agent_port_refusals(app)),
+            Listener(runners[1], settings.admin_listen,
+                     connection_limits(settings, settings.admin_max_connections),
+                     admin_port_refusals(app))]
+        for listener in listeners:
+            await listener.start()
         log.info("toolgate listening on http://%s (admin http://%s), audit log %s",
                  settings.listen, settings.admin_listen,
                  settings.audit.file or "stdout")
@@ -40,13 +97,42 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             ready.set()
         await stop.wait()
     finally:
+        for listener in listeners:
+            await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
 
 
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class SafeFormatter(logging.Formatter):
+    """SECURITY: exceptions as their types and frames only. An exception's message can
+    quote client input — aiohttp's parser errors quote the raw request, `Authorization`
+    header included — and no log line may carry a token, a credential or a body."""
+
+    def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:  # noqa: N802
+        _, exc, tb = ei
+        if exc is None:
+            return ""
+        lines = ["Traceback (exception messages are not logged):"]
+        lines += [f"  {frame.filename}:{frame.lineno} in {frame.name}"
+                  for frame in traceback.extract_tb(tb)]
+        chain: list[str] = []
+        seen: BaseException | None = exc
+        while seen is not None and len(chain) < 10:
+            chain.append(type(seen).__name__)
+            seen = seen.__cause__ or seen.__context__
+        lines.append("  " + " <- ".join(chain))
+        return "\n".join(lines)
+
+
 def configure_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
 
 
 def serve(settings: Settings, environ: Mapping[str, str]) -> None:

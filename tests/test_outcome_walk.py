@@ -2,32 +2,39 @@
 entrance, with the status DESIGN gives it and exactly one decision record for the call
 (approval refusals: one `refused` record). A code without a scenario fails the suite.
 
-Each scenario gets a fresh in-process gateway (real store, real Rego, real sockets to a
-loopback upstream) and the settable clock, so nothing here races a sleep.
+Each scenario gets a fresh in-process gateway on the real listener (real store, real Rego,
+real sockets to a loopback upstream) and the settable clock, so nothing here races a sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from yarl import URL
 
 from gateway import pipeline
 from gateway.admin.api import RUNTIME_OF
 from gateway.app import build_apps
 from gateway.approvals.model import ApprovalStatus
+from gateway.config import Address
 from gateway.core.context import CallContext
 from gateway.core.errors import ReasonCode
 from gateway.core.stage import Stage
 from gateway.devtokens import DevKey
+from gateway.listener import ConnectionLimits, Listener, Refused
 from gateway.runtime import Runtime
+from gateway.serve import admin_port_refusals, agent_port_refusals, connection_limits
 from gateway.state.idempotency import KeyClaim, Scope, fingerprint
 from gateway.web import RUNTIME
 from tests.support import E2E, UPSTREAM_SECRET, FakeClock, Recorder, config, upstream_server
@@ -52,6 +59,8 @@ class Malformed(StrEnum):
     TOO_LARGE = "too_large"
     NOT_JSON = "not_json"
     MEDIA_TYPE = "media_type"
+    NOT_HTTP = "not_http"              # refused by the HTTP parser itself
+    SLOW_BODY = "slow_body"            # a body that never finishes arriving
 
 
 class Door(Protocol):
@@ -99,16 +108,37 @@ class Rest:
             case Malformed.MEDIA_TYPE:
                 return await w.send("POST", "/echo/items", b"name=a&count=1",
                                     {"Content-Type": "application/x-www-form-urlencoded"})
+            case Malformed.NOT_HTTP:   # bare LF line endings
+                return await w.raw(b"GET /echo/items/abc HTTP/1.1\nHost: x\nAuthorization: "
+                                   + (w.credential or "").encode() + b"\n\n")
+            case Malformed.SLOW_BODY:  # promises 100 bytes, sends 10, waits
+                return await w.raw(b"POST /echo/items HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                                   + (w.credential or "").encode() + b"\r\nContent-Type: "
+                                   b"application/json\r\nContent-Length: 100\r\n\r\n"
+                                   b'{"name": "')
 
 
 ENTRANCES: list[Door] = [Rest()]  # each entrance runs every scenario
 
 
 @dataclass
+class Served:
+    """One app on a real `Listener`, and a client session to it."""
+
+    app: web.Application
+    url: str
+    session: aiohttp.ClientSession
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return await self.session.request(method, URL(self.url + path, encoded=True),
+                                          **kwargs)
+
+
+@dataclass
 class World:
     door: Door
-    agent: TestClient[Any, Any]
-    admin: TestClient[Any, Any]
+    agent: Served
+    admin: Served
     key: DevKey
     clock: FakeClock
     recorder: Recorder
@@ -118,7 +148,7 @@ class World:
 
     @property
     def rt(self) -> Runtime:
-        return self.agent.server.app[RUNTIME]
+        return self.agent.app[RUNTIME]
 
     def approver(self, sub: str, *roles: str, tenant: str = "acme") -> str:
         return self.key.token(sub, tenant=tenant, roles=roles, scopes=["toolgate:approve"])
@@ -148,10 +178,28 @@ class World:
         resp = await self.agent.request(method, path, data=body, headers=hdrs)
         return await _outcome(resp, self.decision_ids)
 
-    async def vote(self, approval_id: str, token: str, verb: str = "approve") -> Outcome:
+    async def raw(self, data: bytes) -> Outcome:
+        """Bytes as they are, on a connection of their own: the answer, whatever it is."""
+        host, port = self.agent.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(data)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            body = orjson.loads(await reader.readexactly(length))
+        finally:
+            writer.close()
+        error = body["error"]
+        self.decision_ids.append(error["request_id"])
+        return Outcome(status, error["code"], error.get("reasons", []), error["request_id"])
+
+    async def vote(self, approval_id: str, token: str | None, verb: str = "approve") -> Outcome:
         body = {"reason": "no"} if verb == "reject" else {}
-        resp = await self.admin.post(f"/v1/approvals/{approval_id}/{verb}", json=body,
-                                     headers={"Authorization": f"Bearer {token}"})
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        resp = await self.admin.request("POST", f"/v1/approvals/{approval_id}/{verb}",
+                                        json=body, headers=headers)
         return await _outcome(resp, None)
 
     async def hold(self, tool: str = "create_refund_request", key: str = "held",
@@ -184,9 +232,10 @@ Scenario = Callable[[World], Awaitable[Outcome]]
 SCENARIOS: dict[ReasonCode, tuple[int, Scenario, dict[str, Any]]] = {}
 
 
-def scenario(code: ReasonCode, status: int, **world: Any) -> Callable[[Scenario], Scenario]:
+def scenario(code: ReasonCode, status: int, *, aggregated: bool = False,
+             **world: Any) -> Callable[[Scenario], Scenario]:
     def register(fn: Scenario) -> Scenario:
-        SCENARIOS[code] = (status, fn, world)
+        SCENARIOS[code] = (status, fn, {**world, "aggregated": aggregated})
         return fn
     return register
 
@@ -305,9 +354,9 @@ async def _over_budget(w: World) -> Outcome:
 
 @scenario(ReasonCode.KILLED, 403)
 async def _killed(w: World) -> Outcome:
-    resp = await w.admin.post("/v1/killswitch", json={"scope": "tool:echo_item",
-                                                      "reason": "incident"},
-                              headers={"Authorization": f"Bearer {w.approver('ops')}"})
+    resp = await w.admin.request("POST", "/v1/killswitch",
+                                 json={"scope": "tool:echo_item", "reason": "incident"},
+                                 headers={"Authorization": f"Bearer {w.approver('ops')}"})
     assert resp.status == 200
     return await w.call("echo_item", {"item_id": "abc"})
 
@@ -335,6 +384,27 @@ async def _internal(w: World) -> Outcome:
         return await w.call("echo_item", {"item_id": "abc"})
     finally:
         pipeline.STAGES = saved
+
+
+@scenario(ReasonCode.BAD_REQUEST, 400)
+async def _not_http(w: World) -> Outcome:
+    return await w.malformed(Malformed.NOT_HTTP)
+
+
+@scenario(ReasonCode.REQUEST_TIMEOUT, 408, limits={"body_timeout_ms": 200})
+async def _slow_body(w: World) -> Outcome:
+    return await w.malformed(Malformed.SLOW_BODY)
+
+
+@scenario(ReasonCode.RATE_LIMITED, 429, aggregated=True)
+async def _probing_the_admin_port(w: World) -> Outcome:
+    """Without a valid token the admin port answers 401 — until a client has had its burst,
+    then 429; all of it is one aggregate record, not a record each."""
+    outcome = await w.vote("apr_any", None)
+    assert outcome.code == "unauthenticated"
+    while outcome.status != 429:
+        outcome = await w.vote("apr_any", None)
+    return outcome
 
 
 @scenario(ReasonCode.NOT_FOUND, 404)
@@ -381,21 +451,39 @@ def test_every_reason_code_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(ReasonCode), sorted(set(ReasonCode) - set(SCENARIOS))
 
 
+@asynccontextmanager
+async def served(app: web.Application, limits: ConnectionLimits,
+                 refused: Refused) -> AsyncIterator[tuple[web.AppRunner, Listener]]:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    listener = Listener(runner, Address("127.0.0.1", 0), limits, refused)
+    await listener.start()
+    try:
+        yield runner, listener
+    finally:
+        await listener.stop()
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def world(request: pytest.FixtureRequest, tmp_path: Path,
                 dev_key: DevKey, agent_token: str) -> AsyncIterator[World]:
     code = request.node.callspec.params["code"]
     door = request.node.callspec.params["door"]
     clock = FakeClock()
+    options = {k: v for k, v in SCENARIOS[code][2].items() if k != "aggregated"}
     async with upstream_server() as (recorder, url):
         settings = config(tmp_path, dev_key, url, approvals={"sweep_interval_ms": 3_600_000},
-                          **SCENARIOS[code][2])
+                          **options)
         app, admin = build_apps(settings, {"UPSTREAM_TOKEN": UPSTREAM_SECRET}, clock)
-        async with TestClient(TestServer(app)) as agent:
-            admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
-            async with TestClient(TestServer(admin)) as admin_client:
-                yield World(door, agent, admin_client, dev_key, clock, recorder,
-                            agent_token)
+        admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
+        limits = connection_limits(settings, 64)
+        async with served(app, limits, agent_port_refusals(app)) as (_, agent_port), \
+                served(admin, limits, admin_port_refusals(app)) as (_, admin_port), \
+                aiohttp.ClientSession() as session:
+            yield World(door, Served(app, f"http://127.0.0.1:{agent_port.port}", session),
+                        Served(admin, f"http://127.0.0.1:{admin_port.port}", session),
+                        dev_key, clock, recorder, agent_token)
             recorder.release.set()
 
 
@@ -406,6 +494,12 @@ async def test_the_walk(world: World, code: ReasonCode, door: Door) -> None:
     outcome = await run(world)
     assert outcome.status == status, outcome
     assert code in {outcome.code, *outcome.reasons}, outcome
+    if settings["aggregated"]:  # no record each: one aggregate per window
+        world.rt.refusals.flush()
+        [aggregate] = [r for r in _records(world.rt) if r["kind"] == "admin_refusals"]
+        assert aggregate["rate_limited"] >= 1
+        assert {c["code"] for c in aggregate["counts"]} == {"unauthenticated"}
+        return
     records = _records(world.rt)
     if "audit" in settings:  # the log itself is what failed: nothing could be written
         assert records == []

@@ -72,20 +72,20 @@ async def _carry_out(ctx: CallContext, rt: Runtime, verdict: Verdict,
             raise AssertionError("a hold is carried out by `hold`")
 
 
-async def refuse(facts: RequestFacts, stage: Stage, error: GatewayError, bundle: Bundle,
-                 rt: Runtime, spec: ToolSpec | None = None) -> Reply:
-    """A request an entrance refused before it was a tool call: decided and audited the
-    same way (the stage is the entrance's: `route` or `parse`)."""
+def refuse(facts: RequestFacts, stage: Stage, error: GatewayError, bundle: Bundle,
+           rt: Runtime, spec: ToolSpec | None = None) -> Reply:
+    """A request refused before it was a tool call — by an entrance (`route`, `parse`) or
+    by the HTTP parser — decided and audited the same way. Synchronous: nothing to wait
+    for, and the HTTP server's error path cannot await."""
     verdict = decide(stage, error, None, shadow=False)
-    async with CallAudit(rt.audit, facts.request_id, facts.trace_id,
-                         bundle.revision) as audit:
-        _observe(rt, facts, verdict, spec)
-        try:
-            audit.decision(records.decision(verdict, revision=bundle.revision, spec=spec,
-                                            elapsed_s=rt.clock.monotonic() - facts.started))
-        except GatewayError as exc:
-            return error_reply(exc, facts.request_id)
-        return error_reply(error, facts.request_id)
+    _observe(rt, facts, verdict, spec)
+    audit = CallAudit(rt.audit, facts.request_id, facts.trace_id, bundle.revision)
+    try:
+        audit.decision(records.decision(verdict, revision=bundle.revision, spec=spec,
+                                        elapsed_s=rt.clock.monotonic() - facts.started))
+    except GatewayError as exc:
+        return error_reply(exc, facts.request_id)
+    return error_reply(error, facts.request_id)
 
 
 def _observe(rt: Runtime, facts: RequestFacts, verdict: Verdict, spec: ToolSpec | None) -> None:

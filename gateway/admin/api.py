@@ -9,6 +9,7 @@ probes and scrapers call them, and they reveal no call data.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,14 @@ from gateway.admin.openapi import ADMIN_OPENAPI
 from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.audit import records
 from gateway.auth import Principal, bearer_principal
-from gateway.core.errors import GatewayError, InsufficientScope, InvalidArguments, NotFound
+from gateway.core.errors import (
+    GatewayError,
+    InsufficientScope,
+    InvalidArguments,
+    NotFound,
+    RateLimited,
+    RequestTimeout,
+)
 from gateway.metrics import CONTENT_TYPE
 from gateway.runtime import Runtime
 from gateway.state.killswitch import KillSwitch, check_scope
@@ -41,12 +49,17 @@ def runtime_of(request: web.Request) -> Runtime:
 
 
 def approver(request: web.Request, rt: Runtime, approval_id: str | None = None) -> Principal:
-    """The caller's principal, which must hold the approver scope; refusals are audited."""
+    """The caller's principal, which must hold the approver scope. A caller without a valid
+    token is counted and rate-limited (`gateway.admin.refusals`), not audited one record
+    each; a refusal of a verified caller is audited with its identity."""
     try:
         principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
     except GatewayError as exc:
-        if approval_id is not None:
-            rt.approvals.refused(approval_id, None, exc)
+        client = request.remote or "-"
+        rt.refusals.count(client, str(exc.code), request.path)
+        if not rt.refusals.allow(client):
+            raise RateLimited("too many requests without a valid token; slow down",
+                              headers={"Retry-After": "1"}) from None
         raise
     scope = rt.settings.auth.approver_scope
     if scope not in principal.scopes:
@@ -60,8 +73,12 @@ def approver(request: web.Request, rt: Runtime, approval_id: str | None = None) 
     return principal
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _body(request: web.Request, rt: Runtime) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(rt.settings.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("the body did not arrive in time") from None
     if not raw.strip():
         return {}
     try:
@@ -123,7 +140,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
     principal = approver(request, rt, approval_id)
-    body = await _body(request)
+    body = await _body(request, rt)
     approval = await rt.approvals.approve(approval_id, principal,
                                           _text(body, "comment", required=False))
     return _json(_public(rt, approval))
@@ -133,7 +150,7 @@ async def reject(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
     principal = approver(request, rt, approval_id)
-    body = await _body(request)
+    body = await _body(request, rt)
     reason = _text(body, "reason", required=True)
     assert reason is not None
     approval = await rt.approvals.reject(approval_id, principal, reason)
@@ -163,7 +180,7 @@ async def list_killswitches(request: web.Request) -> web.StreamResponse:
 async def set_killswitch(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     actor = operator(request, rt)
-    body = await _body(request)
+    body = await _body(request, rt)
     scope = check_scope(_text(body, "scope", required=True) or "")
     reason = _text(body, "reason", required=True) or ""
     switch = await rt.store.kill_set(scope, reason, records.actor(actor), rt.clock.time(),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.audit.redact import redact
 from gateway.bundle.specs import Mode
+from gateway.core.canonical import rfc3339
 from gateway.core.decision import Action, Verdict
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
@@ -128,6 +129,16 @@ def refusal(approval_id: str, who: Principal | None, exc: GatewayError,
             "policy_revision": (held.revision or None) if held is not None else None,
             "approval_id": approval_id, "event": "refused", "code": str(exc.code),
             "message": exc.message, "actor": actor(who) if who is not None else None}
+
+
+def admin_refusals(*, since: float, until: float, total: int, rate_limited: int,
+                   clients: int, counts: list[dict[str, Any]],
+                   sample: list[dict[str, Any]]) -> dict[str, Any]:
+    """Unauthenticated refusals on the admin port in one window, aggregated (bounded in
+    size whatever the traffic): how many, by whom, and a few examples."""
+    return {"decision_id": None, "since": rfc3339(since), "until": rfc3339(until),
+            "total": total, "rate_limited": rate_limited, "clients": clients,
+            "counts": counts, "sample": sample}
 
 
 def killswitch(event: str, switch: KillSwitch, who: Mapping[str, Any]) -> dict[str, Any]:

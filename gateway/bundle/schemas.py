@@ -2,35 +2,68 @@
 
 JSON Schema 2020-12 with format checking on, and a local `referencing.Registry` that
 refuses every remote `$ref`: a spec's schema may only point inside itself (`$defs`). A
-`format` the checker cannot check is a load error, never a silent pass. `pii_pointers`
-finds every argument marked `x-pii: true`, for redaction in the audit log.
+`format` the checker cannot check is a load error, never a silent pass. Patterns are
+ECMA-262 regular expressions, as the standard says (`gateway.bundle.patterns`), and
+`email`/`idn-email` are checked as addresses (email-validator), not for an `@`.
+`pii_pointers` finds every argument marked `x-pii: true`, for redaction in the audit log.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import referencing
 import referencing.exceptions
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from email_validator import EmailNotValidError, validate_email
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 from referencing.jsonschema import DRAFT202012
+
+from gateway.bundle import patterns
 
 # SECURITY: an empty registry with no `retrieve`: a `$ref` to anything outside the spec
 # itself is unresolvable (a load error), never fetched.
 LOCAL_REGISTRY: referencing.Registry[Any] = referencing.Registry()
-FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
+
+def _email(instance: object) -> bool:
+    if isinstance(instance, str):  # RFC 5321: ASCII addresses
+        validate_email(instance, check_deliverability=False, allow_smtputf8=False)
+    return True
+
+
+def _idn_email(instance: object) -> bool:
+    if isinstance(instance, str):  # RFC 6531: internationalized addresses
+        validate_email(instance, check_deliverability=False, allow_smtputf8=True)
+    return True
+
+
+# Draft 2020-12 with ECMA-262 patterns (jsonschema's `extend` is untyped, hence the cast).
+SchemaValidator = cast("type[Validator]", validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, patterns.KEYWORDS))
+# Its own format checker: the library's shared one stays as it is.
+FORMAT_CHECKER = copy.copy(Draft202012Validator.FORMAT_CHECKER)
+FORMAT_CHECKER.checkers = {**FORMAT_CHECKER.checkers,
+                           "regex": (patterns.is_regex, ()),
+                           "email": (_email, EmailNotValidError),
+                           "idn-email": (_idn_email, EmailNotValidError)}
+_META = SchemaValidator(SchemaValidator.META_SCHEMA, format_checker=FORMAT_CHECKER)
 
 
 def compile_schema(schema: Mapping[str, Any]) -> Validator:
     """Check a schema and compile it; raises `ValueError` with a readable message."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise ValueError(f"invalid JSON Schema at {where}: {exc.message}") from None
+    # The metaschema, with this checker: a pattern must be an ECMA-262 regex, not Python's.
+    problem = best_match(_META.iter_errors(schema))
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "(root)"
+        raise ValueError(f"invalid JSON Schema at {where}: {problem.message}") from None
+    if any("unevaluatedProperties" in s for s in _walk(schema)) and any(
+            "patternProperties" in s for s in _walk(schema)):
+        # Its evaluation would match patterns with Python's `re`, not ECMA-262.
+        raise ValueError("unevaluatedProperties cannot be combined with patternProperties "
+                         "here; use additionalProperties")
     unknown = sorted(_formats(schema) - FORMAT_CHECKER.checkers.keys())
     if unknown:
         # A format the checker does not know would silently pass anything.
@@ -46,7 +79,7 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator:
             raise ValueError(f"$ref {ref!r} points at nothing in this schema") from None
         raise ValueError(f"$ref {ref!r} cannot be resolved: a remote $ref is never fetched; "
                          "put the schema under $defs") from None
-    return Draft202012Validator(schema, registry=LOCAL_REGISTRY, format_checker=FORMAT_CHECKER)
+    return SchemaValidator(schema, registry=LOCAL_REGISTRY, format_checker=FORMAT_CHECKER)
 
 
 def _walk(schema: Any) -> Iterable[Mapping[str, Any]]:

@@ -43,6 +43,9 @@ class ReasonCode(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     KILLED = "killed"
     INTERNAL_ERROR = "internal_error"
+    BAD_REQUEST = "bad_request"
+    REQUEST_TIMEOUT = "request_timeout"
+    RATE_LIMITED = "rate_limited"
 
 
 class GatewayError(Exception):
@@ -70,6 +73,25 @@ class GatewayError(Exception):
                 **self.extra,
             }
         }
+
+
+class BadRequest(GatewayError):
+    """What aiohttp's HTTP parser refused: not well-formed HTTP."""
+
+    status = 400
+    code = ReasonCode.BAD_REQUEST
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its body in time."""
+
+    status = 408
+    code = ReasonCode.REQUEST_TIMEOUT
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = ReasonCode.RATE_LIMITED
 
 
 class InvalidJson(GatewayError):

@@ -16,6 +16,8 @@ import orjson
 
 from gateway.core.errors import InvalidJson
 
+MAX_INT_DIGITS = 20  # 2**64 has 20 digits; orjson refuses what does not fit 64 bits
+
 
 class _Ambiguous(ValueError):
     pass
@@ -41,12 +43,20 @@ def _float(text: str) -> float:
     return value
 
 
+def _int(text: str) -> int:
+    # Python refuses to convert more than 4300 digits (a ValueError, not a JSON error), and
+    # an integer past 64 bits is read differently by other parsers anyway.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Ambiguous(f"the integer {text[:20]}… is too large")
+    return int(text)
+
+
 def loads_strict(body: str | bytes) -> Any:
     """JSON with one meaning: no repeated names, no NaN/Infinity, no number that parsers
     round differently (beyond a double, or an integer beyond 64 bits), nothing the audit
     log could not write (a lone surrogate, nesting deeper than 250)."""
     value = json.loads(body, object_pairs_hook=_object, parse_constant=_constant,
-                       parse_float=_float)
+                       parse_float=_float, parse_int=_int)
     try:
         orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):

@@ -22,6 +22,7 @@ The agent polls a held call at `GET /v1/approvals/<id>` (`poll_approval`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -42,6 +43,7 @@ from gateway.core.errors import (
     InvalidArguments,
     InvalidJson,
     NotFound,
+    RequestTimeout,
     ToolNotAllowed,
     UnsupportedMediaType,
 )
@@ -69,7 +71,7 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
     try:
         call = await _tool_call(request, facts, query, bundle, rt)
     except _Refused as r:
-        reply = await refuse(facts, r.stage, r.error, bundle, rt, r.spec)
+        reply = refuse(facts, r.stage, r.error, bundle, rt, r.spec)
     else:
         reply = await handle(call, bundle, rt)
     return render(request, reply)
@@ -78,6 +80,10 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
 def render(request: web.Request, reply: Reply) -> web.Response:
     request[DECISION] = reply.decision
     response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    if not request.content.at_eof():
+        # A body left unread (too large, too slow, malformed): the connection is not kept,
+        # so no leftover byte is ever read as the start of another request.
+        response.force_close()
     if reply.content_type:
         response.headers["Content-Type"] = reply.content_type
     response.headers["X-Toolgate-Decision"] = reply.decision
@@ -96,7 +102,7 @@ async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bund
     except GatewayError as exc:
         raise _Refused(Stage.ROUTE, exc, spec) from None
     try:
-        body = await _read_body(request, rt.settings.max_body_bytes)
+        body = await _read_body(request, rt.settings.max_body_bytes, rt.settings.body_timeout_s)
         body_args = arguments(body)
     except GatewayError as exc:
         raise _Refused(Stage.PARSE, exc, spec) from None
@@ -114,26 +120,39 @@ async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bund
                     run_hint=headers.get("X-Agent-Run-Id"))
 
 
+def _charset(content_type: str) -> str | None:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/")
                                             and media.endswith("+json"))
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     headers = request.headers
-    # Checked before reading: the HTTP server would try to decompress it.
-    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    # Checked before reading: the HTTP server would try to decompress it. Every
+    # Content-Encoding header counts: `identity` then `gzip` is compressed.
+    encodings = [e.strip().lower() for e in headers.getall("Content-Encoding", [])]
+    if encodings and encodings != ["identity"]:
         raise UnsupportedMediaType("a compressed body is not accepted; send it as is")
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the body is larger than {limit} bytes")
     try:
-        data = await request.content.read(limit + 1)
-        while len(data) <= limit and not request.content.at_eof():
-            more = await request.content.read(limit + 1 - len(data))
-            if not more:
-                break
-            data += more
+        async with asyncio.timeout(timeout_s):
+            data = await request.content.read(limit + 1)
+            while len(data) <= limit and not request.content.at_eof():
+                more = await request.content.read(limit + 1 - len(data))
+                if not more:
+                    break
+                data += more
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     except (OSError, HttpProcessingError) as exc:
         # The client broke off or sent a malformed body: refused, and recorded like any
         # other refusal.
@@ -145,8 +164,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     # SECURITY: the upstream reads the bytes by their Content-Type; the gateway judged them
     # as JSON. A form or other type would let the upstream see arguments nobody checked.
     # (The HTTP parser refuses a request with two Content-Type headers.)
-    if not _is_json(headers.get("Content-Type", "")):
+    content_type = headers.get("Content-Type", "")
+    if not _is_json(content_type):
         raise UnsupportedMediaType("a body must be sent as Content-Type: application/json")
+    charset = _charset(content_type)
+    if charset is not None and charset not in ("utf-8", "utf8"):
+        # RFC 8259: JSON is UTF-8. The gateway reads it so; an upstream told another
+        # charset would read other arguments from the same bytes.
+        raise InvalidJson(f"a JSON body is UTF-8, not {charset}")
     return data
 
 

@@ -62,6 +62,9 @@ class StateStore(Protocol):
 
     async def usage(self, tenant: str, run_id: str) -> Usage: ...
 
+    async def purge_runs(self, before: float) -> int:
+        """Forget the counters of runs last used before `before`; how many."""
+
     # -- the approval queue ------------------------------------------------------------------
 
     async def get_approval(self, approval_id: str) -> Approval | None: ...

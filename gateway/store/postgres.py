@@ -233,6 +233,11 @@ class PostgresStore:
                 await conn.execute(pg(rows.UPSERT_USAGE), r.tenant, r.run_id,
                                    _usage_json(usage), now)
 
+    async def purge_runs(self, before: float) -> int:
+        async with self._tx() as conn:
+            done = await conn.execute(pg(rows.PURGE_RUNS), before)
+        return int(done.split()[-1])
+
     async def purge_keys(self, before: float) -> int:
         async with self._tx() as conn:
             done = await conn.execute(pg(rows.PURGE_KEYS), before, before)

@@ -70,6 +70,7 @@ PURGE_KEYS = (
     f"({', '.join(repr(s) for s in FINAL)})))")
 
 SELECT_USAGE = "SELECT usage FROM runs WHERE tenant = ? AND run_id = ?"
+PURGE_RUNS = "DELETE FROM runs WHERE updated_at < ?"
 UPSERT_USAGE = ("INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tenant, run_id) DO UPDATE SET usage = excluded.usage, "
                 "updated_at = excluded.updated_at")

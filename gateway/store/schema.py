@@ -125,6 +125,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         reason = 'the gateway was upgraded while this call was being sent; it is not sent again: '
                  || 'check the upstream and resolve it by hand'
         WHERE status = 'executing'"""),
+    # 4: runs are forgotten after a retention, like keys (run ids are agent-chosen, so the
+    # table would otherwise grow without bound).
+    ("CREATE INDEX runs_age ON runs (updated_at)",),
 )
 
 

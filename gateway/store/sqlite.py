@@ -201,6 +201,12 @@ class SqliteStore:
                                                      now))
         await self._run(undo)
 
+    async def purge_runs(self, before: float) -> int:
+        def purge() -> int:
+            with self._tx() as conn:
+                return int(conn.execute(rows.PURGE_RUNS, (before,)).rowcount)
+        return await self._run(purge)
+
     async def purge_keys(self, before: float) -> int:
         def purge() -> int:
             with self._tx() as conn:

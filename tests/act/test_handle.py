@@ -53,7 +53,7 @@ async def test_forward_hold_replay_and_refuse(rt: Runtime, agent_token: str,
 async def test_a_refusal_at_the_entrance_is_decided_and_audited_the_same_way(
         rt: Runtime) -> None:
     facts = tool_call(rt.bundles.current, "GET", "/echo/items/abc", request_id="req_e").facts
-    reply = await refuse(facts, Stage.ROUTE, ToolNotAllowed("no tool"), rt.bundles.current,
+    reply = refuse(facts, Stage.ROUTE, ToolNotAllowed("no tool"), rt.bundles.current,
                          rt)
     assert (reply.status, reply.decision) == (403, "deny")
     [record] = [r for r in records(rt) if r["decision_id"] == "req_e"]

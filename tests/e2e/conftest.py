@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.harness import Gateway, Upstream, running
+from tests.e2e.harness import STARTED, UPSTREAM_SECRET, Gateway, Upstream, running
 from tests.e2e.profiles import default_gateway
 
 HERE = Path(__file__).resolve().parent
@@ -37,3 +37,21 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
 def token(dev_key: DevKey) -> str:
     """A support agent of tenant acme with every scope the tools ask for."""
     return dev_key.token("svc-agent", agent="support-bot", tenant="acme", scopes=ALL_SCOPES)
+
+
+# Secrets a log line must never hold (a JWT always starts "eyJ", the base64 of '{"').
+NEVER_LOGGED = (b"eyJ", UPSTREAM_SECRET.encode(), b"canary-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """After the whole suite: every byte every gateway wrote to stdout and stderr is
+    searched for tokens, the upstream credential and the canary strings tests put in
+    bodies. None may appear, at any log level."""
+    yield
+    leaks = []
+    for gw in STARTED:
+        if gw.log_file.exists():
+            text = gw.log_file.read_bytes()
+            leaks += [(str(gw.log_file), secret) for secret in NEVER_LOGGED if secret in text]
+    assert not leaks, leaks

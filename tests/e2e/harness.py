@@ -31,6 +31,8 @@ from multidict import CIMultiDict
 from gateway.devtokens import DevKey
 
 UPSTREAM_SECRET = "upstream-secret-9f8e7d6c5b4a"
+# Every gateway the suite started: at the end, every byte each wrote is searched for secrets.
+STARTED: list[Gateway] = []
 
 
 def free_port() -> int:
@@ -233,6 +235,7 @@ class Gateway:
         return config
 
     def start(self) -> None:
+        STARTED.append(self)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.key.save(self.directory / "keys")
         config = self.directory / "toolgate.yaml"

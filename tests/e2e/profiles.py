@@ -56,6 +56,19 @@ def broken_policy_gateway(directory: Path, key: DevKey, upstream: Upstream,
                    policies=[HERE / "policies_broken"], extra=extra)
 
 
+# Small limits, so the tests of slow and hostile clients take moments, not minutes.
+TIGHT_LIMITS = {"header_timeout_ms": 500, "body_timeout_ms": 500, "idle_timeout_ms": 1000,
+                "max_connections": 8, "admin_max_connections": 4, "max_headers": 32}
+
+
+def hardened_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
+    """The default tools, with tight connection limits and the state tools' budgets."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs", HERE / "specs_state"],
+                   policies=[SHIPPED_POLICIES],
+                   extra={"limits": TIGHT_LIMITS, "budgets": BUDGETS})
+
+
 def full_disk_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
     """An audit file on /dev/full: every write fails with ENOSPC."""
     return Gateway(directory, key, upstream.url, tool_specs=[SHIPPED_SPECS, HERE / "specs"],

@@ -1,0 +1,218 @@
+"""Nothing gets past the gate: each weakness of the hostile-agent issue, tried as an agent
+(or a stranger on the admin port) would, against a real `toolgate serve`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.devtokens import DevKey
+from tests.e2e.approvals_support import admin, wait_for
+from tests.e2e.harness import Gateway, Reply, Upstream, running
+from tests.e2e.profiles import TIGHT_LIMITS, hardened_gateway
+
+REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD"}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
+       upstream: Upstream) -> Iterator[Gateway]:
+    with running(hardened_gateway(tmp_path_factory.mktemp("attacks"), dev_key,
+                                  upstream)) as gateway:
+        yield gateway
+
+
+def decision(gw: Gateway, reply: Reply) -> dict[str, Any]:
+    [record] = [r for r in gw.records_for(reply.request_id) if r["kind"] == "decision"]
+    return record
+
+
+def raw(port: int, data: bytes, *, timeout: float = 5) -> bytes:
+    """Bytes as they are, and everything the gateway answers before it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def answer(data: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+# ---- 1. run budgets -----------------------------------------------------------------------
+
+def test_a_timeout_keeps_its_spend(gw: Gateway, token: str) -> None:
+    run = {"X-Agent-Run-Id": "run-timeout"}
+    slow = gw.call("GET", "/echo/slow", token=token, headers={**run, "X-Gate": "never"})
+    assert (slow.status, slow.code) == (504, "upstream_timeout")
+    # The upstream may have acted: the call counts (max_tool_calls is 8).
+    for i in range(7):
+        assert gw.call("GET", "/echo/items/a", token=token, headers=run).status == 200, i
+    assert gw.call("GET", "/echo/items/a", token=token, headers=run).code == "budget_exceeded"
+
+
+def test_a_negative_amount_cannot_lower_the_spend(gw: Gateway, token: str) -> None:
+    run = {"X-Agent-Run-Id": "run-negative"}
+    lower = gw.call("POST", "/state/spend", token=token, body={"amount": -1000}, headers=run)
+    assert (lower.status, lower.code) == (422, "schema_invalid")
+    assert gw.call("POST", "/state/spend", token=token, body={"amount": 100},
+                   headers=run).status == 200
+    assert gw.call("POST", "/state/spend", token=token, body={"amount": 1},
+                   headers=run).code == "budget_exceeded"
+
+
+def test_a_malformed_run_claim_is_never_replaced_by_the_header(
+        gw: Gateway, upstream: Upstream, dev_key: DevKey) -> None:
+    token = dev_key.token("svc-agent", tenant="acme", scopes=["echo:read"], run_id=42)
+    reply = gw.call("GET", "/echo/items/a", token=token,
+                    headers={"X-Agent-Run-Id": "a-fresh-budget"})
+    assert (reply.status, reply.code) == (401, "unauthenticated")
+    assert "malformed run_id claim" in reply.headers["WWW-Authenticate"]
+
+
+# ---- 2. no token, credential or body in any log -------------------------------------------
+
+def test_a_bare_lf_request_is_refused_and_recorded_and_not_logged(gw: Gateway,
+                                                                  token: str) -> None:
+    status, body = answer(raw(gw.port, b"POST /echo/items HTTP/1.1\nHost: x\nAuthorization: "
+                              b"Bearer " + token.encode() + b"\nContent-Length: 30\n\n"
+                              b'{"name": "canary-lf-body"}'))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    [record] = [r for r in gw.records() if r["decision_id"] == body["error"]["request_id"]]
+    assert (record["stage"], record["code"]) == ("parse", "bad_request")
+    # The session-wide scan (tests/e2e/conftest.py) checks every log for the token too.
+    assert token not in gw.log()
+    assert "canary-lf-body" not in gw.log()
+
+
+# ---- 3. slow clients ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("port_of", ["port", "admin_port"])
+def test_a_head_that_never_ends_is_cut_off(gw: Gateway, port_of: str) -> None:
+    port = getattr(gw, port_of)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        start = time.monotonic()
+        assert s.recv(1024) == b"", "the gateway closes the connection"
+        assert time.monotonic() - start < 5, "well before any default timeout"
+
+
+@pytest.mark.parametrize("port_of", ["port", "admin_port"])
+def test_an_idle_connection_is_closed(gw: Gateway, port_of: str) -> None:
+    with socket.create_connection(("127.0.0.1", getattr(gw, port_of)), timeout=10) as s:
+        assert s.recv(1024) == b""
+
+
+def test_a_body_that_never_ends_is_408_and_recorded(gw: Gateway, token: str) -> None:
+    status, body = answer(raw(gw.port, b"POST /echo/items HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Bearer " + token.encode() + b"\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                              b'{"name": "'))
+    assert (status, body["error"]["code"]) == (408, "request_timeout")
+    [record] = [r for r in gw.records() if r["decision_id"] == body["error"]["request_id"]]
+    assert (record["stage"], record["tool"]) == ("parse", "echo_post")
+
+
+@pytest.mark.parametrize(("port_of", "cap"), [
+    ("port", TIGHT_LIMITS["max_connections"]),
+    ("admin_port", TIGHT_LIMITS["admin_max_connections"])])
+def test_connections_past_the_cap_are_turned_away(gw: Gateway, port_of: str,
+                                                  cap: int) -> None:
+    port = getattr(gw, port_of)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(cap)]
+    try:
+        for s in held:  # each is accepted and waits for its request
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        wait_for(lambda: b"503" in raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")[:20],
+                 what="a connection past the cap to be answered 503")
+    finally:
+        for s in held:
+            s.close()
+    wait_for(lambda: request_ok(gw, port), what="room again once the others closed")
+
+
+def request_ok(gw: Gateway, port: int) -> bool:
+    return b" 200 " in raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                 b"Connection: close\r\n\r\n")[:20] if port == gw.admin_port \
+        else b"HTTP/1.1" in raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+
+# ---- 4. the admin port cannot fill the disk --------------------------------------------------
+
+def test_unauthenticated_admin_refusals_are_limited_and_aggregated(
+        tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream) -> None:
+    gw = hardened_gateway(tmp_path_factory.mktemp("admin-flood"), dev_key, upstream)
+    with running(gw):
+        codes = [admin(gw, "POST", "/v1/approvals/apr_x/approve", None).code
+                 for _ in range(200)]
+        assert codes[0] == "unauthenticated"
+        assert codes.count("rate_limited") > 150, "past its burst, a client is slowed down"
+        assert [r for r in gw.records() if r.get("event") == "refused"] == []
+    [aggregate] = [r for r in gw.records() if r["kind"] == "admin_refusals"]
+    assert aggregate["total"] == 200
+    assert aggregate["rate_limited"] == codes.count("rate_limited")
+    assert len(aggregate["sample"]) <= 5
+    assert len(json.dumps(aggregate)) < 4096, "one bounded record, whatever the traffic"
+
+
+# ---- 5. parsing differentials ----------------------------------------------------------------
+
+def test_an_anchored_pattern_refuses_a_trailing_newline(gw: Gateway, token: str) -> None:
+    reply = gw.call("POST", "/billing/refunds", token=token,
+                    body={**REFUND, "order_id": "ord_1234\n", "amount": 5},
+                    headers={"Idempotency-Key": "pattern-1"})
+    assert (reply.status, reply.code) == (422, "schema_invalid")
+
+
+@pytest.mark.parametrize(("data", "headers", "code"), [
+    ('{"name": "a", "count": 1}'.encode("utf-16"), {}, "invalid_json"),
+    ('{"name": "a", "count": 1}'.encode("utf-32"), {}, "invalid_json"),
+    (b'\xef\xbb\xbf{"name": "a", "count": 1}', {}, "invalid_json"),
+    (b'{"name": "a", "count": 1}', {"Content-Type": "application/json; charset=latin-1"},
+     "invalid_json"),
+    (b'{"name": "a", "count": ' + b"9" * 5000 + b"}", {}, "invalid_json"),
+])
+def test_only_utf8_json_with_one_meaning(gw: Gateway, upstream: Upstream, token: str,
+                                         data: bytes, headers: dict[str, str],
+                                         code: str) -> None:
+    before = len(upstream.seen)
+    reply = gw.call("POST", "/echo/items", token=token, raw_body=data, headers=headers)
+    assert (reply.status, reply.code) == (400, code)
+    assert decision(gw, reply)["stage"] == "parse"
+    assert len(upstream.seen) == before
+
+
+def test_two_content_encodings_are_still_compressed(gw: Gateway, token: str) -> None:
+    status, body = answer(raw(gw.port, b"POST /echo/items HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Bearer " + token.encode() + b"\r\n"
+                              b"Content-Type: application/json\r\nContent-Encoding: identity"
+                              b"\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n"
+                              b"Connection: close\r\n\r\n{}"))
+    assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("path", ["/echo/items/a%0Ab", "/nowhere%0A", "/%0D%0A"])
+def test_every_path_is_decided_and_recorded(gw: Gateway, token: str, path: str) -> None:
+    reply = gw.call("GET", path, token=token)
+    assert reply.status in (400, 403)
+    assert reply.json["error"]["code"] in ("invalid_arguments", "tool_not_allowed")
+    assert decision(gw, reply)["stage"] == "route"
+
+
+# ---- 6. smaller ones ----------------------------------------------------------------------
+
+def test_a_flood_of_large_headers_is_refused_and_recorded(gw: Gateway, token: str) -> None:
+    headers = b"".join(b"X-Pad-%d: " % i + b"x" * 8000 + b"\r\n" for i in range(128))
+    status, body = answer(raw(gw.port, b"GET /echo/items/a HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Bearer " + token.encode() + b"\r\n" + headers
+                              + b"\r\n"))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert [r for r in gw.records() if r["decision_id"] == body["error"]["request_id"]]
