@@ -26,12 +26,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/toolgate
 ENV PATH=/opt/toolgate/bin:$PATH
 WORKDIR /src
-# Dependencies first, in their own layer: it is rebuilt only when constraints.txt changes.
-COPY constraints.txt ./
-RUN pip install --no-cache-dir -r constraints.txt
+# Dependencies first, in their own layer: it is rebuilt only when requirements.lock changes.
+# Every artifact is checked against its SHA-256 in the lock (the build backend too).
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 # .dockerignore admits only what the package build needs (and the shipped specs/policies).
+# The package itself is built with the locked backend, and pulls in nothing else.
 COPY . .
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && pip check \
     && toolgate --version
 

@@ -139,6 +139,61 @@ class Upstream:
         return [s.raw_path for s in self.seen]
 
 
+class FaultyUpstream:
+    """A raw TCP upstream that misbehaves by path: `/ok` answers 200, `/hang` never answers,
+    `/reset` resets the connection, `/garbage` answers bytes that are not HTTP, `/half`
+    sends half a response and hangs up. For the chaos tests: faults outside the product."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(64)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="faulty")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests += 1
+            path = head.split(b" ", 2)[1]
+            if path == b"/ok":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}")
+            elif path == b"/hang":
+                time.sleep(5)
+            elif path == b"/reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            elif path == b"/garbage":
+                conn.sendall(b"\x00\xffthis is not HTTP at all\r\n\r\n")
+            elif path == b"/half":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._sock.close()
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -203,6 +258,7 @@ class Gateway:
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_upstreams: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def audit_file(self) -> Path:
@@ -230,6 +286,8 @@ class Gateway:
             "audit": {"file": "audit/toolgate.jsonl"},
         }
         config["upstreams"]["down"] = {"url": f"http://127.0.0.1:{closed_port()}"}
+        for name, url in self.extra_upstreams.items():
+            config["upstreams"][name] = {"url": url}
         for key, value in self.extra.items():
             config[key] = value
         return config

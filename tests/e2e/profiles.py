@@ -69,6 +69,18 @@ def hardened_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gatewa
                    extra={"limits": TIGHT_LIMITS, "budgets": BUDGETS})
 
 
+def chaos_gateway(directory: Path, key: DevKey, upstream: Upstream, faulty_url: str,
+                  **extra: Any) -> Gateway:
+    """The approval and state tools, plus a tool on an upstream that misbehaves."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs", HERE / "specs_approvals",
+                               HERE / "specs_chaos"],
+                   policies=[SHIPPED_POLICIES, HERE / "policies_approvals"],
+                   extra={"approvals": {"sweep_interval_ms": 100, "takeover_after_ms": 1000,
+                                        "wait_ms": 0}, **extra},
+                   extra_upstreams={"faulty": faulty_url})
+
+
 def full_disk_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
     """An audit file on /dev/full: every write fails with ENOSPC."""
     return Gateway(directory, key, upstream.url, tool_specs=[SHIPPED_SPECS, HERE / "specs"],
