@@ -45,6 +45,8 @@ LINGER_S = 1.0
 # What to do with a request the HTTP parser refused: audit (or count) it, and give the
 # request id its answer carries.
 Refused = Callable[[BaseRequest, GatewayError], str]
+# Counts an event on this port (a connection turned away, a head too slow).
+Count = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class _Handler(RequestHandler):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        self._listener.slow_heads += 1
+        self._listener.slow_head()
         log.info("closed a connection that did not send its request head in time")
         if self.transport is not None:
             self.transport.close()
@@ -151,15 +153,16 @@ class Listener:
     """A listening socket for one set-up `AppRunner`, with `limits` on its connections."""
 
     def __init__(self, runner: web.AppRunner, address: Address, limits: ConnectionLimits,
-                 refused: Refused) -> None:
+                 refused: Refused, *, turned_away: Count = lambda: None,
+                 slow_head: Count = lambda: None) -> None:
         self.limits = limits
         self._runner = runner
         self._address = address
         self.refused = refused
+        self.turned_away = turned_away   # a connection refused at the cap
+        self.slow_head = slow_head       # a connection closed: its head took too long
         self._open: set[_Handler] = set()
         self._server: asyncio.Server | None = None
-        self.turned_away = 0   # connections refused at the cap
-        self.slow_heads = 0    # connections closed for a request head that took too long
 
     @property
     def port(self) -> int:
@@ -176,7 +179,7 @@ class Listener:
         server = self._runner.server
         assert server is not None, "set the runner up first"
         if len(self._open) >= self.limits.max_connections:
-            self.turned_away += 1
+            self.turned_away()
             return _Full()
         return _Handler(server, self, loop=asyncio.get_running_loop(),
                         keepalive_timeout=self.limits.idle_timeout_s,

@@ -47,6 +47,12 @@ class Metrics:
                                        "Time from a call being held to its decision",
                                        ["outcome"], buckets=(1, 10, 60, 300, 900, 3600, 14400,
                                                              86400), registry=r)
+        self.connections_turned_away = Counter(
+            "toolgate_connections_turned_away", "Connections answered 503 at the port's cap",
+            ["port"], registry=r)
+        self.slow_heads = Counter(
+            "toolgate_slow_request_heads", "Connections closed for a request head that took "
+            "longer than limits.header_timeout_ms", ["port"], registry=r)
         self.policy_latency = Histogram("toolgate_policy_latency_seconds",
                                         "Policy decision time", buckets=BUCKETS, registry=r)
 

@@ -81,13 +81,16 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
     try:
         for runner in runners:
             await runner.setup()
+        metrics = app[RUNTIME].metrics
         listeners = [
-            Listener(runners[0], settings.listen,
-                     connection_limits(settings, settings.max_connections),
-                     agent_port_refusals(app)),
-            Listener(runners[1], settings.admin_listen,
-                     connection_limits(settings, settings.admin_max_connections),
-                     admin_port_refusals(app))]
+            Listener(runner, address, connection_limits(settings, cap), refused,
+                     turned_away=metrics.connections_turned_away.labels(port).inc,
+                     slow_head=metrics.slow_heads.labels(port).inc)
+            for runner, address, cap, refused, port in (
+                (runners[0], settings.listen, settings.max_connections,
+                 agent_port_refusals(app), "agent"),
+                (runners[1], settings.admin_listen, settings.admin_max_connections,
+                 admin_port_refusals(app), "admin"))]
         for listener in listeners:
             await listener.start()
         log.info("toolgate listening on http://%s (admin http://%s), audit log %s",

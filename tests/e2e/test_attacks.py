@@ -103,6 +103,8 @@ def test_a_head_that_never_ends_is_cut_off(gw: Gateway, port_of: str) -> None:
         start = time.monotonic()
         assert s.recv(1024) == b"", "the gateway closes the connection"
         assert time.monotonic() - start < 5, "well before any default timeout"
+    label = "agent" if port_of == "port" else "admin"
+    assert counted(gw, f'toolgate_slow_request_heads_total{{port="{label}"}}') >= 1
 
 
 @pytest.mark.parametrize("port_of", ["port", "admin_port"])
@@ -137,6 +139,16 @@ def test_connections_past_the_cap_are_turned_away(gw: Gateway, port_of: str,
         for s in held:
             s.close()
     wait_for(lambda: request_ok(gw, port), what="room again once the others closed")
+    label = "agent" if port_of == "port" else "admin"
+    assert counted(gw, f'toolgate_connections_turned_away_total{{port="{label}"}}') >= 1
+
+
+def counted(gw: Gateway, series: str) -> float:
+    """The value of one series on the admin port's /metrics (0 when it is absent)."""
+    text = admin(gw, "GET", "/metrics", None).raw.decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(series + " ")]
+    return values[0] if values else 0.0
 
 
 def request_ok(gw: Gateway, port: int) -> bool:
