@@ -10,6 +10,7 @@ probes and scrapers call them, and they reveal no call data.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -116,10 +117,11 @@ async def list_approvals(request: web.Request) -> web.StreamResponse:
     status = q.get("status")
     if status is not None and status not in {s.value for s in ApprovalStatus}:
         raise InvalidArguments(f"unknown status {status!r}")
-    try:
-        limit = int(q.get("limit", "100"))
-    except ValueError:
-        raise InvalidArguments("limit must be an integer") from None
+    given = q.get("limit", "100")
+    # ASCII digits only: int() would also take " 5", "1_0" and other scripts' digits.
+    if not re.fullmatch(r"[0-9]{1,6}", given):
+        raise InvalidArguments("limit must be an integer")
+    limit = int(given)
     if not 1 <= limit <= MAX_LIST:
         raise InvalidArguments(f"limit must be from 1 to {MAX_LIST}")
     approvals = await rt.store.list_approvals(status=status, tool=q.get("tool"),
@@ -181,7 +183,7 @@ async def set_killswitch(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     actor = operator(request, rt)
     body = await _body(request, rt)
-    scope = check_scope(_text(body, "scope", required=True) or "")
+    scope = check_scope(body.get("scope"))
     reason = _text(body, "reason", required=True) or ""
     switch = await rt.store.kill_set(scope, reason, records.actor(actor), rt.clock.time(),
                                      _killswitch_record(rt, "set", actor))

@@ -22,7 +22,8 @@ from gateway.core.canonical import rfc3339
 from gateway.core.errors import GatewayError, InvalidArguments, Killed
 
 log = logging.getLogger("toolgate")
-SCOPE = re.compile(r"^(global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+)$")
+MAX_SCOPE = 2000
+SCOPE = re.compile(r"global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class KillSwitch:
                 "since": rfc3339(self.created_at)}
 
 
-def check_scope(scope: str) -> str:
-    if not SCOPE.match(scope):
+def check_scope(scope: object) -> str:
+    """A scope exactly as given: it is a name, not text, so it is not stripped, and it must
+    match whole (`fullmatch`: a `$` would let a final newline through)."""
+    if not (isinstance(scope, str) and len(scope) <= MAX_SCOPE and SCOPE.fullmatch(scope)):
         raise InvalidArguments("scope must be global, tenant:<tenant>, agent:<agent> or "
                                "tool:<tool name>")
     return scope
