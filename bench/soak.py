@@ -6,8 +6,9 @@ and policies) as subprocesses on 127.0.0.1, then drives a mix at a fixed concurr
 allowed calls, denied calls, calls held for approval (and their approval), retries that are
 replayed, invalid arguments, bad tokens and malformed HTTP. Every `--sample` seconds it
 reads the gateway's RSS and open file descriptors from /proc. At the end it compares the
-decision records with the calls made, and prints a table (and `--json FILE`). Not part of
-CI: it takes as long as you give it.
+decision records with the calls made, and prints a table (and `--json FILE`). It exits 1
+on any unexpected answer or call without a decision record. Not part of CI: it takes as
+long as you give it.
 
     python bench/soak.py [--seconds 600] [--concurrency 8] [--json soak.json]
 """
@@ -208,6 +209,9 @@ def main() -> None:
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    # Numbers are for reading; a wrong answer or a call without its record is a failure.
+    if result["unexpected"] or result["calls_without_a_decision"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
