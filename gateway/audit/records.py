@@ -4,8 +4,10 @@ Kinds: `decision` (one per call, before any action), `outcome` (one per call tha
 upstream or whose action failed after its decision), `approval` (every event of a held
 call, refusals included), `killswitch` (set and cleared). A record holds no token, no
 credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
-pointers). `gateway.audit.log.AuditLog` writes them; `gateway.audit.call.CallAudit` makes
-sure each call gets its decision and outcome.
+pointers), and arguments that never passed the schema are kept only in outline (declared
+names, types and sizes), so a refused call's record is bounded whatever its body.
+`gateway.audit.log.AuditLog` writes them; `gateway.audit.call.CallAudit` makes sure each
+call gets its decision and outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.redact import redact
+from gateway.audit.redact import outline, redact
 from gateway.bundle.specs import Mode
 from gateway.core.canonical import rfc3339
 from gateway.core.decision import Action, Verdict
@@ -66,12 +68,22 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
         "status": status,
         "reasons": list(verdict.reasons),
         "policy_revision": revision,
-        "args": redact(dict(ctx.call.args), pointers) if ctx is not None else None,
+        **_arguments(ctx, pointers),
         "idempotency_key": ctx.idempotency_key if ctx is not None else None,
         "approval_id": approval_id,
         "latency_ms": {"total": _ms(elapsed_s),
                        "policy": round(ctx.policy_ms, 3) if ctx is not None else 0.0},
     }
+
+
+def _arguments(ctx: CallContext | None, pointers: list[str]) -> dict[str, Any]:
+    """`args` (redacted) once they passed the schema, here or in the call a retry repeats
+    (a key answers only the same arguments); else only `args_outline`."""
+    if ctx is None:
+        return {"args": None}
+    if ctx.args_valid or ctx.answered is not None:
+        return {"args": redact(dict(ctx.call.args), pointers)}
+    return {"args": None, "args_outline": outline(ctx.call.args, ctx.call.spec.arguments)}
 
 
 def internal_decision(reason: str) -> dict[str, Any]:

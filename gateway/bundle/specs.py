@@ -91,6 +91,7 @@ class ToolSpec:
     input_validator: Validator
     output_validator: Validator | None
     pii_pointers: tuple[str, ...]   # JSON pointers of `x-pii: true` argument fields
+    arguments: frozenset[str]        # the top-level argument names input_schema declares
     timeout_ms: int
     mode: Mode
     source: str                      # file:line, for messages
@@ -249,6 +250,7 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         idempotency=Idempotency(raw.get("idempotency", "optional")),
         input_validator=input_validator, output_validator=validators["output_schema"],
         pii_pointers=tuple(pii_pointers(raw["input_schema"])),
+        arguments=frozenset(raw["input_schema"].get("properties") or {}),
         timeout_ms=raw.get("timeout_ms", 5000), mode=Mode(raw.get("mode", "enforce")),
         source=f"{doc.file}:{doc.line(base) or 1}", spend=spend,
         forward_headers=forward_headers,

@@ -40,6 +40,7 @@ class CallContext:
     idempotency_key: str | None = None   # idempotency: checked, None for `idempotency: none`
     claim: KeyClaim | None = None        # idempotency: what taking the key writes
     answered: KeyState | None = None     # idempotency/commit: the key's answer for a retry
+    args_valid: bool = False             # validate: the arguments match input_schema
     usage: Usage | None = None           # usage: the run's counters before this call
     spend: dict[str, float] | None = None  # usage: what this call would spend
     decision: PolicyDecision | None = None        # policy

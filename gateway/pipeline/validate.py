@@ -58,3 +58,4 @@ async def validate(ctx: CallContext, rt: Runtime) -> None:
     if errors:
         raise SchemaInvalid(f"the arguments do not match the schema of tool {spec.name}",
                             details=details(errors))
+    ctx.args_valid = True

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.audit.redact import REDACTED, redact
+from gateway.audit.redact import REDACTED, outline, redact
 
 
 def test_redact_top_level_and_nested() -> None:
@@ -78,3 +78,20 @@ def test_redact_never_raises_on_an_accepted_pointer(pointer: str) -> None:
 
 
 # ---- trace_id ------------------------------------------------------------------------------
+
+
+def test_an_outline_keeps_declared_names_types_and_sizes_only() -> None:
+    args = {"amount": 12.5, "order_id": "ord_1", "note": None, "flag": True,
+            "items": [1, 2], "card": {"n": "4111"}, "x" * 5000: "y" * 100_000,
+            "big": 10**30}
+    out = outline(args, {"amount", "order_id", "note", "flag", "items", "card", "big",
+                         "currency"})
+    assert out == {"declared": {"amount": {"type": "number", "bytes": 4},
+                                "big": {"type": "number", "bytes": 31},
+                                "card": {"type": "object", "bytes": 12},
+                                "flag": {"type": "boolean", "bytes": 4},
+                                "items": {"type": "array", "bytes": 5},
+                                "note": {"type": "null", "bytes": 4},
+                                "order_id": {"type": "string", "bytes": 7}},
+                   "undeclared": 1}
+    assert "4111" not in json.dumps(out) and "ord_1" not in json.dumps(out)

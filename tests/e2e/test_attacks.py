@@ -175,6 +175,34 @@ def test_unauthenticated_admin_refusals_are_limited_and_aggregated(
     assert len(json.dumps(aggregate)) < 4096, "one bounded record, whatever the traffic"
 
 
+@pytest.mark.parametrize("authorized", [True, False])
+def test_a_refused_call_records_an_outline_not_its_body(gw: Gateway, token: str,
+                                                        authorized: bool) -> None:
+    """Agent-port refusals keep one record each, but never the body that was refused."""
+    body = {**REFUND, "amount": "lots", "padding-" + "p" * 2000: "x" * 900_000}
+    reply = gw.call("POST", "/billing/refunds", token=token if authorized else None,
+                    body=body, headers={"Idempotency-Key": f"outline-{authorized}"})
+    assert reply.code == ("schema_invalid" if authorized else "unauthenticated")
+    record = decision(gw, reply)
+    assert len(json.dumps(record)) < 2048
+    assert record["args"] is None
+    assert record["args_outline"] == {
+        "declared": {"amount": {"type": "string", "bytes": 6},
+                     "currency": {"type": "string", "bytes": 5},
+                     "order_id": {"type": "string", "bytes": 10},
+                     "tenant_id": {"type": "string", "bytes": 6}},
+        "undeclared": 1}
+
+
+def test_an_allowed_call_records_its_arguments(gw: Gateway, token: str) -> None:
+    reply = gw.call("POST", "/billing/refunds", token=token, body={**REFUND, "amount": 5},
+                    headers={"Idempotency-Key": "outline-allowed"})
+    assert reply.status == 201
+    record = decision(gw, reply)
+    assert record["args"] == {**REFUND, "amount": 5}
+    assert "args_outline" not in record
+
+
 # ---- 5. parsing differentials ----------------------------------------------------------------
 
 def test_an_anchored_pattern_refuses_a_trailing_newline(gw: Gateway, token: str) -> None:
