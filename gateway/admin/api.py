@@ -49,18 +49,14 @@ def runtime_of(request: web.Request) -> Runtime:
     return rt
 
 
-def approver(request: web.Request, rt: Runtime, approval_id: str | None = None) -> Principal:
-    """The caller's principal, which must hold the approver scope. A caller without a valid
-    token is counted and rate-limited (`gateway.admin.refusals`), not audited one record
-    each; a refusal of a verified caller is audited with its identity."""
+def approver(request: web.Request, rt: Runtime) -> Principal:
+    """The caller's principal, which must hold the approver scope. A caller who does not
+    (no valid token, or a token without the scope, such as the agent's own) is counted and
+    rate-limited (`gateway.admin.refusals`), not audited one record each."""
     try:
         principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
     except GatewayError as exc:
-        client = request.remote or "-"
-        rt.refusals.count(client, str(exc.code), request.path)
-        if not rt.refusals.allow(client):
-            raise RateLimited("too many requests without a valid token; slow down",
-                              headers={"Retry-After": "1"}) from None
+        _refused(request, rt, exc, None)
         raise
     scope = rt.settings.auth.approver_scope
     if scope not in principal.scopes:
@@ -68,10 +64,19 @@ def approver(request: web.Request, rt: Runtime, approval_id: str | None = None) 
             f"approvals need the scope {scope}", missing_scopes=[scope],
             headers={"WWW-Authenticate": f'Bearer realm="toolgate", '
                                          f'error="insufficient_scope", scope="{scope}"'})
-        if approval_id is not None:
-            rt.approvals.refused(approval_id, principal, refusal)
+        _refused(request, rt, refusal, principal)
         raise refusal
     return principal
+
+
+def _refused(request: web.Request, rt: Runtime, exc: GatewayError,
+             principal: Principal | None) -> None:
+    client = request.remote or "-"
+    rt.refusals.count(client, str(exc.code), request.path,
+                      principal.sub if principal is not None else None)
+    if not rt.refusals.allow(client):
+        raise RateLimited("too many refused requests; slow down",
+                          headers={"Retry-After": "1"})
 
 
 async def _body(request: web.Request, rt: Runtime) -> dict[str, Any]:
@@ -141,7 +146,7 @@ async def show_approval(request: web.Request) -> web.StreamResponse:
 async def approve(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
-    principal = approver(request, rt, approval_id)
+    principal = approver(request, rt)
     body = await _body(request, rt)
     approval = await rt.approvals.approve(approval_id, principal,
                                           _text(body, "comment", required=False))
@@ -151,7 +156,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
 async def reject(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
-    principal = approver(request, rt, approval_id)
+    principal = approver(request, rt)
     body = await _body(request, rt)
     reason = _text(body, "reason", required=True)
     assert reason is not None

@@ -84,7 +84,7 @@ class ApprovalService:
                 approval_id, actor, comment, now,
                 check=lambda current: check_vote(current, approver, now), record=record)
         except KeyError:
-            missing = NotFound(f"no approval {approval_id}")
+            missing = NotFound("no such approval")
             self.refused(approval_id, approver, missing)
             raise missing from None
         except _RULES as exc:
@@ -112,7 +112,7 @@ class ApprovalService:
                 record=lambda after: self.executor.record("rejected", after, actor=actor,
                                                            reason=reason))
         except KeyError:
-            missing = NotFound(f"no approval {approval_id}")
+            missing = NotFound("no such approval")
             self.refused(approval_id, approver, missing)
             raise missing from None
         except _RULES as exc:

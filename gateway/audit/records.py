@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from gateway.state.killswitch import KillSwitch
 
 
+MAX_ID = 128  # characters of a caller-chosen id kept in a record
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -139,7 +142,8 @@ def refusal(approval_id: str, who: Principal | None, exc: GatewayError,
     """An approver's action the rules refused (an `approval` record, event `refused`)."""
     return {"decision_id": held.decision_id if held is not None else None,
             "policy_revision": (held.revision or None) if held is not None else None,
-            "approval_id": approval_id, "event": "refused", "code": str(exc.code),
+            # The id is the caller's to choose when no such approval exists: kept bounded.
+            "approval_id": approval_id[:MAX_ID], "event": "refused", "code": str(exc.code),
             "message": exc.message, "actor": actor(who) if who is not None else None}
 
 

@@ -217,9 +217,9 @@ def test_without_the_approver_scope(case: schemathesis.Case, gateway: Gateway) -
     response = case.call_and_validate(
         base_url=gateway.admin_url, headers={"Authorization": f"Bearer {gateway.outsider}"},
         checks=CONFORMANCE)
-    if _secured(case):
-        assert response.status_code == 403, response.text
-        assert response.json()["error"]["code"] == "insufficient_scope"
+    if _secured(case):  # refused; past a burst of such refusals, slowed down
+        assert (response.status_code, response.json()["error"]["code"]) in {
+            (403, "insufficient_scope"), (429, "rate_limited")}, response.text
 
 
 @SCHEMA.parametrize()

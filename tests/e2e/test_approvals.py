@@ -176,13 +176,13 @@ def test_refusals_are_clear_and_audited(gw: Gateway, upstream: Upstream, token: 
     no_scope = approver(dev_key, "dave", "billing-approver", scope=False)
     reply = admin(gw, "POST", url, no_scope)
     assert (reply.status, reply.code) == (403, "insufficient_scope")
-    refused(gw, approval_id, "insufficient_scope")
 
     reply = admin(gw, "POST", url, None)
     assert (reply.status, reply.code) == (401, "unauthenticated")
-    # Without a valid token it names nobody: counted into the admin_refusals aggregate
-    # (tests/e2e/test_attacks.py), not recorded one by one.
-    assert not any(r.get("code") == "unauthenticated"
+    # Callers who are not approvers (no valid token, or a token without the scope) are
+    # counted into the admin_refusals aggregate (tests/e2e/test_attacks.py), not recorded
+    # one by one: anyone on the pod's network, the agent included, could fill the disk.
+    assert not any(r.get("code") in {"unauthenticated", "insufficient_scope"}
                    for r in approval_records(gw, approval_id))
 
     assert admin(gw, "GET", "/v1/approvals", no_scope).status == 403

@@ -159,13 +159,19 @@ def request_ok(gw: Gateway, port: int) -> bool:
 
 # ---- 4. the admin port cannot fill the disk --------------------------------------------------
 
-def test_unauthenticated_admin_refusals_are_limited_and_aggregated(
-        tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream) -> None:
+@pytest.mark.parametrize("with_agent_token", [False, True])
+def test_admin_refusals_of_non_approvers_are_limited_and_aggregated(
+        tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upstream,
+        token: str, with_agent_token: bool) -> None:
+    """Without a token, or with the agent's own (valid, without the approver scope): the
+    agent shares the pod's network, so either could fill the audit volume."""
     gw = hardened_gateway(tmp_path_factory.mktemp("admin-flood"), dev_key, upstream)
+    caller, first = (token, "insufficient_scope") if with_agent_token \
+        else (None, "unauthenticated")
+    path = "/v1/approvals/apr_" + "x" * 6000 + "/approve"
     with running(gw):
-        codes = [admin(gw, "POST", "/v1/approvals/apr_x/approve", None).code
-                 for _ in range(200)]
-        assert codes[0] == "unauthenticated"
+        codes = [admin(gw, "POST", path, caller).code for _ in range(200)]
+        assert codes[0] == first
         assert codes.count("rate_limited") > 150, "past its burst, a client is slowed down"
         assert [r for r in gw.records() if r.get("event") == "refused"] == []
     [aggregate] = [r for r in gw.records() if r["kind"] == "admin_refusals"]
@@ -173,6 +179,8 @@ def test_unauthenticated_admin_refusals_are_limited_and_aggregated(
     assert aggregate["rate_limited"] == codes.count("rate_limited")
     assert len(aggregate["sample"]) <= 5
     assert len(json.dumps(aggregate)) < 4096, "one bounded record, whatever the traffic"
+    assert {(c["sub"], c["code"]) for c in aggregate["counts"]} == {
+        ("svc-agent" if with_agent_token else None, first)}
 
 
 @pytest.mark.parametrize("authorized", [True, False])
