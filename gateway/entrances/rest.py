@@ -120,18 +120,24 @@ async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bund
                     run_hint=headers.get("X-Agent-Run-Id"))
 
 
-def _charset(content_type: str) -> str | None:
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/")
-                                            and media.endswith("+json"))
+def _json_media(content_type: str) -> None:
+    """A JSON media type, with at most one parameter: `charset=utf-8`. An allow-list: a
+    parameter the gateway does not know could make the upstream read the bytes otherwise
+    (a second `charset`, read last where the gateway read first)."""
+    media, *given = content_type.split(";")
+    media = media.strip().lower()
+    params = [param for param in given if param.strip()]
+    if not (media == "application/json"
+            or (media.startswith("application/") and media.endswith("+json"))):
+        raise UnsupportedMediaType("a body must be sent as Content-Type: application/json")
+    names = [param.partition("=")[0].strip().lower() for param in params]
+    if any(name != "charset" for name in names):
+        raise UnsupportedMediaType("a JSON Content-Type takes no parameter but charset=utf-8")
+    charsets = [param.partition("=")[2].strip().strip('"').lower() for param in params]
+    if charsets and charsets not in (["utf-8"], ["utf8"]):
+        # RFC 8259: JSON is UTF-8. The gateway reads it so; an upstream told another
+        # charset would read other arguments from the same bytes.
+        raise InvalidJson("a JSON body is UTF-8: send charset=utf-8 once, or no charset")
 
 
 async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -164,14 +170,7 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
     # SECURITY: the upstream reads the bytes by their Content-Type; the gateway judged them
     # as JSON. A form or other type would let the upstream see arguments nobody checked.
     # (The HTTP parser refuses a request with two Content-Type headers.)
-    content_type = headers.get("Content-Type", "")
-    if not _is_json(content_type):
-        raise UnsupportedMediaType("a body must be sent as Content-Type: application/json")
-    charset = _charset(content_type)
-    if charset is not None and charset not in ("utf-8", "utf8"):
-        # RFC 8259: JSON is UTF-8. The gateway reads it so; an upstream told another
-        # charset would read other arguments from the same bytes.
-        raise InvalidJson(f"a JSON body is UTF-8, not {charset}")
+    _json_media(headers.get("Content-Type", ""))
     return data
 
 

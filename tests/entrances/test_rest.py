@@ -91,3 +91,30 @@ async def test_a_call_goes_through(client: TestClient[Any, Any], agent_token: st
     assert recorder[0].seen[-1].raw_path == "/v1/items/it%C3%A9m?q=a%20b"
     [record] = decisions(client, resp.headers["X-Request-Id"])
     assert record["args"] == {"item_id": "itém", "q": "a b"}
+
+
+@pytest.mark.parametrize(("content_type", "status", "code"), [
+    ("application/json; charset=utf-8; charset=latin-1", 400, "invalid_json"),
+    ("application/json; charset=latin-1", 400, "invalid_json"),
+    ("application/json; charset=utf-8; boundary=x", 415, "unsupported_media_type"),
+    ("application/json; x-read-as=form", 415, "unsupported_media_type"),
+    ("application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+])
+async def test_a_json_media_type_takes_only_a_utf8_charset(
+        client: TestClient[Any, Any], agent_token: str, recorder: tuple[Recorder, str],
+        content_type: str, status: int, code: str) -> None:
+    before = len(recorder[0].seen)
+    await refused(client, "POST", "/echo/items", agent_token, status, code, "parse",
+                  data=b'{"name": "a", "count": 1}', headers={"Content-Type": content_type})
+    assert len(recorder[0].seen) == before
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/json; charset=UTF-8", 'application/json;charset="utf-8"',
+    "application/merge-patch+json", "Application/JSON ;"])
+async def test_json_media_types_that_pass(client: TestClient[Any, Any], agent_token: str,
+                                          content_type: str) -> None:
+    resp = await client.post("/echo/items", data=b'{"name": "a", "count": 1}',
+                             headers={"Authorization": f"Bearer {agent_token}",
+                                      "Content-Type": content_type})
+    assert resp.status == 201, await resp.text()
