@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
@@ -47,6 +48,7 @@ from gateway.store.schema import Dialect, migrations
 MIGRATION_LOCK = 0x746F6F6C67617465  # "toolgate"
 MIGRATIONS = migrations(Dialect.POSTGRES)
 # What a lost or refused connection raises, besides asyncpg's own errors.
+log = logging.getLogger("toolgate")
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MARK = re.compile(r"\?")
 CLAIM_ATTEMPTS = 3
@@ -71,7 +73,13 @@ def _unavailable(what: str) -> Iterator[None]:
     except GatewayError:
         raise
     except _DOWN as exc:
-        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        # SECURITY: the driver's text (server address, database, user) is for the operator's
+        # log, not for the agent, the audit log or /readyz, which answer anyone. A server
+        # error's text may quote a value (a tool argument): only its SQLSTATE is logged.
+        detail = f"SQLSTATE {exc.sqlstate}" if isinstance(exc, asyncpg.PostgresError) \
+            else str(exc)
+        log.warning("%s: %s: %s", what, type(exc).__name__, detail)
+        raise StoreUnavailable(f"{what} ({type(exc).__name__})") from exc
 
 
 class PostgresStore:

@@ -18,6 +18,7 @@ method per operation; the statements and row codecs it shares with PostgreSQL ar
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ from gateway.store.base import ApprovalHook
 from gateway.store.schema import Dialect, migrations
 
 MIGRATIONS = migrations(Dialect.SQLITE)
+log = logging.getLogger("toolgate")
 T = TypeVar("T")
 
 
@@ -94,7 +96,9 @@ class SqliteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state store unavailable: {exc}") from exc
+            # SECURITY: the driver's text is for the operator's log (see postgres.py).
+            log.warning("state store unavailable: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailable(f"state store unavailable ({type(exc).__name__})") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -6,6 +6,7 @@ test starts and stops itself — never the machine's shared one."""
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.devtokens import DevKey
+from tests.e2e.approvals_support import admin
 from tests.e2e.harness import Reply, Upstream
 from tests.e2e.postgres_support import PrivatePostgres, required_dsn
 from tests.e2e.profiles import state_gateway
@@ -61,6 +63,11 @@ def test_postgres_stopped_mid_load(private_postgres: PrivatePostgres, tmp_path: 
         down = [r for r in replies if r.code == "store_unavailable"]
         assert down, "calls during the outage fail closed"
         assert all(r.status == 503 for r in down)
+        ready = admin(gw, "GET", "/readyz", None)
+        assert (ready.status, ready.json["status"]) == (503, "unready")
+        # The driver's text (the server's address) is for the operator's log only.
+        assert all(b"127.0.0.1" not in r.raw and b"Errno" not in r.raw
+                   for r in [*down, ready])
         private_postgres.start()
         before = len(replies)
 
@@ -87,6 +94,8 @@ def test_postgres_stopped_mid_load(private_postgres: PrivatePostgres, tmp_path: 
     assert sent
     assert all(s.headers["X-Request-Id"] in decided for s in sent), \
         "no call reached the upstream without its decision record"
+    assert not [r for r in records if "127.0.0.1" in json.dumps(r) or "Errno" in json.dumps(r)]
+    assert "state store unavailable" in gw.log(), "the operator's log says what failed"
     assert all(r["stage"] in ("idempotency", "usage", "commit")
                for r in records if r["kind"] == "decision" and r["code"] ==
                "store_unavailable")
