@@ -22,6 +22,10 @@ from gateway.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnreacha
 from gateway.core.outbound import OutboundPlan
 from gateway.upstreams.headers import response_headers
 
+# Idle pooled connections are closed after this, before most servers close them (Node and
+# uvicorn: 5 s): a request is never resent, so one written into a connection the upstream
+# had just closed fails (502) instead of being retried.
+KEEPALIVE_S = 4.0
 NO_DEFAULT_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
@@ -78,10 +82,18 @@ class Upstreams:
     async def start(self) -> None:
         # One pool per upstream, so a slow upstream can exhaust only its own connections.
         for name, up in self._upstreams.items():
-            self._sessions[name] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=up.max_connections),
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=up.max_connections,
+                                               keepalive_timeout=KEEPALIVE_S),
                 auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=NO_DEFAULT_HEADERS)
+            # SECURITY: aiohttp resends an idempotent-method request (GET, PUT, DELETE…)
+            # once when its connection breaks, and the upstream may already have run it:
+            # one decided call would run twice, and a failed resend would look unsent. The
+            # gateway sends each call once. (No public switch; aiohttp is pinned to a
+            # minor release, and tests/upstreams/test_client.py fails if this stops working.)
+            session._retry_connection = False
+            self._sessions[name] = session
 
     async def close(self) -> None:
         for session in self._sessions.values():
@@ -89,8 +101,9 @@ class Upstreams:
         self._sessions.clear()
 
     async def send(self, plan: OutboundPlan, timeout_ms: int) -> UpstreamResponse:
-        """Send one planned call; raises `UpstreamError` (502) or `UpstreamTimeout` (504).
-        `UpstreamUnreachable` (a 502 too) means nothing was sent."""
+        """Send one planned call, once; raises `UpstreamError` (502) or `UpstreamTimeout`
+        (504). `UpstreamUnreachable` (a 502 too) means nothing was sent: only a failure to
+        open a new connection says so."""
         session = self._sessions[plan.upstream]  # KeyError: start() was not awaited
         headers = CIMultiDict(plan.headers)
         credential = self._credentials[plan.upstream]

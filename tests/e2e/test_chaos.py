@@ -39,9 +39,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey, upstream: Upst
     ("hang", 504, "upstream_timeout"), ("reset", 502, "upstream_error"),
     ("garbage", 502, "upstream_error"), ("half", 502, "upstream_error")])
 def test_a_misbehaving_upstream_fails_closed_and_recovers(
-        gw: Gateway, token: str, fault: str, status: int, code: str) -> None:
+        gw: Gateway, faulty: FaultyUpstream, token: str, fault: str, status: int,
+        code: str) -> None:
+    before = faulty.requests
     reply = gw.call("GET", f"/chaos/{fault}", token=token)
     assert (reply.status, reply.code) == (status, code)
+    # It may have run: never resent (a GET too), never counted as unsent.
+    assert faulty.requests == before + 1
     records = gw.records_for(reply.request_id)
     assert [r["kind"] for r in records] == ["decision", "outcome"]
     assert records[1]["error"] == code
