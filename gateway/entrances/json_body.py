@@ -17,6 +17,10 @@ import orjson
 from gateway.core.errors import InvalidJson
 
 MAX_INT_DIGITS = 20  # 2**64 has 20 digits; orjson refuses what does not fit 64 bits
+# Arguments nest at most this deep. The policy input and the audit record wrap them in a few
+# more levels, and orjson writes at most 254: a body just under that was decided but could
+# not be recorded (a 500). Tool arguments need a handful of levels, not hundreds.
+MAX_DEPTH = 64
 
 
 class _Ambiguous(ValueError):
@@ -54,15 +58,27 @@ def _int(text: str) -> int:
 def loads_strict(body: str | bytes) -> Any:
     """JSON with one meaning: no repeated names, no NaN/Infinity, no number that parsers
     round differently (beyond a double, or an integer beyond 64 bits), nothing the audit
-    log could not write (a lone surrogate, nesting deeper than 250)."""
+    log could not write (a lone surrogate, nesting deeper than `MAX_DEPTH`)."""
     value = json.loads(body, object_pairs_hook=_object, parse_constant=_constant,
                        parse_float=_float, parse_int=_int)
+    if _too_deep(value):
+        raise _Ambiguous(f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
-        raise _Ambiguous("the body holds an integer beyond 64 bits, an unpaired surrogate, "
-                         "or nesting deeper than 250") from None
+        raise _Ambiguous("the body holds an integer beyond 64 bits or an unpaired "
+                         "surrogate") from None
     return value
+
+
+def _too_deep(value: Any) -> bool:
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [child for node in level if isinstance(node, dict | list)
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return False
+    return any(isinstance(node, dict | list) for node in level)
 
 
 def arguments(body: bytes) -> dict[str, Any]:

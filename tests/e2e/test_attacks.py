@@ -227,6 +227,8 @@ def test_an_anchored_pattern_refuses_a_trailing_newline(gw: Gateway, token: str)
     (b'{"name": "a", "count": 1}', {"Content-Type": "application/json; charset=latin-1"},
      "invalid_json"),
     (b'{"name": "a", "count": ' + b"9" * 5000 + b"}", {}, "invalid_json"),
+    # Just under orjson's nesting limit: decided, then the record could not be written.
+    (b'{"name": ' + b"[" * 252 + b"]" * 252 + b"}", {}, "invalid_json"),
 ])
 def test_only_utf8_json_with_one_meaning(gw: Gateway, upstream: Upstream, token: str,
                                          data: bytes, headers: dict[str, str],

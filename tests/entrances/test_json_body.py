@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.errors import InvalidJson
-from gateway.entrances.json_body import arguments
+from gateway.entrances.json_body import MAX_DEPTH, arguments, loads_strict
 
 
 @pytest.mark.parametrize("body", [
@@ -39,3 +39,11 @@ def test_an_empty_body_is_no_arguments() -> None:
 def test_an_object_is_its_arguments() -> None:
     assert arguments(b'{"amount": 1.5, "nested": {"x": [1, 2]}}') == {
         "amount": 1.5, "nested": {"x": [1, 2]}}
+
+
+def test_arguments_nest_at_most_max_depth() -> None:
+    deep = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    assert arguments(f'{{"a": {deep}}}'.encode())["a"] == loads_strict(deep)
+    deeper = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    with pytest.raises(InvalidJson, match="deeper than 64"):
+        arguments(f'{{"a": {deeper}}}'.encode())
