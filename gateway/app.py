@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.admin.api import RUNTIME_OF, add_routes
 from gateway.bundle import Bundle, load_bundle
@@ -19,7 +20,19 @@ from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import NotFound
 from gateway.entrances import rest
 from gateway.runtime import open_runtime
-from gateway.web import RUNTIME, error_middleware
+from gateway.web import RUNTIME, Handler, error_middleware
+
+
+def _everything_to(fallback: Handler) -> Middleware:
+    """A middleware sending a request no route can match to `fallback`: a request target
+    that is not a path at all (`OPTIONS *`, `CONNECT host:443`) is answered like any
+    unknown path, not by aiohttp's bare 404."""
+    @web.middleware
+    async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None:
+            return await fallback(request)
+        return await handler(request)
+    return unrouted
 
 
 def _runtime_ctx(settings: Settings, environ: Mapping[str, str], bundle: Bundle,
@@ -37,7 +50,7 @@ def build_apps(settings: Settings, environ: Mapping[str, str], clock: Clock = SY
     calling thread (the event loop's: the embedded engine is bound to it)."""
     bundle = load_bundle(settings, clock)
     # client_max_size is a backstop; the entrance enforces the configured limit itself.
-    app = web.Application(middlewares=[error_middleware],
+    app = web.Application(middlewares=[error_middleware, _everything_to(rest.tool_call)],
                           client_max_size=settings.max_body_bytes + 1)
     app.cleanup_ctx.append(_runtime_ctx(settings, environ, bundle, clock))
     app.router.add_get("/v1/approvals/{approval_id}", rest.poll_approval)
@@ -45,12 +58,11 @@ def build_apps(settings: Settings, environ: Mapping[str, str], clock: Clock = SY
     # entrance, so every request is decided and recorded.
     app.router.add_route("*", r"/{tail:[\s\S]*}", rest.tool_call)
 
-    admin = web.Application(middlewares=[error_middleware])
+    async def unknown(request: web.Request) -> web.StreamResponse:
+        raise NotFound(f"no admin endpoint {request.path[:200]}")
+
+    admin = web.Application(middlewares=[error_middleware, _everything_to(unknown)])
     admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
     add_routes(admin)
-
-    async def unknown(request: web.Request) -> web.StreamResponse:
-        raise NotFound(f"no admin endpoint {request.path}")
-
     admin.router.add_route("*", r"/{tail:[\s\S]*}", unknown)
     return app, admin

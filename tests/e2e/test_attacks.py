@@ -249,12 +249,25 @@ def test_two_content_encodings_are_still_compressed(gw: Gateway, token: str) -> 
     assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("path", ["/echo/items/a%0Ab", "/nowhere%0A", "/%0D%0A"])
-def test_every_path_is_decided_and_recorded(gw: Gateway, token: str, path: str) -> None:
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/echo/items/a%0Ab", 400, "invalid_arguments"),  # a tool's route, a bad parameter
+    ("/nowhere%0A", 403, "tool_not_allowed"), ("/%0D%0A", 403, "tool_not_allowed")])
+def test_every_path_is_decided_and_recorded(gw: Gateway, token: str, path: str,
+                                            status: int, code: str) -> None:
     reply = gw.call("GET", path, token=token)
-    assert reply.status in (400, 403)
-    assert reply.json["error"]["code"] in ("invalid_arguments", "tool_not_allowed")
+    assert (reply.status, reply.code) == (status, code)
     assert decision(gw, reply)["stage"] == "route"
+
+
+@pytest.mark.parametrize("request_line", [b"OPTIONS * HTTP/1.1", b"CONNECT x:443 HTTP/1.1",
+                                          b"GET http://elsewhere/echo/items/a HTTP/1.1"])
+def test_a_target_that_is_not_a_path_is_decided_and_recorded(gw: Gateway, token: str,
+                                                              request_line: bytes) -> None:
+    status, body = answer(raw(gw.port, request_line + b"\r\nHost: x\r\nAuthorization: Bearer "
+                              + token.encode() + b"\r\nConnection: close\r\n\r\n"))
+    assert (status, body["error"]["code"]) == (403, "tool_not_allowed"), body
+    [record] = [r for r in gw.records() if r["decision_id"] == body["error"]["request_id"]]
+    assert (record["kind"], record["stage"]) == ("decision", "route")
 
 
 # ---- 6. smaller ones ----------------------------------------------------------------------
