@@ -3,7 +3,8 @@
 - Idempotency keys: answers are kept `idempotency.retention_hours` (24 by default, as
   Stripe does), then forgotten, so the key may be used again. Keys of held calls go with
   them once the held call is decided and as old.
-- Run budgets: a run unused for `budgets.retention_hours` (24 by default) is forgotten.
+- Run budgets: a run unused for `budgets.retention_hours` (24 by default) is forgotten,
+  unless a call of it is held, approved or being sent (it counts against its own run).
   Run ids come from agents, so the table would otherwise grow without bound; a run that
   comes back after that long starts with a fresh budget (issue runs in tokens, short-lived).
 """

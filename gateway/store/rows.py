@@ -36,8 +36,8 @@ _KQ = ", ".join(f"k.{c}" for c in KEY_COLUMNS)
 _SCOPE = "tenant = ? AND tool = ? AND key = ?"
 FINAL = ("executed", "failed", "outcome_unknown", "rejected", "expired")
 
-INSERT_APPROVAL = (f"INSERT INTO approvals ({_A}, sub, tenant) VALUES "
-                   f"({', '.join('?' * (len(APPROVAL_COLUMNS) + 2))})")
+INSERT_APPROVAL = (f"INSERT INTO approvals ({_A}, sub, tenant, run_id) VALUES "
+                   f"({', '.join('?' * (len(APPROVAL_COLUMNS) + 3))})")
 SELECT_APPROVALS = f"SELECT {_A} FROM approvals"
 INSERT_VOTE = ("INSERT INTO approval_votes (approval_id, approver_sub, approver, comment, "
                "created_at) VALUES (?, ?, ?, ?, ?)")
@@ -70,7 +70,10 @@ PURGE_KEYS = (
     f"({', '.join(repr(s) for s in FINAL)})))")
 
 SELECT_USAGE = "SELECT usage FROM runs WHERE tenant = ? AND run_id = ?"
-PURGE_RUNS = "DELETE FROM runs WHERE updated_at < ?"
+# A run is kept while a call of it waits for a person or is being sent.
+PURGE_RUNS = ("DELETE FROM runs WHERE updated_at < ? AND NOT EXISTS (SELECT 1 FROM approvals a "
+              "WHERE a.run_id = runs.run_id AND COALESCE(a.tenant, '') = runs.tenant "
+              "AND a.status IN ('pending', 'approved', 'executing'))")
 UPSERT_USAGE = ("INSERT INTO runs (tenant, run_id, usage, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tenant, run_id) DO UPDATE SET usage = excluded.usage, "
                 "updated_at = excluded.updated_at")
@@ -129,7 +132,7 @@ def approval_row(a: Approval) -> tuple[Any, ...]:
             a.updated_at or a.created_at, orjson.dumps(call), a.plan.body, a.call_digest,
             a.idempotency_key, int(a.resend_safe), a.reason, a.result_status,
             a.result_content_type, a.result_body, a.attempts, a.owner, a.error,
-            a.sub, a.tenant)
+            a.sub, a.tenant, a.run_id)
 
 
 def approval_from_row(row: Sequence[Any], votes: Sequence[Vote] = ()) -> Approval:

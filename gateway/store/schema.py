@@ -128,6 +128,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: runs are forgotten after a retention, like keys (run ids are agent-chosen, so the
     # table would otherwise grow without bound).
     ("CREATE INDEX runs_age ON runs (updated_at)",),
+    # 5: a held call names its run in a column, so retention never forgets a run while one
+    # of its calls waits for a person (it would run against a fresh budget). Calls held
+    # before this keep it only in their `call` document: their runs are forgotten as before.
+    ("ALTER TABLE approvals ADD COLUMN run_id TEXT",
+     "CREATE INDEX approvals_run ON approvals (run_id)"),
 )
 
 

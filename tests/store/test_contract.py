@@ -342,3 +342,17 @@ async def test_only_calls_of_silent_instances_are_abandoned(store: StateStore) -
     # The old owner can no longer finish it.
     assert await store.transition("apr_dead", executing, ApprovalStatus.EXECUTED, NOW,
                                   owner_is=("gw-dead",), result_status=200) is None
+
+
+async def test_a_run_is_kept_while_a_call_of_it_waits(store: StateStore) -> None:
+    """A held call may wait longer than the run retention; it must not then run against a
+    fresh budget."""
+    limits = Limits(max_tool_calls=10)
+    await store.commit_forward(None, Reservation("acme", "run-1", "t", {}, limits), NOW)
+    await hold(store, approval())   # run-1, tenant acme
+    assert await store.purge_runs(NOW + 1) == 0
+    assert (await store.usage("acme", "run-1")).tool_calls == 1
+    await store.transition("apr_1", frozenset({ApprovalStatus.PENDING}),
+                           ApprovalStatus.REJECTED, NOW, reason="no")
+    assert await store.purge_runs(NOW + 1) == 1
+    assert (await store.usage("acme", "run-1")).tool_calls == 0
