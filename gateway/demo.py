@@ -9,6 +9,7 @@ with a key pair generated for this run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import socket
@@ -29,7 +30,7 @@ from aiohttp import web
 from gateway.config import load as load_config
 from gateway.devtokens import DevKey
 from gateway.example_upstream import CREDENTIALS, make_app
-from gateway.serve import _serve
+from gateway.serve import _serve, configure_logging
 
 
 @dataclass(frozen=True)
@@ -242,4 +243,8 @@ def run_demo(directory: Path | None = None) -> int:
         if work.exists() and any(work.iterdir()):
             raise SystemExit(f"toolgate demo: {work} is not empty")
         work.mkdir(parents=True, exist_ok=True)
+    # The gateway's own log, as `serve` writes it (no exception message, so no token), kept
+    # to warnings so the demo's table reads cleanly.
+    configure_logging()
+    logging.getLogger().setLevel(logging.WARNING)
     return uvloop.run(_run(work, root))
