@@ -5,7 +5,11 @@ RFC 8725 practice, enforced here rather than left to the library's defaults:
 - every key is pinned to the algorithms of its own key type (and to its JWK `alg`), so the
   token header cannot make an RSA public key act as an HMAC secret;
 - `kid` is only a lookup key; an unknown `kid` is a 401, never a fallback to another key;
-- `iss`, `aud`, `exp` are required; `exp`/`nbf` are checked with the configured leeway.
+- `iss`, `aud`, `exp`, `sub` are required; `exp`/`nbf` are checked with the configured
+  leeway, and a date (`exp`, `nbf`, `iat`) that is not a finite number is refused.
+Every claim the principal is made of is typed, and its names bounded (`_CLAIMS`): one that
+is present but not usable as it is makes the token a 401 naming it, never a claim dropped
+or replaced.
 Verified tokens are cached, but a cache entry never outlives the token's own `exp`.
 """
 
@@ -15,7 +19,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,9 @@ FAMILIES: Mapping[str, frozenset[str]] = {
 }
 MIN_HMAC_SECRET_BYTES = 32
 MAX_RUN_ID = 128
+# `sub`, `tenant`, `agent`: roomy for any identity provider's names (a Kubernetes service
+# account's `sub` is under 350 characters), yet a bound on what every record and run holds.
+MAX_NAME = 1024
 # What the agent is told (RFC 6750 error_description); never the library's own text.
 _JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidAudienceError, "wrong audience"),
@@ -141,6 +148,44 @@ def _is_number(value: Any) -> bool:
             and math.isfinite(value))
 
 
+def is_run_id(value: object) -> bool:
+    """A run id the gateway can use, from the token or the `X-Agent-Run-Id` header: a
+    non-empty printable string (no control character, no lone surrogate, no separator but
+    the space) of at most `MAX_RUN_ID` characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_RUN_ID and value.isprintable()
+
+
+def _is_subject(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME and value.isprintable()
+
+
+def _is_scope_name(value: object) -> bool:
+    # A tenant or an agent is a name the kill switch must be able to address (its scopes
+    # are `tenant:<t>` and `agent:<a>`, with no whitespace): no space either.
+    return _is_subject(value) and " " not in str(value)
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# SECURITY: every claim the principal is made of, and what it must be when present. A claim
+# of another type is never dropped: a `tenant` dropped means the default budgets and runs
+# shared with every tenant-less token; a `run_id` dropped (or null) means the unsigned
+# header's run, a fresh budget for the asking. Only an absent optional claim is absent.
+_CLAIMS: Mapping[str, Callable[[object], bool]] = {
+    "sub": _is_subject,
+    "tenant": _is_scope_name,
+    "agent": _is_scope_name,
+    "run_id": is_run_id,
+    "roles": _is_strings,
+    "scope": lambda value: isinstance(value, str),
+    "scp": lambda value: isinstance(value, str) or _is_strings(value),
+}
+# Numeric dates (RFC 7519 NumericDate), checked in `_decode` before any of the above.
+_DATES = ("exp", "nbf", "iat")
+
+
 def _scope_tokens(value: str) -> list[str]:
     """RFC 6749 §3.3: scope tokens are separated by spaces (U+0020) only; other Unicode
     whitespace is part of a token, never a separator that could make a scope appear."""
@@ -153,32 +198,20 @@ def _unauthenticated(description: str) -> Unauthenticated:
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
-    scope = claims.get("scope")
-    scp = claims.get("scp")
-    scopes: set[str] = set()
-    if isinstance(scope, str):
-        scopes.update(_scope_tokens(scope))
-    if isinstance(scp, list):
-        scopes.update(s for s in scp if isinstance(s, str))
-    elif isinstance(scp, str):
-        scopes.update(_scope_tokens(scp))
-    roles = claims.get("roles")
-
-    def text(name: str) -> str | None:
-        value = claims.get(name)
-        return value if isinstance(value, str) and value else None
-
-    run_id = claims.get("run_id")
-    # SECURITY: a signed run id always wins; one the gateway cannot use is refused, never
-    # replaced by the unsigned X-Agent-Run-Id header (a fresh budget for the asking).
-    if run_id is not None and (not isinstance(run_id, str) or not run_id
-                               or len(run_id) > MAX_RUN_ID or not run_id.isprintable()):
-        raise _unauthenticated("malformed run_id claim")
+    """The principal of verified claims, or `Unauthenticated` naming the first claim that
+    is present but not what `_CLAIMS` says it must be (or `sub`, if it is missing)."""
+    if "sub" not in claims:
+        raise _unauthenticated("missing claim sub")
+    for name, usable in _CLAIMS.items():
+        if name in claims and not usable(claims[name]):
+            raise _unauthenticated(f"malformed {name} claim")
+    scopes: set[str] = set(_scope_tokens(claims.get("scope", "")))
+    scp = claims.get("scp", [])
+    scopes.update(_scope_tokens(scp) if isinstance(scp, str) else (s for s in scp if s))
     return Principal(
-        sub=str(claims["sub"]), agent=text("agent"), tenant=text("tenant"),
-        scopes=frozenset(scopes),
-        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
-        run_id=run_id, claims=dict(claims))
+        sub=claims["sub"], agent=claims.get("agent"), tenant=claims.get("tenant"),
+        scopes=frozenset(scopes), roles=tuple(claims.get("roles", ())),
+        run_id=claims.get("run_id"), claims=dict(claims))
 
 
 class TokenVerifier:
@@ -227,6 +260,10 @@ class TokenVerifier:
         return key
 
     def _decode(self, token: str, now: float) -> dict[str, Any]:
+        # A JWT is base64url and dots: anything else (a lone surrogate, which the library
+        # would fail to encode) is malformed, not an internal error.
+        if not token.isascii():
+            raise _unauthenticated("malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -243,30 +280,33 @@ class TokenVerifier:
             claims: dict[str, Any] = jwt.decode(
                 token, key.key, algorithms=[alg], audience=self._settings.audience,
                 issuer=self._settings.issuer,
-                # exp/nbf are checked below against `now`, the same clock the cache uses.
+                # exp/nbf are checked below against `now`, the same clock the cache uses;
+                # sub with the other claims of `_CLAIMS`, so its refusal names it too.
                 options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False,
-                         "verify_exp": False, "verify_nbf": False})
+                         "verify_exp": False, "verify_nbf": False, "verify_sub": False})
         except jwt.MissingRequiredClaimError as exc:
             raise _unauthenticated(f"missing claim {exc.claim}") from None
         except jwt.PyJWTError as exc:
             description = next((text for cls, text in _JWT_ERRORS if isinstance(exc, cls)),
                                "invalid token")
             raise _unauthenticated(description) from None
-        leeway = self._settings.leeway_s
-        exp, nbf = claims["exp"], claims.get("nbf")
-        if not _is_number(exp) or (nbf is not None and not _is_number(nbf)):
-            raise _unauthenticated("exp and nbf must be finite numbers")
-        if now >= exp + leeway:
-            raise _unauthenticated("token expired")
-        if nbf is not None and now < nbf - leeway:
-            raise _unauthenticated("token not yet valid")
         try:
             # The claims go to the policy (input.principal.claims) and nowhere else: a value
             # JSON cannot carry to it (an integer beyond 64 bits) is refused here, once.
+            # First: a date of 10**400 would overflow the float arithmetic below (a 500).
             orjson.dumps(claims)
         except (TypeError, orjson.JSONEncodeError):
             raise _unauthenticated("a claim holds a value the policy cannot be given") \
                 from None
+        for name in _DATES:
+            if name in claims and not _is_number(claims[name]):
+                raise _unauthenticated(f"malformed {name} claim")
+        leeway = self._settings.leeway_s
+        exp, nbf = claims["exp"], claims.get("nbf")
+        if now >= exp + leeway:
+            raise _unauthenticated("token expired")
+        if nbf is not None and now < nbf - leeway:
+            raise _unauthenticated("token not yet valid")
         return claims
 
 

@@ -17,7 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from gateway.auth import KeyConfigError, Principal, TokenVerifier, load_keys
+from gateway.auth import (
+    KeyConfigError,
+    Principal,
+    TokenVerifier,
+    load_keys,
+    principal_from_claims,
+)
 from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
@@ -83,6 +89,12 @@ def verifier(make_verifier: Verifier) -> TokenVerifier:
     return make_verifier()
 
 
+def _short(value: object) -> str:
+    """A test id for a value that may be a thousand characters long."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} chars)"
+
+
 def _rejects(verifier: TokenVerifier, token: str, description: str | None = None,
              now: float | None = None) -> Unauthenticated:
     with pytest.raises(Unauthenticated) as info:
@@ -117,9 +129,14 @@ def test_valid_token_yields_principal(verifier: TokenVerifier, dev_key: DevKey) 
 
 
 def test_scopes_from_scp_list(verifier: TokenVerifier, dev_key: DevKey) -> None:
-    token = dev_key.token("svc-agent", scp=["billing:refund", "orders:read", 7])
+    token = dev_key.token("svc-agent", scp=["billing:refund", "orders:read"])
     principal = verifier.verify(token)
     assert principal.scopes == frozenset({"billing:refund", "orders:read"})
+
+
+def test_scopes_from_scp_string(verifier: TokenVerifier, dev_key: DevKey) -> None:
+    token = dev_key.token("svc-agent", scp="billing:refund orders:read")
+    assert verifier.verify(token).scopes == frozenset({"billing:refund", "orders:read"})
 
 
 def test_scopes_from_scope_and_scp_are_combined(verifier: TokenVerifier,
@@ -128,23 +145,61 @@ def test_scopes_from_scope_and_scp_are_combined(verifier: TokenVerifier,
     assert verifier.verify(token).scopes == frozenset({"a", "b", "c"})
 
 
-@pytest.mark.parametrize("run_id", [7, 7.5, True, ["run-1"], {"id": "run-1"}, "", "r" * 129,
-                                    "run\n1"], ids=repr)
+@pytest.mark.parametrize("run_id", [None, 7, 7.5, True, ["run-1"], {"id": "run-1"}, "",
+                                    "r" * 129, "run\n1", "run\x7f", "run\u00a01"], ids=_short)
 def test_a_malformed_run_id_claim_is_401(verifier: TokenVerifier, dev_key: DevKey,
                                          run_id: object) -> None:
     """A signed run id the gateway cannot use is refused, never silently replaced by the
-    unsigned X-Agent-Run-Id header (which would give the agent a fresh budget)."""
+    unsigned X-Agent-Run-Id header (which would give the agent a fresh budget). `null` too:
+    it was read as no claim, so the header chose the run."""
     _rejects(verifier, _sign(dev_key, _claims(run_id=run_id)), "malformed run_id claim")
 
 
-def test_optional_claims_absent_or_wrong_type(verifier: TokenVerifier, dev_key: DevKey) -> None:
-    token = _sign(dev_key, _claims(tenant="", agent=3, roles="admin"))
-    principal = verifier.verify(token)
+def test_optional_claims_absent(verifier: TokenVerifier, dev_key: DevKey) -> None:
+    principal = verifier.verify(_sign(dev_key, _claims()))
     assert principal.tenant is None
     assert principal.agent is None
     assert principal.roles == ()
     assert principal.run_id is None
     assert principal.scopes == frozenset()
+
+
+NAMES_BEYOND_BOUNDS = [None, 5, 5.0, True, ["acme"], {"id": "acme"}, "", "a" * 1025, "ac\nme",
+                       "ac\tme", "ac\u00a0me", "ac\u200bme"]
+
+
+@pytest.mark.parametrize(("claim", "value"), [
+    *[("sub", v) for v in [5, True, ["svc"], {"id": "svc"}, "", "s" * 1025, "svc\n1"]],
+    *[("tenant", v) for v in [*NAMES_BEYOND_BOUNDS, "ac me"]],
+    *[("agent", v) for v in [*NAMES_BEYOND_BOUNDS, "support bot"]],
+    *[("roles", v) for v in [None, "admin", 5, {"admin": True}, ["admin", 5], ["admin", None],
+                             [["admin"]]]],
+    *[("scope", v) for v in [None, 5, True, ["orders:read"], {"orders:read": True}]],
+    *[("scp", v) for v in [None, 5, True, {"orders:read": True}, ["orders:read", 7],
+                           ["orders:read", None], [["orders:read"]]]],
+], ids=_short)
+def test_a_claim_present_but_not_usable_is_401(verifier: TokenVerifier, dev_key: DevKey,
+                                               claim: str, value: object) -> None:
+    """A present claim is the IdP's word: one of the wrong type or beyond its bounds is
+    refused, naming it, never dropped. `tenant: 5` was dropped: the call ran with no tenant,
+    on the default budgets, in runs shared with every tenant-less token."""
+    _rejects(verifier, _sign(dev_key, _claims(**{claim: value})), f"malformed {claim} claim")
+
+
+def test_a_claim_at_its_bounds_is_usable(verifier: TokenVerifier, dev_key: DevKey) -> None:
+    sub = "system:serviceaccount:ns:a bot "
+    token = _sign(dev_key, _claims(sub=sub + "s" * (1024 - len(sub)),
+                                   tenant="t" * 1024, agent="é" * 1024, run_id="run 1" * 25,
+                                   roles=[], scope="", scp=[]))
+    principal = verifier.verify(token)
+    assert (len(principal.sub), principal.tenant, principal.agent, principal.run_id) == (
+        1024, "t" * 1024, "é" * 1024, "run 1" * 25)
+    assert (principal.roles, principal.scopes) == ((), frozenset())
+
+
+def test_a_principal_needs_a_subject() -> None:
+    with pytest.raises(Unauthenticated, match="missing claim sub"):
+        principal_from_claims({"tenant": "acme"})
 
 
 def test_token_without_kid_uses_the_only_key(verifier: TokenVerifier, dev_key: DevKey) -> None:
@@ -267,6 +322,15 @@ def test_other_key_with_same_kid_rejected(verifier: TokenVerifier, dev_key: DevK
 ], ids=repr)
 def test_malformed_tokens_rejected(verifier: TokenVerifier, token: str) -> None:
     _rejects(verifier, token)
+
+
+@pytest.mark.parametrize("tail", ["\udcff", "\u00e9", "\x00"], ids=repr)
+def test_a_token_that_is_not_ascii_is_malformed(verifier: TokenVerifier, dev_key: DevKey,
+                                                tail: str) -> None:
+    """`Bearer <token>\\xff` arrives as a lone surrogate, which the library cannot encode:
+    it was a 500 on both ports."""
+    _rejects(verifier, tail, "malformed token")
+    _rejects(verifier, dev_key.token("svc-agent") + tail, "malformed token")
 
 
 # ---- Leeway --------------------------------------------------------------------------
@@ -473,13 +537,24 @@ def test_jwks_with_two_keys_selects_by_kid(tmp_path: Path, dev_key: DevKey) -> N
     _rejects(verifier, _sign(dev_key, _claims(), kid=None), "token has no key id")
 
 
-@pytest.mark.parametrize("claim", ["exp", "nbf"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), True, False,
+                                   "1700000000", None, [1700000000]], ids=repr)
 def test_exp_and_nbf_must_be_finite(verifier: TokenVerifier, dev_key: DevKey, claim: str,
-                                    value: float) -> None:
-    """JSON parsers read NaN and Infinity; an `exp` of Infinity would never expire."""
-    _rejects(verifier, _sign(dev_key, _claims(**{claim: value})),
-             "exp and nbf must be finite numbers")
+                                    value: object) -> None:
+    """JSON parsers read NaN and Infinity; an `exp` of Infinity would never expire. `iat`
+    too (it reaches the policy), and none of them may be a bool, a string or null."""
+    description = "missing claim exp" if (claim, value) == ("exp", None) else \
+        f"malformed {claim} claim"
+    _rejects(verifier, _sign(dev_key, _claims(**{claim: value})), description)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_date_too_large_for_a_float_is_401(verifier: TokenVerifier, dev_key: DevKey,
+                                             claim: str) -> None:
+    """`exp: 10**400` overflowed the float arithmetic of the expiry check: a 500."""
+    _rejects(verifier, _sign(dev_key, _claims(**{claim: 10**400})),
+             "a claim holds a value the policy cannot be given")
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\t", "\n"], ids=repr)
