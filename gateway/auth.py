@@ -39,6 +39,7 @@ FAMILIES: Mapping[str, frozenset[str]] = {
     "oct": frozenset({"HS256", "HS384", "HS512"}),
 }
 MIN_HMAC_SECRET_BYTES = 32
+MIN_RSA_BITS = 2048
 MAX_RUN_ID = 128
 # `sub`, `tenant`, `agent`: roomy for any identity provider's names (a Kubernetes service
 # account's `sub` is under 350 characters), yet a bound on what every record and run holds.
@@ -99,6 +100,10 @@ def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[Verifi
             family = FAMILIES.get(str(raw.get("kty")), frozenset())
             if raw.get("alg"):
                 family = family & {raw["alg"]}
+            weak = _weakness(jwk.key)
+            if weak:
+                raise KeyConfigError(f"{settings.jwks_file}: key {jwk.key_id or '(no kid)'}: "
+                                     f"{weak}")
             keys.append(VerificationKey(jwk.key_id, jwk.key, family & allowed))
     elif settings.public_key_file is not None:
         try:
@@ -106,6 +111,9 @@ def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[Verifi
             public = serialization.load_pem_public_key(pem)
         except (OSError, ValueError) as exc:
             raise KeyConfigError(f"{settings.public_key_file}: not a PEM public key") from exc
+        weak = _weakness(public)
+        if weak:
+            raise KeyConfigError(f"{settings.public_key_file}: {weak}")
         keys.append(VerificationKey(None, public, _family_of(public) & allowed))
     elif settings.hs256_secret_env is not None:
         secret = environ.get(settings.hs256_secret_env, "").encode()
@@ -118,6 +126,15 @@ def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[Verifi
         raise KeyConfigError("no verification key can be used with the allowed algorithms "
                              f"{sorted(allowed)}")
     return usable
+
+
+def _weakness(key: Any) -> str | None:
+    """Why a key is too weak to verify tokens with (a forger could guess or factor it)."""
+    if isinstance(key, bytes) and len(key) < MIN_HMAC_SECRET_BYTES:
+        return f"an HMAC secret needs at least {MIN_HMAC_SECRET_BYTES} bytes"
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return f"an RSA key needs at least {MIN_RSA_BITS} bits"
+    return None
 
 
 def _jwks_entries(path: Path) -> list[Any]:

@@ -570,3 +570,31 @@ def test_a_claim_the_policy_cannot_be_given_is_401(verifier: TokenVerifier,
                                                    dev_key: DevKey) -> None:
     _rejects(verifier, _sign(dev_key, _claims(big=2**64)),
              "a claim holds a value the policy cannot be given")
+
+
+@pytest.mark.parametrize(("jwk", "message"), [
+    ({"kty": "oct", "kid": "short", "k": base64.urlsafe_b64encode(b"s" * 16).decode()
+      .rstrip("=")}, "HMAC secret needs at least 32 bytes"),
+    (None, "RSA key needs at least 2048 bits"),   # a 1024-bit RSA key, made below
+])
+def test_a_weak_key_in_a_jwks_is_refused_at_start(tmp_path: Path, jwk: dict[str, Any] | None,
+                                                  message: str) -> None:
+    if jwk is None:
+        weak = 1024   # on purpose
+        small = rsa.generate_private_key(public_exponent=65537, key_size=weak)
+        jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small.public_key())),
+               "kid": "small"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
+    with pytest.raises(KeyConfigError, match=message):
+        load_keys(_settings(jwks_file=path, algorithms=("RS256", "HS256")), {})
+
+
+def test_a_weak_rsa_public_key_file_is_refused_at_start(tmp_path: Path) -> None:
+    weak = 1024   # on purpose
+    small = rsa.generate_private_key(public_exponent=65537, key_size=weak).public_key()
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(small.public_bytes(serialization.Encoding.PEM,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(KeyConfigError, match="at least 2048 bits"):
+        load_keys(_settings(public_key_file=pem), {})
