@@ -33,9 +33,16 @@ class CallAudit:
         self._outcome_due = False
 
     def decision(self, record: Mapping[str, Any]) -> None:
-        """Write the decision record. Raises `AuditUnavailable`: then take no action."""
+        """Write the decision record. Raises `AuditUnavailable`: then take no action.
+
+        A record that cannot even be rendered (a gateway bug: nothing reached a sink) does
+        not count as tried, so the exit still writes the call's `internal_error` record."""
+        try:
+            self._log.write("decision", {**self.base, **record})
+        except AuditUnavailable:
+            self._decision_tried = True   # a sink may hold part of it: never a second one
+            raise
         self._decision_tried = True
-        self._log.write("decision", {**self.base, **record})
         self.decision_written = True
 
     def expect_outcome(self) -> None:

@@ -173,3 +173,14 @@ async def test_file_and_stdout_get_identical_bytes(tmp_path: Path,
     finally:
         log.close()
     assert capfd.readouterr().out == path.read_text()
+
+
+async def test_a_decision_that_cannot_be_rendered_still_leaves_one_record(
+        audit_log: AuditLog, audit_path: Path) -> None:
+    """A gateway bug (a value JSON cannot hold) is a 500, never a call without a record."""
+    with pytest.raises(TypeError):
+        async with CallAudit(audit_log, "req-9", None) as audit:
+            audit.decision({"action": "allow", "stage": "policy", "args": {"a": "\ud800"}})
+    (record,) = read_records(audit_path)
+    assert (record["decision_id"], record["stage"], record["reasons"]) == (
+        "req-9", "internal", ["internal_error"])
