@@ -238,16 +238,17 @@ class TokenVerifier:
         self._settings = settings
         self._keys = keys
         self._by_kid = {k.kid: k for k in keys if k.kid is not None}
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
     def verify(self, token: str, now: float | None = None) -> Principal:
         """The token's principal, or `Unauthenticated` with an RFC 6750 description."""
         now = time.time() if now is None else now
         hit = self._cache.get(token)
         if hit is not None:
-            principal, exp = hit
-            # SECURITY: a cached verification is only good until the token's own exp.
-            if now < exp:
+            principal, valid_from, exp = hit
+            # SECURITY: a cached verification holds only while a fresh one would: not past
+            # the token's own exp, nor before its nbf (a clock stepped back).
+            if valid_from <= now < exp:
                 self._cache.move_to_end(token)
                 return principal
             del self._cache[token]
@@ -255,9 +256,10 @@ class TokenVerifier:
         principal = principal_from_claims(claims)
         exp = float(claims["exp"])
         nbf = claims.get("nbf")
-        cacheable = nbf is None or (isinstance(nbf, int | float) and now >= nbf)
+        valid_from = -math.inf if nbf is None else float(nbf) - self._settings.leeway_s
+        cacheable = nbf is None or now >= nbf
         if self._settings.token_cache_size and cacheable and now < exp:
-            self._cache[token] = (principal, exp)
+            self._cache[token] = (principal, valid_from, exp)
             if len(self._cache) > self._settings.token_cache_size:
                 self._cache.popitem(last=False)
         return principal

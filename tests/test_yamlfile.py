@@ -147,6 +147,37 @@ def test_recursive_alias_is_a_load_error() -> None:
     assert info.value.file == "loop.yaml"
 
 
+def laughs(levels: int, fan_out: int = 10) -> str:
+    """The "billion laughs": each anchor is a list of `fan_out` aliases of the one before,
+    so a few hundred bytes name fan_out ** levels values."""
+    lines = ['l0: &l0 "lol"']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan_out)}]"
+              for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("levels", "fan_out"), [(6, 10), (2, 320)])
+def test_alias_expansion_is_capped(levels: int, fan_out: int) -> None:
+    """A million values from 300 bytes, or 102,400 from a few kilobytes: a load error once
+    MAX_NODES values are built, not memory and minutes (a billion laughs is the same
+    document with 9 levels; without the cap it would exhaust the machine, so it is not
+    run here)."""
+    text = laughs(levels, fan_out)
+    assert len(text) < 5000
+    with pytest.raises(LoadError) as info:
+        yamlfile.loads(text, "laughs.yaml")
+    assert info.value.file == "laughs.yaml"
+    assert info.value.line is not None
+    assert f"more than {yamlfile.MAX_NODES} values" in info.value.message
+
+
+def test_aliases_below_the_cap_still_expand() -> None:
+    # 90,000 leaves, 90,604 values in all: just under the cap, so it loads.
+    doc = yamlfile.loads(laughs(2, 300), "laughs.yaml")
+    assert len(doc.value["l2"]) == 300
+    assert doc.value["l2"][299][299] == "lol"
+
+
 # ----------------------------------------------------------------------------- schema_errors
 
 SCHEMA = {

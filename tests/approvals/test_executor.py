@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.devtokens import DevKey
@@ -95,3 +96,57 @@ async def test_an_approved_call_still_counts_against_its_run(
     done = await finished(quiet, approval)
     assert (done.status, done.error) == (ApprovalStatus.FAILED, "budget_exceeded")
     assert recorder[0].seen == []
+
+
+# ---- an approved call's spend (THREAT_MODEL D7, the executor's half) ----------------------
+
+# Yellow tools with a spend and no limit in the policy data, so every call is held. Each
+# reaches its upstream differently: an answer of 502 or 504, no answer within the tool's
+# timeout, or no connection at all (the `down` upstream: nothing listens there).
+SPEND_TOOLS = [
+    {"name": f"held_spend_{name}", "upstream": upstream,
+     "route": {"method": "POST", "path": f"/held-spend/{name}"},
+     "forward": {"path": path}, "scopes": ["billing:refund"], "tier": "yellow",
+     "idempotency": "none", "spend": "amount", "timeout_ms": 200,
+     "input_schema": {"type": "object", "required": ["amount"],
+                      "properties": {"amount": {"type": "number", "minimum": 0}}}}
+    for name, upstream, path in (("502", "echo", "/v1/status/502"),
+                                 ("504", "echo", "/v1/status/504"),
+                                 ("timeout", "echo", "/v1/hang"),
+                                 ("unreachable", "down", "/v1/items"))]
+
+
+@pytest.mark.parametrize(("name", "status", "error", "kept"), [
+    ("502", ApprovalStatus.EXECUTED, None, True),
+    ("504", ApprovalStatus.EXECUTED, None, True),
+    ("timeout", ApprovalStatus.FAILED, "upstream_timeout", True),
+    ("unreachable", ApprovalStatus.FAILED, "upstream_error", False)])
+async def test_an_approved_call_keeps_its_spend_unless_it_never_left(
+        tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str], clock: FakeClock,
+        name: str, status: ApprovalStatus, error: str | None, kept: bool) -> None:
+    """A call that reached its upstream may have run there, whatever came back: it keeps
+    its call and its spend. Only one that could not be connected to gives them back."""
+    upstream_reached = name != "unreachable"
+    specs = tmp_path / "held_spend.yaml"
+    specs.write_text(yaml.safe_dump(SPEND_TOOLS), encoding="utf-8")
+    token = dev_key.token("svc-agent", tenant="acme", scopes=["billing:refund"],
+                          run_id="run-held")
+    async with runtime(tmp_path / "gateway", dev_key, recorder[1], clock, approvals=QUIET,
+                       tool_specs=[str(specs)],
+                       budgets={"max_spend": {"amount": 100}}) as rt:
+        approval_id = await held_call(rt, token, f"k-{name}", f"/held-spend/{name}",
+                                      {"amount": 30})
+        moved = await rt.store.transition(approval_id, APPROVED, ApprovalStatus.APPROVED,
+                                          rt.clock.time())
+        assert moved is not None
+        assert (await rt.store.usage("acme", "run-held")).tool_calls == 0, \
+            "a held call reserves nothing until it is executed"
+        done = await finished(rt, moved)
+        assert (done.status, done.error) == (status, error)
+        assert len(recorder[0].seen) == (1 if upstream_reached else 0)
+        usage = await rt.store.usage("acme", "run-held")
+        if kept:
+            assert (usage.tool_calls, usage.spent) == (1, {"amount": 30.0})
+        else:
+            assert (usage.tool_calls, usage.spent.get("amount", 0)) == (0, 0)
+            assert (done.reason or "").startswith("not sent:")

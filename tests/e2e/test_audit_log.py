@@ -17,9 +17,11 @@ REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
           "customer_email": "ada@example.com"}
 
 
-def every_outcome(gw: Gateway, token: str, key: DevKey) -> list[tuple[str, Reply]]:
-    """One call per outcome row; (expected kind of action, reply)."""
-    refund_key = iter(f"walk-{i}" for i in range(100))
+def every_outcome(gw: Gateway, token: str, key: DevKey, walk: str) -> list[tuple[str, Reply]]:
+    """One call per outcome row; (expected kind of action, reply). Idempotency keys are
+    `<walk>-<n>`: the gateway is shared by the session, so each test walks with keys of its
+    own, or a second walk would be answered from the first one's keys (replays)."""
+    refund_key = iter(f"{walk}-{i}" for i in range(100))
     return [
         ("forwarded", gw.call("POST", "/billing/refunds", token=token,
                               body={**REFUND, "amount": 10},
@@ -49,7 +51,7 @@ def every_outcome(gw: Gateway, token: str, key: DevKey) -> list[tuple[str, Reply
 
 def test_one_decision_record_per_call_and_one_outcome_per_action(
         gateway: Gateway, token: str, dev_key: DevKey) -> None:
-    replies = every_outcome(gateway, token, dev_key)
+    replies = every_outcome(gateway, token, dev_key, "walk-records")
     records = gateway.records()
     for kind, reply in replies:
         mine = [r for r in records if r["decision_id"] == reply.request_id]
@@ -65,7 +67,7 @@ def test_one_decision_record_per_call_and_one_outcome_per_action(
 
 
 def test_no_secret_in_the_audit_log(gateway: Gateway, token: str, dev_key: DevKey) -> None:
-    every_outcome(gateway, token, dev_key)
+    every_outcome(gateway, token, dev_key, "walk-secrets")
     text = gateway.audit_file.read_text()
     assert UPSTREAM_SECRET not in text
     assert token not in text

@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import yaml
 
-from gateway.core.decision import Action, PolicyDecision
+from gateway.act.handle import handle
+from gateway.core.decision import MAX_TTL_SECONDS, Action, PolicyDecision
 from gateway.core.errors import LoadErrors
+from gateway.devtokens import DevKey
 from gateway.policy.embedded import EmbeddedEngine, compile_engine, error_location
 from gateway.policy.sources import load_sources
+from tests.support import FakeClock, Recorder, runtime, tool_call
 
 QUERY = "data.toolgate.decision"
 
@@ -369,3 +374,55 @@ async def test_a_late_deny_or_hold_still_stands(tmp_path: Path, action: Action) 
     finally:
         await engine.close()
     assert decision.action is action
+
+
+# ---- The 30-day cap on a held call's ttl_seconds (THREAT_MODEL Q3) ------------------------
+
+def _shipped_policy_with_ttl(repo_root: Path, directory: Path, ttl: int) -> Path:
+    """The shipped policy, with an operator's data file that gives refunds `ttl`."""
+    directory.mkdir()
+    (directory / "toolgate.rego").write_text(
+        (repo_root / "policies" / "toolgate.rego").read_text(encoding="utf-8"),
+        encoding="utf-8")
+    (directory / "data.yaml").write_text(yaml.safe_dump({"toolgate": {
+        "tenant_argument": "tenant_id",
+        "limits": {"create_refund_request": {
+            "argument": "amount", "currency_argument": "currency", "max": {"USD": 200},
+            "approver_roles": ["billing-approver"], "ttl_seconds": ttl}}}}),
+        encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize("ttl", [MAX_TTL_SECONDS + 1, 365 * 86_400])
+async def test_a_hold_longer_than_thirty_days_is_a_policy_error(
+        tmp_path: Path, repo_root: Path, ttl: int) -> None:
+    policies = _shipped_policy_with_ttl(repo_root, tmp_path / "policies", ttl)
+    async with shipped_engine(policies) as engine:
+        decision = await engine.evaluate(refund(250))
+    _assert_policy_error(decision, f"ttl_seconds must be a number from 1 to {MAX_TTL_SECONDS}")
+
+
+async def test_a_hold_of_thirty_days_is_held_that_long(
+        tmp_path: Path, repo_root: Path, dev_key: DevKey, clock: FakeClock,
+        recorder: tuple[Recorder, str], agent_token: str) -> None:
+    """At the cap the call is held, and expires thirty days later; one second more and
+    it is refused, with nothing held."""
+    body = {"tenant_id": "acme", "order_id": "ord_1234", "amount": 250, "currency": "USD"}
+    for ttl, status in ((MAX_TTL_SECONDS, 202), (MAX_TTL_SECONDS + 1, 403)):
+        policies = _shipped_policy_with_ttl(repo_root, tmp_path / f"policies-{ttl}", ttl)
+        async with runtime(tmp_path / f"gateway-{ttl}", dev_key, recorder[1], clock,
+                           policies=[str(policies)]) as rt:
+            bundle = rt.bundles.current
+            reply = await handle(tool_call(bundle, "POST", "/billing/refunds",
+                                           token=agent_token, body=body,
+                                           headers={"Idempotency-Key": f"ttl-{ttl}"}),
+                                 bundle, rt)
+            assert reply.status == status, reply.body
+            held = await rt.store.list_approvals()
+            if status == 202:
+                [approval] = held
+                assert approval.expires_at == clock.time() + MAX_TTL_SECONDS
+            else:
+                error = orjson.loads(reply.body)["error"]
+                assert (error["code"], error["reasons"][0]) == ("policy_denied", "policy_error")
+                assert held == []
