@@ -107,8 +107,10 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
     max_connections: int = 1024
     admin_max_connections: int = 128
+    admin_max_connections_per_client: int = 16
     max_headers: int = 64
     max_header_bytes: int = 8190
     approval_ttl_seconds: int = 86_400
@@ -277,8 +279,10 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
         header_timeout_s=limits.get("header_timeout_ms", 10_000) / 1000,
         body_timeout_s=limits.get("body_timeout_ms", 30_000) / 1000,
         idle_timeout_s=limits.get("idle_timeout_ms", 60_000) / 1000,
+        send_timeout_s=limits.get("send_timeout_ms", 30_000) / 1000,
         max_connections=limits.get("max_connections", 1024),
         admin_max_connections=limits.get("admin_max_connections", 128),
+        admin_max_connections_per_client=limits.get("admin_max_connections_per_client", 16),
         max_headers=limits.get("max_headers", 64),
         max_header_bytes=limits.get("max_header_bytes", 8190),
         approval_ttl_seconds=approvals.get("ttl_seconds", 86_400),

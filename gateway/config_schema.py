@@ -92,8 +92,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "max_body_bytes": _POS_INT, "max_response_bytes": _POS_INT,
                 # Against slow and hostile clients, on both ports (gateway.listener).
                 "header_timeout_ms": _POS_INT, "body_timeout_ms": _POS_INT,
-                "idle_timeout_ms": _POS_INT,
+                "idle_timeout_ms": _POS_INT, "send_timeout_ms": _POS_INT,
                 "max_connections": _POS_INT, "admin_max_connections": _POS_INT,
+                "admin_max_connections_per_client": _POS_INT,
                 "max_headers": {"type": "integer", "minimum": 8, "maximum": 512},
                 "max_header_bytes": {"type": "integer", "minimum": 1024,
                                      "maximum": 65536},

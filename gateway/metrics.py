@@ -50,6 +50,9 @@ class Metrics:
         self.connections_turned_away = Counter(
             "toolgate_connections_turned_away", "Connections answered 503 at the port's cap",
             ["port"], registry=r)
+        self.send_timeouts = Counter(
+            "toolgate_send_timeouts", "Connections aborted: the client did not take a "
+            "response within limits.send_timeout_ms", ["port"], registry=r)
         self.slow_heads = Counter(
             "toolgate_slow_request_heads", "Connections closed for a request head that took "
             "longer than limits.header_timeout_ms", ["port"], registry=r)

@@ -3,7 +3,11 @@
 Each port is a `gateway.listener.Listener` with the connection limits of the config. A
 request the HTTP parser refuses is answered with the JSON envelope and, on the agent port,
 recorded like any refusal (stage `parse`, code `bad_request`); on the admin port it is
-counted with the other unauthenticated refusals (`gateway.admin.refusals`).
+counted with the other unauthenticated refusals (`gateway.admin.refusals`). Only the admin
+port has a per-client cap: the agent port's one client is the agent.
+
+Before it starts, `gateway.open_files` makes room for the connection caps under the
+process's open-file limit, or refuses to start; while it runs, it watches what is left.
 
 Logs go to stderr through `SafeFormatter`: an exception is logged as its types and frames,
 never its message, since a message can quote what a client sent (a token, a body).
@@ -24,6 +28,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from gateway import open_files
 from gateway.act.handle import refuse
 from gateway.app import build_apps
 from gateway.config import Settings
@@ -31,18 +36,22 @@ from gateway.core.call import Entrance, RequestFacts
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
 from gateway.listener import ConnectionLimits, Listener, Refused
+from gateway.tasks import stop as stop_task
 from gateway.web import RUNTIME
 
 log = logging.getLogger("toolgate")
 SHUTDOWN_TIMEOUT_S = 10
 
 
-def connection_limits(settings: Settings, max_connections: int) -> ConnectionLimits:
+def connection_limits(settings: Settings, max_connections: int,
+                      max_per_client: int | None = None) -> ConnectionLimits:
     return ConnectionLimits(max_connections=max_connections,
                             header_timeout_s=settings.header_timeout_s,
                             idle_timeout_s=settings.idle_timeout_s,
                             max_headers=settings.max_headers,
-                            max_header_bytes=settings.max_header_bytes)
+                            max_header_bytes=settings.max_header_bytes,
+                            send_timeout_s=settings.send_timeout_s,
+                            max_connections_per_client=max_per_client)
 
 
 def agent_port_refusals(app: web.Application) -> Refused:
@@ -74,6 +83,7 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
                web.AppRunner(admin, handle_signals=False,
                              shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
     listeners: list[Listener] = []
+    watch: asyncio.Task[None] | None = None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,16 +93,19 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             await runner.setup()
         metrics = app[RUNTIME].metrics
         listeners = [
-            Listener(runner, address, connection_limits(settings, cap), refused,
+            Listener(runner, address, connection_limits(settings, cap, per_client), refused,
                      turned_away=metrics.connections_turned_away.labels(port).inc,
-                     slow_head=metrics.slow_heads.labels(port).inc)
-            for runner, address, cap, refused, port in (
-                (runners[0], settings.listen, settings.max_connections,
+                     slow_head=metrics.slow_heads.labels(port).inc,
+                     send_timed_out=metrics.send_timeouts.labels(port).inc)
+            for runner, address, cap, per_client, refused, port in (
+                (runners[0], settings.listen, settings.max_connections, None,
                  agent_port_refusals(app), "agent"),
                 (runners[1], settings.admin_listen, settings.admin_max_connections,
-                 admin_port_refusals(app), "admin"))]
+                 settings.admin_max_connections_per_client, admin_port_refusals(app),
+                 "admin"))]
         for listener in listeners:
             await listener.start()
+        watch = asyncio.create_task(open_files.watch(), name="open-files")
         log.info("toolgate listening on http://%s (admin http://%s), audit log %s",
                  settings.listen, settings.admin_listen,
                  settings.audit.file or "stdout")
@@ -100,6 +113,7 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             ready.set()
         await stop.wait()
     finally:
+        await stop_task(watch)
         for listener in listeners:
             await listener.stop()
         for runner in reversed(runners):
@@ -140,4 +154,5 @@ def configure_logging() -> None:
 
 def serve(settings: Settings, environ: Mapping[str, str]) -> None:
     configure_logging()
+    open_files.fit_open_files(settings)
     uvloop.run(_serve(settings, environ))

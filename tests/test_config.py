@@ -380,3 +380,22 @@ def test_opa_engine_is_refused_until_it_exists(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     errors = load_errors(path, {"TOOLGATE_POLICY__ENGINE": "opa"})
     assert any("policy.engine" in e.message and "not available" in e.message for e in errors)
+
+
+def test_connection_limits_have_safe_defaults(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, MINIMAL), {})
+    assert (s.max_connections, s.admin_max_connections) == (1024, 128)
+    assert s.admin_max_connections_per_client == 16   # eight clients to fill the admin port
+    assert s.send_timeout_s == 30.0
+
+
+def test_send_timeout_and_per_client_cap_are_set_in_limits(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "limits: {send_timeout_ms: 2500}\n")
+    s = config.load(path, {"TOOLGATE_LIMITS__ADMIN_MAX_CONNECTIONS_PER_CLIENT": "4"})
+    assert (s.send_timeout_s, s.admin_max_connections_per_client) == (2.5, 4)
+
+
+@pytest.mark.parametrize("key", ["send_timeout_ms", "admin_max_connections_per_client"])
+def test_send_timeout_and_per_client_cap_must_be_positive(tmp_path: Path, key: str) -> None:
+    errors = load_errors(write(tmp_path, MINIMAL + f"limits: {{{key}: 0}}\n"))
+    assert any(key in e.message for e in errors), errors

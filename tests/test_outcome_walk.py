@@ -233,9 +233,10 @@ SCENARIOS: dict[ReasonCode, tuple[int, Scenario, dict[str, Any]]] = {}
 
 
 def scenario(code: ReasonCode, status: int, *, aggregated: bool = False,
-             **world: Any) -> Callable[[Scenario], Scenario]:
+             unrecorded: bool = False, **world: Any) -> Callable[[Scenario], Scenario]:
     def register(fn: Scenario) -> Scenario:
-        SCENARIOS[code] = (status, fn, {**world, "aggregated": aggregated})
+        SCENARIOS[code] = (status, fn, {**world, "aggregated": aggregated,
+                                        "unrecorded": unrecorded})
         return fn
     return register
 
@@ -407,6 +408,15 @@ async def _probing_the_admin_port(w: World) -> Outcome:
     return outcome
 
 
+@scenario(ReasonCode.OVER_CAPACITY, 503, unrecorded=True, limits={"max_connections": 1})
+async def _past_the_cap(w: World) -> Outcome:
+    """A connection past the port's cap is answered before it can send a request: its
+    answer has a request id, but nothing is recorded (a flood would fill the disk)."""
+    held = await w.send("GET", "/echo/items/a", None, {})  # the one connection, kept alive
+    assert held.status != 503, held
+    return await w.raw(b"GET /echo/items/b HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
 @scenario(ReasonCode.NOT_FOUND, 404)
 async def _no_such_approval(w: World) -> Outcome:
     return await w.vote("apr_nope", w.approver("alice", "billing-approver"))
@@ -471,15 +481,17 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path,
     code = request.node.callspec.params["code"]
     door = request.node.callspec.params["door"]
     clock = FakeClock()
-    options = {k: v for k, v in SCENARIOS[code][2].items() if k != "aggregated"}
+    options = {k: v for k, v in SCENARIOS[code][2].items()
+               if k not in ("aggregated", "unrecorded")}
     async with upstream_server() as (recorder, url):
         settings = config(tmp_path, dev_key, url, approvals={"sweep_interval_ms": 3_600_000},
                           **options)
         app, admin = build_apps(settings, {"UPSTREAM_TOKEN": UPSTREAM_SECRET}, clock)
         admin[RUNTIME_OF] = lambda: app.get(RUNTIME)
-        limits = connection_limits(settings, 64)
-        async with served(app, limits, agent_port_refusals(app)) as (_, agent_port), \
-                served(admin, limits, admin_port_refusals(app)) as (_, admin_port), \
+        agent_limits = connection_limits(settings, settings.max_connections)
+        admin_limits = connection_limits(settings, settings.admin_max_connections)
+        async with served(app, agent_limits, agent_port_refusals(app)) as (_, agent_port), \
+                served(admin, admin_limits, admin_port_refusals(app)) as (_, admin_port), \
                 aiohttp.ClientSession() as session:
             yield World(door, Served(app, f"http://127.0.0.1:{agent_port.port}", session),
                         Served(admin, f"http://127.0.0.1:{admin_port.port}", session),
@@ -501,6 +513,11 @@ async def test_the_walk(world: World, code: ReasonCode, door: Door) -> None:
         assert {c["code"] for c in aggregate["counts"]} == {"unauthenticated"}
         return
     records = _records(world.rt)
+    if settings["unrecorded"]:  # refused before there was a request: counted, not recorded
+        assert outcome.request_id
+        assert [r for r in records if outcome.request_id in (r.get("decision_id"),
+                                                             r.get("request_id"))] == []
+        return
     if "audit" in settings:  # the log itself is what failed: nothing could be written
         assert records == []
         return

@@ -46,6 +46,7 @@ class ReasonCode(StrEnum):
     BAD_REQUEST = "bad_request"
     REQUEST_TIMEOUT = "request_timeout"
     RATE_LIMITED = "rate_limited"
+    OVER_CAPACITY = "over_capacity"
 
 
 class GatewayError(Exception):
@@ -92,6 +93,14 @@ class RequestTimeout(GatewayError):
 class RateLimited(GatewayError):
     status = 429
     code = ReasonCode.RATE_LIMITED
+
+
+class OverCapacity(GatewayError):
+    """A connection past a port's cap (`gateway.listener`): answered before any request is
+    read, so it is counted, never recorded."""
+
+    status = 503
+    code = ReasonCode.OVER_CAPACITY
 
 
 class InvalidJson(GatewayError):

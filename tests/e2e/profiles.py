@@ -58,7 +58,8 @@ def broken_policy_gateway(directory: Path, key: DevKey, upstream: Upstream,
 
 # Small limits, so the tests of slow and hostile clients take moments, not minutes.
 TIGHT_LIMITS = {"header_timeout_ms": 500, "body_timeout_ms": 500, "idle_timeout_ms": 1000,
-                "max_connections": 8, "admin_max_connections": 4, "max_headers": 32}
+                "send_timeout_ms": 1000, "max_connections": 8, "admin_max_connections": 4,
+                "max_headers": 32}
 
 
 def hardened_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
@@ -67,6 +68,15 @@ def hardened_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gatewa
                    tool_specs=[SHIPPED_SPECS, HERE / "specs", HERE / "specs_state"],
                    policies=[SHIPPED_POLICIES],
                    extra={"limits": TIGHT_LIMITS, "budgets": BUDGETS})
+
+
+def shared_admin_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
+    """Tight limits, and an admin port with room for eight connections, two per client:
+    one client (here every test client: loopback is one) cannot fill it."""
+    return Gateway(directory, key, upstream.url, tool_specs=[SHIPPED_SPECS, HERE / "specs"],
+                   policies=[SHIPPED_POLICIES],
+                   extra={"limits": {**TIGHT_LIMITS, "admin_max_connections": 8,
+                                     "admin_max_connections_per_client": 2}})
 
 
 def chaos_gateway(directory: Path, key: DevKey, upstream: Upstream, faulty_url: str,

@@ -3,18 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.devtokens import DevKey
+from tests.e2e import harness
 from tests.e2e.approvals_support import admin, wait_for
 from tests.e2e.harness import Gateway, Reply, Upstream, running
-from tests.e2e.profiles import TIGHT_LIMITS, hardened_gateway
+from tests.e2e.profiles import (
+    TIGHT_LIMITS,
+    default_gateway,
+    hardened_gateway,
+    shared_admin_gateway,
+)
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD"}
 
@@ -157,6 +166,105 @@ def request_ok(gw: Gateway, port: int) -> bool:
         else b"HTTP/1.1" in raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
+@pytest.mark.parametrize("port_of", ["port", "admin_port"])
+def test_a_partial_head_behind_a_complete_request_is_cut_off(gw: Gateway,
+                                                              port_of: str) -> None:
+    label = "agent" if port_of == "port" else "admin"
+    series = f'toolgate_slow_request_heads_total{{port="{label}"}}'
+    before = counted(gw, series)
+    data = raw(getattr(gw, port_of), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert data.startswith(b"HTTP/1.1 "), "the complete request is answered"
+    # Closed by the head timer (counted), not by the idle timer after it.
+    assert counted(gw, series) > before
+
+
+ABANDONED = "did not take its response in time"
+
+
+def test_a_client_that_never_reads_is_cut_off(gw: Gateway) -> None:
+    """Answers pile up for a client that never reads: here 400 pipelined requests for the
+    16 KB OpenAPI document, far more than the socket buffers hold. Past
+    `limits.send_timeout_ms` the connection is aborted and what was left unsent dropped."""
+    count, before = 400, gw.log().count(ABANDONED)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", gw.admin_port))
+        s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        wait_for(lambda: gw.log().count(ABANDONED) > before,
+                 what="the gateway to give up on a client that does not read")
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(1 << 20):
+                received += len(chunk)
+    assert received < count * len(admin(gw, "GET", "/openapi.json", None).raw)
+    assert counted(gw, 'toolgate_send_timeouts_total{port="admin"}') >= 1
+
+
+def over_capacity(port: int) -> dict[str, Any] | None:
+    """The error of a connection turned away at a cap, or None if it was let in."""
+    status, body = answer(raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                    b"Connection: close\r\n\r\n"))
+    return body["error"] if status == 503 else None
+
+
+def test_one_client_cannot_fill_the_admin_port(tmp_path: Path, dev_key: DevKey,
+                                               upstream: Upstream) -> None:
+    """The kubelet's probes use the admin port; one client (every loopback address is one)
+    gets `limits.admin_max_connections_per_client` of it (2 here, of 8). The agent port
+    has no per-client cap: its one client is the agent."""
+    with running(shared_admin_gateway(tmp_path, dev_key, upstream)) as shared:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                for port in (shared.admin_port,) * 2 + (shared.port,) * 4]
+        try:
+            for s in held:
+                s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            error = wait_for(lambda: over_capacity(shared.admin_port),
+                             what="a third connection from one client to be turned away")
+            assert error["code"] == "over_capacity"
+            assert error["request_id"].startswith("req_")
+            assert over_capacity(shared.port) is None
+        finally:
+            for s in held:
+                s.close()
+        wait_for(lambda: request_ok(shared, shared.admin_port), what="room once they closed")
+        assert counted(shared, 'toolgate_connections_turned_away_total{port="admin"}') >= 1
+
+
+def with_open_file_limit(monkeypatch: pytest.MonkeyPatch, ulimit: str) -> None:
+    """The next gateway starts under `ulimit <ulimit>`, as a shell would start it."""
+    command = harness.toolgate_command()
+    monkeypatch.setattr(harness, "toolgate_command", lambda: [
+        "sh", "-c", f'ulimit {ulimit} && exec "$@"', "sh", *command])
+
+
+def test_caps_past_the_open_file_limit_refuse_to_start(
+        tmp_path: Path, dev_key: DevKey, upstream: Upstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the limit the event loop resets new connections and says nothing (the kubelet's
+    probes fail first): caps that cannot fit are a start-up error naming the numbers."""
+    with_open_file_limit(monkeypatch, "-n 256")
+    gateway = default_gateway(tmp_path, dev_key, upstream)
+    with pytest.raises(RuntimeError, match="gateway exited 1"):
+        gateway.start()
+    log = gateway.log()
+    assert "open-file limit is 256 (hard limit 256)" in log
+    assert "limits.max_connections 1024 + limits.admin_max_connections 128" in log
+
+
+def test_a_low_soft_open_file_limit_is_raised(tmp_path: Path, dev_key: DevKey,
+                                              upstream: Upstream,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard open-file limit here ({hard}) is below what the caps need")
+    with_open_file_limit(monkeypatch, "-Sn 256")
+    with running(default_gateway(tmp_path, dev_key, upstream)) as gateway:
+        assert "raised the open-file limit from 256" in gateway.log()
+        assert request_ok(gateway, gateway.admin_port)
+
+
 # ---- 4. the admin port cannot fill the disk --------------------------------------------------
 
 @pytest.mark.parametrize("with_agent_token", [False, True])
@@ -271,6 +379,16 @@ def test_a_target_that_is_not_a_path_is_decided_and_recorded(gw: Gateway, token:
 
 
 # ---- 6. smaller ones ----------------------------------------------------------------------
+
+def test_one_header_line_past_the_limit_is_refused_and_recorded(gw: Gateway,
+                                                                token: str) -> None:
+    status, body = answer(raw(gw.port, b"GET /echo/items/a HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Bearer " + token.encode() + b"\r\n"
+                              b"X-Pad: " + b"x" * 8200 + b"\r\n\r\n"))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    [record] = [r for r in gw.records() if r["decision_id"] == body["error"]["request_id"]]
+    assert (record["stage"], record["code"]) == ("parse", "bad_request")
+
 
 def test_a_flood_of_large_headers_is_refused_and_recorded(gw: Gateway, token: str) -> None:
     headers = b"".join(b"X-Pad-%d: " % i + b"x" * 8000 + b"\r\n" for i in range(128))
