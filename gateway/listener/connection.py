@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("toolgate.http")
 LINGER_S = 1.0
 HEAD_END = b"\r\n\r\n"
+MAX_PIECES = 8   # pieces one read may be fed in (see `Connection`)
 
 
 class Connection(RequestHandler):
@@ -36,6 +37,12 @@ class Connection(RequestHandler):
     parser's output (a new message, a body at its end) says where the stream stands: in a
     head, in a body, or between requests. Without that, a partial head sent behind a
     complete request would wait for the idle timeout instead of the head timeout.
+
+    SECURITY: each piece is one call into the parser, so a stream of CRLFCRLF would cost one
+    call per four bytes. Empty lines between requests (which HTTP lets a server ignore) are
+    dropped unfed, and one read is fed in at most `MAX_PIECES` pieces: past that the
+    connection stops tracking where its stream stands and is fed whole from then on, as
+    aiohttp does — its head timer then gives way to the idle timeout.
     """
 
     def __init__(self, manager: web.Server, listener: Listener, **kwargs: Any) -> None:
@@ -50,6 +57,7 @@ class Connection(RequestHandler):
         self._in_head = False                 # some bytes of a head came, not all of it
         self._carry = b""                     # the last bytes fed, for a CRLFCRLF across reads
         self._unfed = b""                     # held back while aiohttp's parser is paused
+        self._untracked = False               # fed whole: past MAX_PIECES in one read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -101,15 +109,28 @@ class Connection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._close or self._force_close:
             return
+        if self._untracked:
+            data, self._unfed = self._unfed + data, b""
+            super().data_received(data)
+            return
         if not data:   # aiohttp resuming its parser: it first finishes what it holds
             self._feed(b"")
         data, self._unfed = self._unfed + data, b""
         heads = self._request_count
-        at = 0
+        at = pieces = 0
         while at < len(data) and not self._parser_full() and not (self._close
                                                                   or self._force_close):
+            if self._between_requests():
+                at = len(data) - len(data[at:].lstrip(b"\r\n"))   # empty lines: dropped
+                if at == len(data):
+                    break
+            if pieces == MAX_PIECES:
+                self._untrack()
+                super().data_received(data[at:])
+                return
             end = self._piece_end(data, at)
             self._feed(data if at == 0 and end == len(data) else data[at:end])
+            pieces += 1
             at = end
         if at:
             self._carry = (self._carry + data[max(0, at - 3):at])[-3:]
@@ -122,6 +143,16 @@ class Connection(RequestHandler):
         if (self._in_head or head_waits) and self._head_timer is None:
             self._head_timer = self._loop.call_later(self._listener.limits.header_timeout_s,
                                                      self._head_too_slow)
+
+    def _between_requests(self) -> bool:
+        return not (self._in_head or self._body_left or self._chunked is not None)
+
+    def _untrack(self) -> None:
+        """Stop tracking the stream (see the class's docstring): no head timer from now on;
+        the idle timeout still closes a connection that stops sending."""
+        self._untracked = True
+        self._stop_head_timer()
+        self._in_head, self._body_left, self._chunked = False, 0, None
 
     def _parser_full(self) -> bool:
         """aiohttp's parser holds back: its queue of requests is full, or a body's reader

@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from gateway.config import Address
 from gateway.core.errors import GatewayError
 from gateway.listener import ConnectionLimits, Listener, client_of
+from gateway.listener.connection import Connection
 
 BIG = 8 << 20          # a tool response of 8 MiB
 WAIT_S = 10            # how long an event may take before the test fails
@@ -348,4 +350,44 @@ async def test_a_client_that_reads_gets_a_large_response_whole() -> None:
         status, _, body = await response(reader)
         assert (status, len(body)) == (200, BIG)
         assert not s.counted.send_timed_out.is_set()
+        writer.close()
+
+
+# ---- the cost of tracking ---------------------------------------------------------------------
+
+@pytest.fixture
+def feeds(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many reads from the socket the connections got, and how many calls into
+    aiohttp's parser."""
+    counts = {"reads": 0, "feeds": 0}
+    read, feed = Connection.data_received, RequestHandler.data_received
+
+    def counted_read(self: Connection, data: bytes) -> None:
+        counts["reads"] += bool(data)   # (b"" is aiohttp resuming its parser)
+        read(self, data)
+
+    def counted_feed(self: RequestHandler, data: bytes) -> None:
+        counts["feeds"] += 1
+        feed(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", counted_read)
+    monkeypatch.setattr(RequestHandler, "data_received", counted_feed)
+    return counts
+
+
+@pytest.mark.parametrize("stream", [
+    b"\r\n\r\n" * 250_000 + GET_OK,   # empty lines before a request: dropped, never fed
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"%x\r\n" % 1_000_000 + b"\r\n\r\n" * 250_000 + b"\r\n0\r\n\r\n",  # a body of CRLFCRLFs
+], ids=["empty_lines", "chunked_body"])
+async def test_crlfcrlf_streams_cost_a_few_parser_calls_per_read(
+        stream: bytes, feeds: dict[str, int]) -> None:
+    """Fed one piece per CRLFCRLF, a megabyte of them would be 250,000 calls into the
+    parser on the event loop; it is a few per read."""
+    async with site() as s:
+        reader, writer = await s.connect()
+        writer.write(stream)
+        status, _, body = await response(reader)
+        assert status == 200 and body in (b"ok", b"1000000")
+        assert feeds["feeds"] <= feeds["reads"] * 16, feeds   # untracked, it was ~10,000x
         writer.close()
