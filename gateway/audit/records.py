@@ -5,7 +5,8 @@ upstream or whose action failed after its decision), `approval` (every event of 
 call, refusals included), `killswitch` (set and cleared). A record holds no token, no
 credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
 pointers), and arguments that never passed the schema are kept only in outline (declared
-names, types and sizes), so a refused call's record is bounded whatever its body.
+names, types and sizes) — and messages quote a caller's text only cut short
+(`gateway.core.errors.quote`) — so a refused call's record is bounded whatever its body.
 `gateway.audit.log.AuditLog` writes them; `gateway.audit.call.CallAudit` makes sure each
 call gets its decision and outcome.
 """

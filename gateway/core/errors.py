@@ -49,6 +49,16 @@ class ReasonCode(StrEnum):
     OVER_CAPACITY = "over_capacity"
 
 
+MAX_QUOTE = 64  # characters of a caller's text an error message may quote
+
+
+def quote(text: str) -> str:
+    """A caller's text as an error message may quote it: in quotes, and cut to `MAX_QUOTE`
+    characters. A message reaches the audit record, which must stay bounded whatever the
+    request."""
+    return repr(text[:MAX_QUOTE]) + ("…" if len(text) > MAX_QUOTE else "")
+
+
 class GatewayError(Exception):
     """A rejection with a status, a code and an agent-readable message.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import InvalidJson
+from gateway.core.errors import InvalidJson, quote
 
 MAX_INT_DIGITS = 20  # 2**64 has 20 digits; orjson refuses what does not fit 64 bits
 # Arguments nest at most this deep. The policy input and the audit record wrap them in a few
@@ -31,7 +31,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
-            raise _Ambiguous(f"the name {name!r} is given twice in one object")
+            raise _Ambiguous(f"the name {quote(name)} is given twice in one object")
         out[name] = value
     return out
 
@@ -43,7 +43,7 @@ def _constant(name: str) -> Any:
 def _float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise _Ambiguous(f"{text} is too large for a JSON number")
+        raise _Ambiguous("a number is too large for a double")
     return value
 
 
@@ -51,7 +51,7 @@ def _int(text: str) -> int:
     # Python refuses to convert more than 4300 digits (a ValueError, not a JSON error), and
     # an integer past 64 bits is read differently by other parsers anyway.
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise _Ambiguous(f"the integer {text[:20]}… is too large")
+        raise _Ambiguous(f"an integer has more than {MAX_INT_DIGITS} digits")
     return int(text)
 
 

@@ -46,6 +46,7 @@ from gateway.core.errors import (
     RequestTimeout,
     ToolNotAllowed,
     UnsupportedMediaType,
+    quote,
 )
 from gateway.core.stage import Stage
 from gateway.entrances.json_body import arguments
@@ -95,7 +96,7 @@ async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bund
     found = bundle.routes.match(request.method, facts.path)
     if found is None:
         raise _Refused(Stage.ROUTE, ToolNotAllowed(
-            f"no tool is declared for {request.method} {facts.path}"), None)
+            f"no tool is declared for {quote(request.method)} {quote(facts.path)}"), None)
     spec, raw_params = found
     try:
         path_params = decode_params(spec.route, raw_params)
@@ -111,7 +112,7 @@ async def _tool_call(request: web.Request, facts: RequestFacts, query: str, bund
     for name, value in (*request.rel_url.query.items(), *body_args.items()):
         if name in args:
             raise _Refused(Stage.ROUTE, InvalidArguments(
-                f"argument {name!r} is given more than once"), spec)
+                f"argument {quote(name)} is given more than once"), spec)
         args[name] = value
     headers = request.headers
     return ToolCall(facts=facts, spec=spec, args=args, body=body, path_params=path_params,

@@ -310,6 +310,28 @@ def test_a_refused_call_records_an_outline_not_its_body(gw: Gateway, token: str,
         "undeclared": 1}
 
 
+@pytest.mark.parametrize("body", [
+    b'{"' + b"A" * 400_000 + b'": 1, "' + b"A" * 400_000 + b'": 2}',   # a name given twice
+    b'{"amount": ' + b"9" * 900_000 + b'.0}',                          # a number past a double
+    b'{"amount": ' + b"9" * 900_000 + b"}",                            # an integer past 64 bits
+])
+def test_a_refused_body_is_never_quoted_whole(gw: Gateway, token: str, body: bytes) -> None:
+    reply = gw.call("POST", "/billing/refunds", token=None, raw_body=body)
+    assert (reply.status, reply.code) == (400, "invalid_json")
+    assert len(reply.raw) < 1024
+    assert len(json.dumps(decision(gw, reply))) < 2048
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    ("/" + "p" * 7000, "tool_not_allowed"),
+    ("/echo/items/a?" + "q" * 3500 + "=1&" + "q" * 3500 + "=2", "invalid_arguments")])
+def test_a_refused_path_is_never_quoted_whole(gw: Gateway, token: str, path: str,
+                                              code: str) -> None:
+    reply = gw.call("GET", path, token=token)
+    assert reply.code == code
+    assert len(json.dumps(decision(gw, reply))) < 2048
+
+
 def test_an_allowed_call_records_its_arguments(gw: Gateway, token: str) -> None:
     reply = gw.call("POST", "/billing/refunds", token=token, body={**REFUND, "amount": 5},
                     headers={"Idempotency-Key": "outline-allowed"})
