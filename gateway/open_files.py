@@ -17,12 +17,15 @@ from pathlib import Path
 
 from gateway.config import Settings
 from gateway.core.errors import LoadError, LoadErrors
+from gateway.listener import MAX_LINGERING
 
 log = logging.getLogger("toolgate")
 # Open files besides the connections and pools: stdio, the listening sockets, the event
 # loop's own (epoll, wake-up pipe, libuv's spare descriptor), the audit file, specs and
 # policies while a reload reads them, DNS lookups, the webhook — with room to spare.
 PROCESS_OPEN_FILES = 64
+# Connections refused at a cap, left open a moment to read their 503: both ports'.
+REFUSED_OPEN_FILES = 2 * MAX_LINGERING
 STORE_OPEN_FILES = {"sqlite": 4,      # the database, its WAL, shared memory and journal
                     "postgres": 10}   # the pool's max_size (gateway.store.postgres)
 OPEN_FILES_CHECK_S = 5.0
@@ -34,7 +37,7 @@ def fit_open_files(settings: Settings) -> None:
     the numbers. Refusing rather than lowering the caps: a cap the operator set is a
     promise of capacity, and a start-up error is found at once, not under load."""
     pools = sum(up.max_connections for up in settings.upstreams.values())
-    other = PROCESS_OPEN_FILES + STORE_OPEN_FILES[
+    other = PROCESS_OPEN_FILES + REFUSED_OPEN_FILES + STORE_OPEN_FILES[
         "sqlite" if settings.sqlite_path is not None else "postgres"]
     needed = settings.max_connections + settings.admin_max_connections + pools + other
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -53,15 +56,18 @@ def fit_open_files(settings: Settings) -> None:
             f"the gateway needs {needed} open files — limits.max_connections "
             f"{settings.max_connections} + limits.admin_max_connections "
             f"{settings.admin_max_connections} + {pools} for the upstream pools "
-            f"(upstreams.*.max_connections) + {other} for the store, the audit log and the "
-            f"process — but its open-file limit is {soft} (hard limit {hard}); raise the "
-            "limit (ulimit -n, LimitNOFILE= under systemd, the container's nofile ulimit) "
-            "or lower those caps"))])
+            f"(upstreams.*.max_connections) + {other} for the store, the audit log, refused "
+            f"connections and the process — but its open-file limit is {soft} (hard limit "
+            f"{hard}); raise the limit (ulimit -n, LimitNOFILE= under systemd, the "
+            "container's nofile ulimit) or lower those caps"))])
 
 
 async def watch() -> None:
     """Check the open files every `OPEN_FILES_CHECK_S`, until cancelled."""
-    files = OpenFiles(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return   # no limit to come near
+    files = OpenFiles(soft)
     while True:
         await asyncio.sleep(OPEN_FILES_CHECK_S)
         await asyncio.to_thread(files.check)   # listing thousands of descriptors takes a while

@@ -47,6 +47,7 @@ from gateway.config import Address
 from gateway.core.errors import GatewayError
 from gateway.listener.connection import LINGER_S, Connection, Full, log
 
+MAX_LINGERING = 64   # refused connections left open to read their answer (per port)
 # What to do with a request the HTTP parser refused: audit (or count) it, and give the
 # request id its answer carries.
 Refused = Callable[[BaseRequest, GatewayError], str]
@@ -94,6 +95,7 @@ class Listener:
         self.send_timed_out = send_timed_out  # aborted: its client did not read in time
         self._open: set[Connection] = set()
         self._clients: dict[str, int] = {}
+        self._lingering = 0    # refused connections still open (see `full`)
         self._server: asyncio.Server | None = None
 
     @property
@@ -132,12 +134,24 @@ class Listener:
             if left:
                 self._clients[handler.client] = left
 
+    def full(self) -> Full:
+        """The answer to a connection past a cap. At most `MAX_LINGERING` of them linger
+        at a time; past that one is closed as soon as its answer is written, so a flood of
+        refused connections cannot hold open files the caps did not count."""
+        if self._lingering >= MAX_LINGERING:
+            return Full(linger_s=0)
+        self._lingering += 1
+
+        def done() -> None:
+            self._lingering -= 1
+        return Full(done=done)
+
     def _connection(self) -> asyncio.Protocol:
         server = self._runner.server
         assert server is not None, "set the runner up first"
         if len(self._open) >= self.limits.max_connections:
             self.turned_away()
-            return Full()
+            return self.full()
         return Connection(server, self, loop=asyncio.get_running_loop(),
                         keepalive_timeout=self.limits.idle_timeout_s,
                         max_headers=self.limits.max_headers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -58,11 +59,12 @@ class Connection(RequestHandler):
         self._carry = b""                     # the last bytes fed, for a CRLFCRLF across reads
         self._unfed = b""                     # held back while aiohttp's parser is paused
         self._untracked = False               # fed whole: past MAX_PIECES in one read
+        self._last = False                    # an upgrade request: nothing is read after it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         if not self._listener.admit(self, transport):
-            full = Full()
+            full = self._listener.full()
             transport.set_protocol(full)
             full.connection_made(transport)
             return
@@ -132,6 +134,8 @@ class Connection(RequestHandler):
             self._feed(data if at == 0 and end == len(data) else data[at:end])
             pieces += 1
             at = end
+            if self._last and self._between_requests():
+                self.close()   # answered, then closed; what follows is never read
         if at:
             self._carry = (self._carry + data[max(0, at - 3):at])[-3:]
         if at < len(data) and not (self._close or self._force_close):
@@ -190,11 +194,12 @@ class Connection(RequestHandler):
         headers = getattr(message, "headers", None)
         if headers is None:   # the parser refused it: answered 400, and the connection closed
             return
-        if self._upgraded:
-            # The gateway upgrades to nothing; past an upgrade request (or CONNECT) aiohttp
-            # stops parsing, so the connection ends with its answer.
-            self.close()
-        elif getattr(message, "chunked", False):
+        if self._upgraded or getattr(message, "upgrade", False):
+            # The gateway upgrades to nothing. Past an upgrade request (or CONNECT) aiohttp
+            # stops parsing, or, after a body, goes on outside this class: so the connection
+            # ends with this request's answer, once its body (if any) is in.
+            self._last = True
+        if getattr(message, "chunked", False):
             self._chunked = None if payload.is_eof() else payload
         else:
             try:
@@ -240,7 +245,13 @@ class Full(asyncio.Protocol):
     """The answer to a connection past a cap: 503 `over_capacity`, then closed. What the
     client sends meanwhile is read and dropped (closing on unread bytes would reset the
     connection before the client could read the answer); it closes when the client does, or
-    after `LINGER_S` at most. Its request id is in the answer only: nothing is recorded."""
+    after `linger_s` at most (0: at once, when too many already linger — each holds an open
+    file). Its request id is in the answer only: nothing is recorded."""
+
+    def __init__(self, linger_s: float = LINGER_S,
+                 done: Callable[[], None] = lambda: None) -> None:
+        self._linger_s = linger_s
+        self._done = done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -253,7 +264,7 @@ class Full(asyncio.Protocol):
                         + request_id.encode() + b"\r\nX-Toolgate-Decision: deny\r\n"
                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self._timer = asyncio.get_running_loop().call_later(self._linger_s, transport.close)
 
     def data_received(self, data: bytes) -> None:
         pass
@@ -264,3 +275,4 @@ class Full(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._timer.cancel()
+        self._done()

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+import gateway.listener as listener_module
 from gateway.config import Address
 from gateway.core.errors import GatewayError
 from gateway.listener import ConnectionLimits, Listener, client_of
@@ -239,13 +240,19 @@ async def test_a_body_that_arrives_slowly_runs_no_head_timer() -> None:
         writer.close()
 
 
-async def test_an_upgrade_request_is_answered_and_the_connection_closed() -> None:
-    """The gateway upgrades to nothing, and aiohttp stops parsing after an upgrade request:
-    the connection ends with the answer, whatever follows it."""
+@pytest.mark.parametrize("request_", [
+    b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+], ids=["without_body", "with_body"])
+async def test_an_upgrade_request_is_answered_and_the_connection_closed(
+        request_: bytes) -> None:
+    """The gateway upgrades to nothing, and aiohttp stops parsing after an upgrade request
+    (or, with a body, goes on where this listener cannot follow): the connection ends with
+    the answer, whatever follows it."""
     async with site() as s:
         reader, writer = await s.connect()
-        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: websocket\r\n\r\n" + PARTIAL)
+        writer.write(request_ + GET_OK + PARTIAL)
         assert (await response(reader))[0] == 200
         assert await closed(reader)
         writer.close()
@@ -293,6 +300,24 @@ async def test_connections_past_the_cap_get_503_over_capacity() -> None:
         await asyncio.wait_for(s.counted.closed.wait(), WAIT_S)   # the server saw it
         held += await held_connections(s, 1)   # room again
         await close(held)
+
+
+async def test_refused_connections_linger_only_so_many_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each refused connection is left open a moment to read its 503, and holds an open file
+    meanwhile: past `MAX_LINGERING` of them, one is closed as soon as its answer is out."""
+    monkeypatch.setattr(listener_module, "MAX_LINGERING", 2)
+    async with site(ConnectionLimits(**{**LIMITS.__dict__, "max_connections": 1})) as s:
+        held = await held_connections(s, 1)
+        refused = [await s.connect() for _ in range(5)]   # none of them closes its end
+        for reader, _ in refused:
+            status, headers, _ = await response(reader)
+            assert (status, headers["connection"]) == (503, "close")
+        # The last three were closed at once; the first two linger (LINGER_S).
+        assert [await asyncio.wait_for(reader.read(), 0.5) == b"" for reader, _ in
+                refused[2:]] == [True] * 3
+        assert s.listener._lingering == 2
+        await close([w for _, w in refused] + held)
 
 
 async def test_one_client_is_capped_below_the_port() -> None:
