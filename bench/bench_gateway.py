@@ -113,8 +113,9 @@ async def drive(args: argparse.Namespace, upstream_port: int, gw: Gateway,
 
 def micro(key: DevKey) -> None:
     """Per-decision costs inside one process, without HTTP."""
-    from gateway.auth import TokenVerifier, load_keys  # noqa: PLC0415
+    from gateway.auth import TokenVerifier  # noqa: PLC0415
     from gateway.config import AuthSettings  # noqa: PLC0415
+    from gateway.keys import load_keys  # noqa: PLC0415
     from gateway.policy import load_sources  # noqa: PLC0415
     from gateway.policy.embedded import EmbeddedEngine, compile_engine, evaluate_json  # noqa: PLC0415
 

@@ -22,10 +22,11 @@ from gateway.approvals.notify import Notifier
 from gateway.approvals.service import ApprovalService
 from gateway.approvals.sweeper import Sweeper
 from gateway.audit.log import AuditLog
-from gateway.auth import TokenVerifier, load_keys
+from gateway.auth import TokenVerifier
 from gateway.bundle import Bundle, BundleRef
 from gateway.config import Settings
 from gateway.core.clock import Clock
+from gateway.keys import load_keys
 from gateway.metrics import Metrics
 from gateway.state.killswitch import KillSwitches
 from gateway.state.retention import Retention

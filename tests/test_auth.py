@@ -17,16 +17,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from gateway.auth import (
-    KeyConfigError,
-    Principal,
-    TokenVerifier,
-    load_keys,
-    principal_from_claims,
-)
+from gateway.auth import Principal, TokenVerifier, principal_from_claims
 from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
+from gateway.keys import KeyConfigError, load_keys
 
 Verifier = Callable[..., TokenVerifier]
 
@@ -423,7 +418,7 @@ def test_rejected_token_is_not_cached(verifier: TokenVerifier, dev_key: DevKey) 
     _rejects(verifier, token, "wrong issuer")
 
 
-# ---- Key configuration ---------------------------------------------------------------
+# ---- Key configuration (gateway.keys) -----------------------------------------------
 
 def test_load_keys_from_jwks_pins_algorithms(jwks_file: Path, dev_key: DevKey) -> None:
     keys = load_keys(_settings(jwks_file=jwks_file, algorithms=("RS256", "ES256")), {})

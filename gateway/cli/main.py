@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.auth import KeyConfigError, load_keys
 from gateway.cli import approvals as cli_approvals
 from gateway.config import Settings
 from gateway.config import load as load_config
 from gateway.core.errors import LoadError, LoadErrors
+from gateway.keys import KeyConfigError, load_keys
 from gateway.upstreams.client import CredentialError, read_credential
 
 

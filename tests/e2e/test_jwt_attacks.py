@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.auth import TokenVerifier, load_keys
+from gateway.auth import TokenVerifier
 from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
+from gateway.keys import load_keys
 from tests.e2e.harness import Gateway, Reply, Upstream
 
 PATH = "/orders/ord_1234?tenant_id=acme"
