@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import Histogram
@@ -67,6 +68,21 @@ class ApprovalService:
         with contextlib.suppress(AuditUnavailable):
             self._audit.write("approval", records.refusal(approval_id, actor, exc, approval))
 
+    @contextlib.asynccontextmanager
+    async def _refusals(self, approval_id: str, approver: Principal) -> AsyncIterator[None]:
+        """An approver's action the store or the rules refuse: audited, then raised (no
+        such approval is a 404)."""
+        try:
+            yield
+        except KeyError:
+            missing = NotFound("no such approval")
+            self.refused(approval_id, approver, missing)
+            raise missing from None
+        except _RULES as exc:
+            self.refused(approval_id, approver, exc,
+                         await self._store.get_approval(approval_id))
+            raise
+
     async def approve(self, approval_id: str, approver: Principal,
                       comment: str | None) -> Approval:
         now = self._clock.time()
@@ -80,18 +96,12 @@ class ApprovalService:
                 self.executor.record("approved", after, actor=actor)
 
         try:
-            approval = await self._store.vote(
-                approval_id, actor, comment, now,
-                check=lambda current: check_vote(current, approver, now), record=record)
-        except KeyError:
-            missing = NotFound("no such approval")
-            self.refused(approval_id, approver, missing)
-            raise missing from None
-        except _RULES as exc:
-            self.refused(approval_id, approver, exc,
-                         await self._store.get_approval(approval_id))
-            if isinstance(exc, ApprovalExpired):
-                await self.expire_due()
+            async with self._refusals(approval_id, approver):
+                approval = await self._store.vote(
+                    approval_id, actor, comment, now,
+                    check=lambda current: check_vote(current, approver, now), record=record)
+        except ApprovalExpired:
+            await self.expire_due()   # a vote found it expired: expire every due call now
             raise
         if approval.status is ApprovalStatus.APPROVED:
             self._decided("approved", approval, actor)
@@ -104,21 +114,13 @@ class ApprovalService:
     async def reject(self, approval_id: str, approver: Principal, reason: str) -> Approval:
         now = self._clock.time()
         actor = records.actor(approver)
-        try:
+        async with self._refusals(approval_id, approver):
             # The rules are checked inside the transaction that records the rejection.
             rejected = await self._store.transition(
                 approval_id, PENDING, ApprovalStatus.REJECTED, now, reason=reason,
                 check=lambda current: check_decision(current, approver, now, "reject"),
                 record=lambda after: self.executor.record("rejected", after, actor=actor,
                                                            reason=reason))
-        except KeyError:
-            missing = NotFound("no such approval")
-            self.refused(approval_id, approver, missing)
-            raise missing from None
-        except _RULES as exc:
-            self.refused(approval_id, approver, exc,
-                         await self._store.get_approval(approval_id))
-            raise
         if rejected is None:  # pragma: no cover - the check saw it pending, under the lock
             raise ApprovalNotPending(f"approval {approval_id} is no longer pending")
         self._decided("rejected", rejected, actor)

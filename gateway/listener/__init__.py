@@ -149,9 +149,9 @@ class Listener:
     def _connection(self) -> asyncio.Protocol:
         server = self._runner.server
         assert server is not None, "set the runner up first"
-        if len(self._open) >= self.limits.max_connections:
-            self.turned_away()
-            return self.full()
+        if len(self._open) >= self.limits.max_connections:   # `admit` decides; this only
+            self.turned_away()                               # spares building a handler
+            return self.full()                               # under a flood
         return Connection(server, self, loop=asyncio.get_running_loop(),
                         keepalive_timeout=self.limits.idle_timeout_s,
                         max_headers=self.limits.max_headers,
