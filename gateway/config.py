@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gateway import yamlfile
+from gateway.audit.settings import AuditSettings, audit_settings, problems
 from gateway.config_schema import CONFIG_SCHEMA, DEFAULT_TAKEOVER_MS, TAKEOVER_HEARTBEATS
 from gateway.core.errors import LoadError, LoadErrors
 from gateway.state.budgets import BudgetSettings, Limits
@@ -76,9 +77,11 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
-class AuditSettings:
-    file: Path | None
-    stdout: bool = False
+class TracingSettings:
+    """OpenTelemetry export (`gateway.tracing`): off unless an OTLP endpoint is set."""
+    otlp_endpoint: str | None = None     # OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = "toolgate"
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class Settings:
     policies: tuple[Path, ...] = ()
     policy: PolicySettings = field(default_factory=PolicySettings)
     store: str = "sqlite:///state/toolgate.db"
-    audit: AuditSettings = field(default_factory=lambda: AuditSettings(None))
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 10_485_760
     header_timeout_s: float = 10.0
@@ -146,6 +150,8 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
     if isinstance(policy, dict) and policy.get("engine") == "opa":
         errors.append(doc.error(("policy", "engine"), "policy.engine: 'opa' (an OPA server) "
                                 "is not available in this version; use 'embedded'"))
+    if isinstance(raw.get("audit", {}), dict):
+        errors += [doc.error(path, message) for path, message in problems(raw.get("audit", {}))]
     for key in ("listen", "admin_listen"):
         if isinstance(raw.get(key), str):
             try:
@@ -247,9 +253,8 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
                 file=rel(cred["file"]) if "file" in cred else None),
         )
     policy = raw.get("policy", {})
-    audit = raw.get("audit", {})
     limits = raw.get("limits", {})
-    audit_file = audit.get("file", "audit/toolgate.jsonl")
+    tracing = raw.get("tracing", {})
     approvals = raw.get("approvals", {})
     listen = parse_address(raw.get("listen", "127.0.0.1:8080"))
     return Settings(
@@ -272,8 +277,10 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
             token_cache_size=auth.get("token_cache_size", 10_000),
         ),
         upstreams=upstreams,
-        audit=AuditSettings(file=rel(audit_file) if audit_file else None,
-                            stdout=audit.get("stdout", False)),
+        audit=audit_settings(raw.get("audit", {}), rel),
+        tracing=TracingSettings(otlp_endpoint=tracing.get("otlp_endpoint"),
+                                service_name=tracing.get("service_name", "toolgate"),
+                                timeout_s=tracing.get("timeout_ms", 5000) / 1000),
         max_body_bytes=limits.get("max_body_bytes", 1_048_576),
         max_response_bytes=limits.get("max_response_bytes", 10_485_760),
         header_timeout_s=limits.get("header_timeout_ms", 10_000) / 1000,

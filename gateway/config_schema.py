@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.settings import AUDIT_SCHEMA
+
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
               "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512"]
 
@@ -82,9 +84,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "audit": {
+        "audit": AUDIT_SCHEMA,
+        "tracing": {
             "type": "object", "additionalProperties": False,
-            "properties": {"file": {"type": ["string", "null"]}, "stdout": {"type": "boolean"}},
+            "properties": {"otlp_endpoint": {"type": "string", "pattern": r"^https?://"},
+                           "service_name": _STR, "timeout_ms": _POS_INT},
         },
         "limits": {
             "type": "object", "additionalProperties": False,

@@ -66,7 +66,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         stack.push_async_callback(bundles.close)
         verifier = TokenVerifier(settings.auth, load_keys(settings.auth, environ))
         upstreams = Upstreams(settings.upstreams, environ, settings.max_response_bytes)
-        audit = AuditLog(settings.audit)
+        audit = AuditLog(settings.audit, environ)
         stack.callback(audit.close)
         store = await open_store(settings)
         stack.push_async_callback(store.close)

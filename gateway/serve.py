@@ -154,5 +154,8 @@ def configure_logging() -> None:
 
 def serve(settings: Settings, environ: Mapping[str, str]) -> None:
     configure_logging()
+    # A file size limit (RLIMIT_FSIZE) reached by the audit file is a failed write — calls
+    # are refused and the gateway recovers when the limit is raised — not a dead process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     open_files.fit_open_files(settings)
     uvloop.run(_serve(settings, environ))

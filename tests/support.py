@@ -9,8 +9,9 @@ code against this runtime; nothing of the gateway's own is mocked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,15 @@ async def runtime(directory: Path, key: DevKey, upstream_url: str, clock: FakeCl
         yield rt
 
 
-def records(rt: Runtime) -> list[dict[str, Any]]:
+def records(rt: Runtime, *, audit_events: bool = False) -> list[dict[str, Any]]:
+    """The runtime's audit records; without the log's own (`kind: audit`: opened, closed,
+    reopened…) unless asked for."""
     path = rt.settings.audit.file
     assert path is not None
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    found = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return [r for r in found if audit_events or r.get("kind") != "audit"]
 
 
 def tool_call(bundle: Bundle, method: str, path: str, *, token: str | None = None,
@@ -163,3 +167,14 @@ def tool_call(bundle: Bundle, method: str, path: str, *, token: str | None = Non
 def context(rt: Runtime, method: str, path: str, **kwargs: Any) -> CallContext:
     bundle = rt.bundles.current
     return CallContext(tool_call(bundle, method, path, **kwargs), bundle)
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """The file made immutable (`chattr +i`) while inside: every write to it — through a
+    descriptor already open too — fails with EPERM, even for root. Restored on exit."""
+    subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True, capture_output=True)

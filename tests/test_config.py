@@ -111,6 +111,47 @@ def test_audit_file_null_disables_the_file_sink(tmp_path: Path) -> None:
     assert s.audit.stdout is True
 
 
+@pytest.mark.parametrize(("audit", "environ"), [
+    ("{file: null, stdout: false}", {}), ("{file: null}", {}),
+    ("{stdout: true}", {"TOOLGATE_AUDIT__FILE": "null", "TOOLGATE_AUDIT__STDOUT": "false"})])
+def test_a_config_with_no_audit_sink_is_an_error(tmp_path: Path, audit: str,
+                                                 environ: dict[str, str]) -> None:
+    path = write(tmp_path, MINIMAL + f"audit: {audit}\n")
+    with pytest.raises(LoadErrors) as info:
+        config.load(path, environ)
+    assert any("audit: no sink" in str(e) and "toolgate.yaml:" in str(e)
+               for e in info.value.errors)
+
+
+def test_audit_settings_have_safe_defaults_and_parse(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, MINIMAL), {})
+    assert (s.audit.fsync, s.audit.fsync_interval_s) == ("interval", 1.0)
+    assert (s.audit.rotate_bytes, s.audit.rotate_s, s.audit.retain_s) == (
+        100 * 1024 * 1024, 86_400.0, None)
+    assert (s.audit.redaction, s.audit.hmac_key_file, s.audit.hmac_key_env) == (
+        "mask", None, None)
+    path = write(tmp_path, MINIMAL + "audit: {fsync: always, rotate_bytes: null, "
+                 "rotate_hours: 1.5, retain_days: 180, hmac_key_file: keys/audit.key, "
+                 "redaction: hash, redaction_key_env: PII_KEY}\n")
+    s = config.load(path, {})
+    assert (s.audit.fsync, s.audit.rotate_bytes, s.audit.rotate_s) == ("always", None, 5400.0)
+    assert s.audit.retain_s == 180 * 86_400.0
+    assert s.audit.hmac_key_file == tmp_path.resolve() / "keys" / "audit.key"
+    assert (s.audit.redaction, s.audit.redaction_key_env) == ("hash", "PII_KEY")
+
+
+@pytest.mark.parametrize(("audit", "message"), [
+    ("{redaction: hash}", "needs a key"),
+    ("{fsync: sometimes}", "fsync"),
+    ("{hmac_key_file: a, hmac_key_env: B}", "audit"),
+    ("{rotate_bytes: 10}", "rotate_bytes"),
+])
+def test_bad_audit_settings_are_named(tmp_path: Path, audit: str, message: str) -> None:
+    with pytest.raises(LoadErrors) as info:
+        config.load(write(tmp_path, MINIMAL + f"audit: {audit}\n"), {})
+    assert any(message in str(e) for e in info.value.errors), info.value.errors
+
+
 def test_postgres_store_has_no_sqlite_path(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "store: postgresql://tg@db/toolgate\n")
     s = config.load(path, {})

@@ -220,6 +220,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         await rt.store.ping()
     except GatewayError as exc:
         return web.json_response({"status": "unready", "store": exc.message}, status=503)
+    # Off the event loop: a check may reopen the file and write the record saying so.
+    audit_problem = await asyncio.to_thread(rt.audit.check)
+    if audit_problem is not None:
+        return web.json_response({"status": "unready", "audit": audit_problem}, status=503)
     bundle = rt.bundles.current
     return web.json_response({"status": "ready", "policy_revision": bundle.revision,
                               "revisions": {"specs": bundle.spec_revision,

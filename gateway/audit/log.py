@@ -1,102 +1,290 @@
-"""The audit log's writer (DESIGN §7): every record, of every kind, is written here.
+"""The audit log's writer (DESIGN §7): every record, of every kind, is sealed into one hash
+chain (`gateway.audit.chain`) and written here, to the file (`gateway.audit.sink`), stdout,
+or both, before the action it records.
 
-Records (built by `gateway.audit.records`) go through structlog with an orjson renderer to
-every configured sink (a JSON-lines file, stdout). A file sink appends each record with a
-single `write(2)` on an `O_APPEND` descriptor, so a record is in the file (the OS page
-cache) before the action starts and replicas sharing a file never interleave lines. A
-failed write raises `AuditUnavailable`: the caller then takes no action (fail closed).
-Records are written from the event loop and from the SQLite store's thread (a record
-written inside a transaction, before it commits), so one lock keeps them whole and in order.
+A record counts once the file has it whole (stdout, alone, is then the chain); if a sink
+cannot take it, `AuditUnavailable` is raised and the caller takes no action (fail closed).
+The file is checked before every record: deleted, renamed, replaced or truncated under the
+gateway, it is reopened and an `audit` record (event `reopened`) says what was found before
+anything else is written; after failed writes, an `audit` record (event `recovered`) says
+since when and how many records were refused. Rotation (`rotated`), retention (`deleted`),
+start (`opened`, naming the record it continues from) and a clean stop (`closed`) are
+records of the same chain.
+
+Records are written from the event loop and from the SQLite store's thread (inside a
+transaction, before it commits), so one lock keeps them whole, in order, and the chain's
+`seq` without gaps. `fsync: always` syncs each record before the action; `interval` leaves
+it to a thread that syncs every `fsync_interval_ms`; `never` to the kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
-from gateway.config import AuditSettings
+from gateway import __version__
+from gateway.audit import chain
+from gateway.audit.settings import AuditKeyError, AuditSettings, Fsync, chain_key
+from gateway.audit.sink import FileSink, SinkBusy, last_line
 from gateway.core.errors import AuditUnavailable
 
 log = logging.getLogger("toolgate")
 
 
-class FanoutSink:
-    """A structlog logger that appends each rendered record, the same bytes, as one line to
-    every descriptor. All are tried; if any fails, `OSError` is raised after the others."""
-
-    def __init__(self, fds: list[int]) -> None:
-        self.fds = fds
-
-    def msg(self, message: bytes) -> None:
-        data = message + b"\n"
-        failure: OSError | None = None
-        for fd in self.fds:
-            try:
-                written = os.write(fd, data)
-                while written < len(data):  # only on a full disk or a pipe; keep it whole
-                    written += os.write(fd, data[written:])
-            except OSError as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
-
-    info = msg
+class AuditStartError(Exception):
+    """The audit log cannot start: the gateway must not either."""
 
 
-def _to_record(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    # The fields travel as one argument, so a field may be called "event" like structlog's.
-    ts = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return {"ts": ts, "kind": event_dict["event"], **event_dict["fields"]}
-
-
-def _render(_: Any, __: str, event_dict: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(event_dict, option=orjson.OPT_NON_STR_KEYS)
+def _ts(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z")
 
 
 class AuditLog:
-    """Every configured sink; `write` puts one record in all of them or raises."""
+    """Every configured sink, one chain; `write` puts one record in all of them or raises."""
 
-    def __init__(self, settings: AuditSettings) -> None:
-        self._owned: list[int] = []
-        fds = []
-        if settings.file is not None:
-            fds.append(self._open(settings.file))
-        if settings.stdout:
-            fds.append(sys.stdout.fileno())
-        self.location = str(settings.file) if settings.file else "stdout"
+    def __init__(self, settings: AuditSettings,
+                 environ: Mapping[str, str] | None = None) -> None:
+        if settings.file is None and not settings.stdout:
+            raise AuditStartError("audit: no sink configured")
+        self._settings = settings
+        try:
+            self._key = chain_key(settings, environ or {})
+        except AuditKeyError as exc:
+            raise AuditStartError(str(exc)) from None
         self._lock = threading.Lock()
-        # One logger, one rendering: every sink gets the same bytes (and the same ts).
-        self._logger = structlog.wrap_logger(
-            FanoutSink(fds), processors=[_to_record, _render],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            context_class=dict, cache_logger_on_first_use=True)
+        self._seq, self._prev = 0, chain.GENESIS
+        self._trouble: dict[str, Any] | None = None
+        self._dirty = False
+        self._closed = False
+        self._stdout = sys.stdout.fileno() if settings.stdout else None
+        self.location = str(settings.file) if settings.file else "stdout"
+        try:
+            self._file = FileSink(settings.file) if settings.file is not None else None
+        except (SinkBusy, OSError) as exc:
+            raise AuditStartError(f"audit: {exc}") from None
+        try:
+            opened = self._resume()
+            now = time.time()
+            with self._lock:
+                self._emit("audit", {"decision_id": None, "event": "opened",
+                                     "pid": os.getpid(), "host": socket.gethostname(),
+                                     "version": __version__, **opened}, now)
+                self._retain(now)
+        except OSError as exc:
+            self.close(quiet=True)
+            raise AuditStartError(f"audit: {self.location}: {exc.strerror or exc}") from None
+        except ValueError as exc:   # the chain on disk: the message names file and line
+            self.close(quiet=True)
+            raise AuditStartError(f"audit: {exc}") from None
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if self._file is not None and settings.fsync is Fsync.INTERVAL:
+            self._syncer = threading.Thread(target=self._sync_every, name="audit-fsync",
+                                            daemon=True)
+            self._syncer.start()
 
-    def _open(self, path: Path) -> int:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # SECURITY: the log holds arguments (redacted) and decisions; owner-only by default.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._owned.append(fd)
-        return fd
+    def _resume(self) -> dict[str, Any]:
+        """Continue the chain on disk after checking its last record."""
+        if self._file is None:
+            return {"resumed": None}   # stdout alone: a new chain each start
+        discarded = self._file.open(repair=True)
+        tail = self._file.tail()
+        out: dict[str, Any] = {"resumed": None}
+        if discarded:
+            # A record the previous process never finished writing (it was never acted on).
+            out["discarded_bytes"] = discarded
+        if tail is not None:
+            record = tail.record
+            if record.get("hash") != chain.hash_of(record, self._key) \
+                    or not isinstance(record.get("seq"), int):
+                raise ValueError(f"{tail.file}:{tail.line}: the last record does not verify "
+                                 "(edited, or sealed with another key); run `toolgate audit "
+                                 "verify`, and move the files aside to start a new chain")
+            self._seq, self._prev = record["seq"], record["hash"]
+            out["resumed"] = {"file": tail.file.name, "seq": self._seq}
+        return out
+
+    # -- writing ----------------------------------------------------------------------
 
     def write(self, kind: str, record: Mapping[str, Any]) -> None:
-        try:
-            with self._lock:
-                self._logger.info(kind, fields=record)
-        except OSError as exc:
-            log.exception("audit sink write failed")
-            raise AuditUnavailable("the audit log cannot be written; no action was taken") \
-                from exc
+        now = time.time()
+        with self._lock:
+            try:
+                self._prepare(now)
+                self._emit(kind, record, now)
+            except OSError as exc:
+                self._failed(exc, now)
+                raise AuditUnavailable("the audit log cannot be written; no action was "
+                                       "taken") from exc
 
-    def close(self) -> None:
-        for fd in self._owned:
+    def check(self) -> str | None:
+        """None when a record can be written now (recovering first, as `write` would);
+        else why not. For readiness probes: a quiet gateway recovers too."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._prepare(now)
+            except OSError as exc:
+                self._failed(exc, now)
+                return f"the audit log cannot be written ({_name(exc)})"
+            return None
+
+    def _emit(self, kind: str, fields: Mapping[str, Any], now: float) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "the audit log is closed")
+        record = {"ts": _ts(now), "kind": kind, **fields}
+        line, sealed = chain.seal(record, seq=self._seq + 1, prev_hash=self._prev,
+                                  key=self._key)
+        if self._file is not None:
+            self._file.write(line)
+            self._advance(sealed)
+            if self._settings.fsync is Fsync.ALWAYS:
+                assert self._file.fd is not None
+                os.fdatasync(self._file.fd)
+            else:
+                self._dirty = True
+        if self._stdout is not None:
+            _write_all(self._stdout, line)
+            if self._file is None:
+                self._advance(sealed)
+
+    def _advance(self, sealed: str) -> None:
+        self._seq, self._prev = self._seq + 1, sealed
+
+    def _failed(self, exc: OSError, now: float) -> None:
+        if self._trouble is None:
+            self._trouble = {"since": _ts(now), "refused": 0}
+        if "error" not in self._trouble:   # the first failure is logged, not every one
+            log.error("audit sink %s cannot be written (%s): calls are refused until it "
+                      "can", self.location, _name(exc))
+        self._trouble["error"] = _name(exc)
+        self._trouble["refused"] += 1
+
+    def _prepare(self, now: float) -> None:
+        """Before a record: the file is still the one being written (else reopen it and
+        say so), a past failure is recorded, rotation and retention are done."""
+        sink = self._file
+        if sink is not None:
+            found = sink.changed() if sink.fd is not None else "not_open"
+            if found is not None:
+                trouble = self._trouble or {"since": _ts(now), "refused": 0}
+                trouble.setdefault("reason", found)    # what was found first
+                self._trouble = trouble
+                trouble.update(sink.reopen())
+                log.error("audit file %s was %s; reopened", self.location, trouble["reason"])
+        if self._trouble is not None:
+            event = "reopened" if "reason" in self._trouble else "recovered"
+            self._emit("audit", {"decision_id": None, "event": event, **self._trouble}, now)
+            self._trouble = None
+        if sink is not None and sink.size and self._due(sink, now):
+            self._rotate(sink, now)
+
+    def _due(self, sink: FileSink, now: float) -> bool:
+        s = self._settings
+        return ((s.rotate_bytes is not None and sink.size >= s.rotate_bytes)
+                or (s.rotate_s is not None and sink.born is not None
+                    and now - sink.born >= s.rotate_s))
+
+    def _rotate(self, sink: FileSink, now: float) -> None:
+        if self._settings.fsync is not Fsync.NEVER and sink.fd is not None:
+            os.fdatasync(sink.fd)
+        last = self._seq
+        target = sink.rotate(now)
+        self._emit("audit", {"decision_id": None, "event": "rotated",
+                             "previous": target.name, "previous_last_seq": last}, now)
+        self._retain(now)
+
+    def _retain(self, now: float) -> None:
+        sink, keep_s = self._file, self._settings.retain_s
+        if sink is None or keep_s is None:
+            return
+        for path in sink.expired(now, keep_s):
+            first, last = _chain_ends(path)
+            self._emit("audit", {"decision_id": None, "event": "deleted", "file": path.name,
+                                 "reason": "retention", **first, **last,
+                                 "first_seq_kept": last["last_seq"] + 1}, now)
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.exception("audit retention could not delete %s: %s", path, exc.strerror)
+
+    # -- durability and shutdown ------------------------------------------------------
+
+    def _sync_every(self) -> None:
+        while not self._stop.wait(self._settings.fsync_interval_s):
+            self.sync()
+
+    def sync(self) -> None:
+        """Flush what was written to the disk (outside the lock: writers never wait)."""
+        with self._lock:
+            if not self._dirty or self._file is None or self._file.fd is None:
+                return
+            fd = os.dup(self._file.fd)
+            self._dirty = False
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            log.exception("audit fsync failed: %s", exc.strerror)
+        finally:
             os.close(fd)
-        self._owned.clear()
+
+    def close(self, quiet: bool = False) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if not quiet:
+                try:
+                    self._emit("audit", {"decision_id": None, "event": "closed"}, time.time())
+                except OSError:
+                    log.exception("audit: the closing record could not be written")
+            self._closed = True
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+        if self._file is not None:
+            if not quiet and self._file.fd is not None \
+                    and self._settings.fsync is not Fsync.NEVER:
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self._file.fd)
+            self._file.close()
+            self._file = None
+
+
+def _name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "error")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
+def _chain_ends(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first seq of a rotated file, and its last seq and hash."""
+    def fields(raw: bytes | None) -> dict[str, Any]:
+        try:
+            record = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            record = {}
+        return record if isinstance(record, dict) else {}
+    with path.open("rb") as f:
+        first = fields(f.readline())
+    found = last_line(path)
+    last = fields(found[0] if found else None)
+    last_seq = last.get("seq") if isinstance(last.get("seq"), int) else 0
+    return ({"first_seq": first.get("seq")},
+            {"last_seq": last_seq, "last_hash": last.get("hash")})

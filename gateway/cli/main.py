@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit.log import AuditStartError
+from gateway.audit.settings import AuditKeyError, chain_key, redaction_key
 from gateway.cli import approvals as cli_approvals
 from gateway.config import Settings
 from gateway.config import load as load_config
@@ -109,7 +111,7 @@ def _serve(config: Path, env: Mapping[str, str]) -> int:
         serve(settings, env)
     except LoadErrors as exc:
         return _errors(exc.errors)
-    except (KeyConfigError, CredentialError) as exc:
+    except (KeyConfigError, CredentialError, AuditStartError) as exc:
         return _errors([str(exc)])
     return 0
 
@@ -130,6 +132,11 @@ def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], st
     try:
         load_keys(settings.auth, env)
     except KeyConfigError as exc:
+        problems.append(str(exc))
+    try:
+        chain_key(settings.audit, env)
+        redaction_key(settings.audit, env)
+    except AuditKeyError as exc:
         problems.append(str(exc))
     for upstream in settings.upstreams.values():
         try:

@@ -3,15 +3,13 @@ names. Each path writes exactly one decision record first."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gateway.act.handle import handle, refuse
+from gateway.core.call import ToolCall
 from gateway.core.errors import ToolNotAllowed
 from gateway.core.stage import Stage
-from gateway.devtokens import DevKey
 from gateway.runtime import Runtime
 from gateway.state.idempotency import Scope
-from tests.support import FakeClock, Recorder, records, runtime, tool_call
+from tests.support import Recorder, records, tool_call, unwritable
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD"}
 
@@ -61,16 +59,25 @@ async def test_a_refusal_at_the_entrance_is_decided_and_audited_the_same_way(
                                                                  None)
 
 
-async def test_no_decision_record_no_action(tmp_path: Path, dev_key: DevKey,
-                                            recorder: tuple[Recorder, str], clock: FakeClock,
+async def test_no_decision_record_no_action(rt: Runtime, recorder: tuple[Recorder, str],
                                             agent_token: str) -> None:
-    async with runtime(tmp_path, dev_key, recorder[1], clock,
-                       audit={"file": "/dev/full"}) as rt:
-        bundle = rt.bundles.current
-        call = tool_call(bundle, "POST", "/state/items", token=agent_token,
-                         body={"name": "a"}, headers={"Idempotency-Key": "hd-3"})
-        reply = await handle(call, bundle, rt)
+    bundle = rt.bundles.current
+    path = rt.settings.audit.file
+    assert path is not None
+
+    def call(request_id: str) -> ToolCall:
+        return tool_call(bundle, "POST", "/state/items", token=agent_token, body={"name": "a"},
+                         headers={"Idempotency-Key": "hd-3"}, request_id=request_id)
+
+    with unwritable(path):   # every write fails, through the open descriptor too
+        reply = await handle(call("req_refused"), bundle, rt)
         assert (reply.status, reply.body.count(b"audit_unavailable")) == (503, 1)
         assert recorder[0].seen == []
         # The key was given back: once the log is writable, the same call can run.
         assert await rt.store.key_state(Scope("acme", "keyed_post", "hd-3")) is None
+    again = await handle(call("req_again"), bundle, rt)
+    assert again.status == 201
+    assert len(recorder[0].seen) == 1
+    said = [r.get("event") or r["kind"] for r in records(rt, audit_events=True)]
+    assert said == ["opened", "recovered", "decision", "outcome"], "what happened comes first"
+    assert kinds(rt, "req_refused") == []

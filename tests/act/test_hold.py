@@ -3,19 +3,15 @@ that also takes the key — or nothing is held."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gateway import pipeline
 from gateway.act.answers import Reply
 from gateway.act.hold import hold
 from gateway.audit.call import CallAudit
-from gateway.audit.log import AuditLog
-from gateway.config import AuditSettings
 from gateway.core.context import CallContext
 from gateway.core.decision import Act, Verdict
 from gateway.runtime import Runtime
 from gateway.state.idempotency import KeyStatus
-from tests.support import context, records
+from tests.support import context, records, unwritable
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "amount": 250, "currency": "USD"}
 
@@ -51,17 +47,17 @@ async def test_the_call_is_held_exactly_as_planned(rt: Runtime, agent_token: str
 
 async def test_no_record_nothing_held(rt: Runtime, agent_token: str) -> None:
     ctx, verdict = await held(rt, agent_token, "h-2")
-    broken = AuditLog(AuditSettings(file=Path("/dev/full")))
-    try:
-        async with CallAudit(broken, "req_test", None) as audit:
+    path = rt.settings.audit.file
+    assert path is not None
+    with unwritable(path):   # every write fails, through the open descriptor too
+        async with CallAudit(rt.audit, "req_test", None) as audit:
             reply = await hold(ctx, rt, verdict, audit)
-    finally:
-        broken.close()
     assert isinstance(reply, Reply)
     assert reply.status == 503
     assert await rt.store.list_approvals() == []
     assert ctx.claim is not None
     assert await rt.store.key_state(ctx.claim.scope) is None
+    assert [r for r in records(rt) if r["decision_id"] == "req_test"] == []
 
 
 async def test_a_key_taken_meanwhile_is_answered_from_what_it_holds(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.log import AuditLog
-from gateway.config import AuditSettings
+from gateway.audit.settings import AuditSettings
 
 
 class Boom(Exception):
@@ -29,5 +29,8 @@ def audit_log(audit_path: Path) -> Iterator[AuditLog]:
     log.close()
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+def read_records(path: Path, *, audit_events: bool = False) -> list[dict[str, Any]]:
+    """The file's records; without the log's own `audit` records (opened, closed…) unless
+    asked for."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if audit_events or r.get("kind") != "audit"]

@@ -4,6 +4,7 @@ on every exit path."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,18 @@ from gateway.audit.log import AuditLog
 from gateway.config import AuditSettings
 from gateway.core.errors import AuditUnavailable
 from tests.audit.conftest import Boom, read_records
+
+
+@pytest.fixture
+def broken_log(tmp_path: Path) -> Iterator[AuditLog]:
+    """A log whose file became a directory after it started: every write fails."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditSettings(file=path))
+    path.unlink()
+    path.mkdir()
+    yield log
+    path.rmdir()
+    log.close()
 
 
 async def test_exception_before_decision_writes_one_deny_record(audit_log: AuditLog,
@@ -122,24 +135,16 @@ async def test_cancelled_task_writes_one_outcome(audit_log: AuditLog, audit_path
     assert records[1]["error"] == "cancelled"
 
 
-async def test_decision_raises_when_sink_is_down() -> None:
-    log = AuditLog(AuditSettings(file=Path("/dev/full")))
-    try:
-        async with CallAudit(log, "req-10", None) as audit:
-            with pytest.raises(AuditUnavailable):
-                audit.decision({"action": "allow", "stage": "policy", "reasons": []})
-    finally:
-        log.close()
+async def test_decision_raises_when_sink_is_down(broken_log: AuditLog) -> None:
+    async with CallAudit(broken_log, "req-10", None) as audit:
+        with pytest.raises(AuditUnavailable):
+            audit.decision({"action": "allow", "stage": "policy", "reasons": []})
 
 
-async def test_sink_down_does_not_mask_the_original_exception() -> None:
-    log = AuditLog(AuditSettings(file=Path("/dev/full")))
-    try:
-        with pytest.raises(Boom):
-            async with CallAudit(log, "req-11", None):
-                raise Boom
-    finally:
-        log.close()
+async def test_sink_down_does_not_mask_the_original_exception(broken_log: AuditLog) -> None:
+    with pytest.raises(Boom):
+        async with CallAudit(broken_log, "req-11", None):
+            raise Boom
 
 
 async def test_base_fields_in_every_record(audit_log: AuditLog, audit_path: Path) -> None:
@@ -152,16 +157,12 @@ async def test_base_fields_in_every_record(audit_log: AuditLog, audit_path: Path
         assert record["trace_id"] == "t" * 32
 
 
-async def test_outcome_write_failure_does_not_raise(tmp_path: Path) -> None:
+async def test_outcome_write_failure_does_not_raise(broken_log: AuditLog) -> None:
     """The action already happened: a lost outcome record is logged, never turned into an
     error that would tell the agent nothing was done."""
-    log = AuditLog(AuditSettings(file=Path("/dev/full")))
-    try:
-        audit = CallAudit(log, "req-12", None)
-        audit.expect_outcome()
-        audit.outcome({"status": 201})  # must not raise
-    finally:
-        log.close()
+    audit = CallAudit(broken_log, "req-12", None)
+    audit.expect_outcome()
+    audit.outcome({"status": 201})  # must not raise
 
 
 async def test_file_and_stdout_get_identical_bytes(tmp_path: Path,

@@ -91,7 +91,15 @@ def chaos_gateway(directory: Path, key: DevKey, upstream: Upstream, faulty_url: 
                    extra_upstreams={"faulty": faulty_url})
 
 
-def full_disk_gateway(directory: Path, key: DevKey, upstream: Upstream) -> Gateway:
-    """An audit file on /dev/full: every write fails with ENOSPC."""
-    return Gateway(directory, key, upstream.url, tool_specs=[SHIPPED_SPECS, HERE / "specs"],
-                   policies=[SHIPPED_POLICIES], extra={"audit": {"file": "/dev/full"}})
+def audit_gateway(directory: Path, key: DevKey, upstream: Upstream, *,
+                  tool_specs: tuple[Path, ...] = (), wait_ms: int = 3000,
+                  **audit: Any) -> Gateway:
+    """The echo and approval tools with no webhook (the upstream sees tool calls and nothing
+    else), and `audit:` as given on top of the harness's file. Its audit file is what the
+    tests delete, rename, replace, truncate or make unwritable under it."""
+    return Gateway(directory, key, upstream.url,
+                   tool_specs=[SHIPPED_SPECS, HERE / "specs", HERE / "specs_approvals",
+                               *tool_specs],
+                   policies=[SHIPPED_POLICIES, HERE / "policies_approvals"],
+                   extra={"approvals": {"sweep_interval_ms": 100, "wait_ms": wait_ms},
+                          "audit": {"file": "audit/toolgate.jsonl", **audit}})

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway.devtokens import DevKey
 from tests.e2e.harness import UPSTREAM_SECRET, Gateway, Reply, Upstream, running
-from tests.e2e.profiles import full_disk_gateway
+from tests.e2e.profiles import audit_gateway
+from tests.support import unwritable
 
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
           "customer_email": "ada@example.com"}
@@ -76,22 +78,28 @@ def test_no_secret_in_the_audit_log(gateway: Gateway, token: str, dev_key: DevKe
     assert "[REDACTED]" in text
 
 
-@pytest.fixture(scope="module")
-def full_disk(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
-                      upstream: Upstream) -> Iterator[Gateway]:
-    """A gateway whose audit file is /dev/full: every write fails with ENOSPC."""
-    gw = full_disk_gateway(tmp_path_factory.mktemp("full"), dev_key, upstream)
-    with running(gw):
+@pytest.fixture
+def sink_gateway(tmp_path: Path, dev_key: DevKey, upstream: Upstream) -> Iterator[Gateway]:
+    """A gateway of its own, started normally: the test makes its audit file unwritable."""
+    with running(audit_gateway(tmp_path / "gw", dev_key, upstream)) as gw:
         yield gw
 
 
-def test_audit_sink_down_forwards_nothing(full_disk: Gateway, upstream: Upstream,
+def test_audit_sink_down_forwards_nothing(sink_gateway: Gateway, upstream: Upstream,
                                           token: str) -> None:
+    gw = sink_gateway
     before = len(upstream.seen)
-    for method, path, body in [("GET", "/echo/items/abc", None),
-                               ("POST", "/echo/items", {"name": "a", "count": 1})]:
-        reply = full_disk.call(method, path, token=token, body=body)
-        assert reply.status == 503
-        assert reply.code == "audit_unavailable"
-    assert len(upstream.seen) == before
-    assert "audit sink write failed" in full_disk.log()
+    with unwritable(gw.audit_file):   # chattr +i: every write fails, the open file's too
+        replies = [gw.call(method, path, token=token, body=body, headers=headers)
+                   for method, path, body, headers in [
+                       ("GET", "/echo/items/abc", None, {}),
+                       ("POST", "/echo/items", {"name": "a", "count": 1}, {}),
+                       ("POST", "/billing/refunds", {**REFUND, "amount": 900},
+                        {"Idempotency-Key": "sink-down"})]]
+        assert [(r.status, r.code) for r in replies] == [(503, "audit_unavailable")] * 3
+        assert len(upstream.seen) == before
+    assert (f"audit sink {gw.audit_file} cannot be written (EPERM): calls are refused until "
+            "it can") in gw.log()
+    refused = {r.request_id for r in replies}
+    assert [r for r in gw.records() if r["decision_id"] in refused] == []
+    assert [r for r in gw.records() if r["kind"] == "approval"] == [], "nothing was queued"
