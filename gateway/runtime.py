@@ -1,9 +1,9 @@
 """The runtime: everything long-lived a gateway process uses, built once and closed once.
 
 `open_runtime` is the composition root: it builds the store, the upstream pools, the audit
-log, the kill switches, the approval queue (service, executor, sweeper, notifications) and
-the background tasks around a loaded bundle, and closes them in reverse order. No module
-keeps mutable state of its own: all of it hangs off the `Runtime`.
+log and its redactor, the kill switches, the approval queue (service, executor, sweeper,
+notifications) and the background tasks around a loaded bundle, and closes them in reverse
+order. No module keeps mutable state of its own: all of it hangs off the `Runtime`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from gateway.approvals.executor import Executor
 from gateway.approvals.notify import Notifier
 from gateway.approvals.service import ApprovalService
 from gateway.approvals.sweeper import Sweeper
-from gateway.audit.log import AuditLog
+from gateway.audit.log import AuditLog, AuditStartError
+from gateway.audit.redact import Redactor
+from gateway.audit.settings import AuditKeyError
 from gateway.auth import TokenVerifier
 from gateway.bundle import Bundle, BundleRef
 from gateway.config import Settings
@@ -51,6 +53,7 @@ class Runtime:
     background: Background
     clock: Clock
     refusals: RefusalLedger
+    redactor: Redactor     # how every copy of the arguments that leaves the store is redacted
 
 
 def instance_id() -> str:
@@ -66,6 +69,10 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         stack.push_async_callback(bundles.close)
         verifier = TokenVerifier(settings.auth, load_keys(settings.auth, environ))
         upstreams = Upstreams(settings.upstreams, environ, settings.max_response_bytes)
+        try:
+            redactor = Redactor.from_settings(settings.audit, environ)
+        except AuditKeyError as exc:
+            raise AuditStartError(str(exc)) from None
         audit = AuditLog(settings.audit, environ)
         stack.callback(audit.close)
         store = await open_store(settings)
@@ -73,7 +80,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         await upstreams.start()
         stack.push_async_callback(upstreams.close)
         metrics = Metrics()
-        notifier = Notifier(settings.webhook, metrics.webhook_failures)
+        notifier = Notifier(settings.webhook, metrics.webhook_failures, redactor)
         await notifier.start()
         stack.push_async_callback(notifier.close)
         kills = KillSwitches(store.kill_list, settings.killswitch_poll_s)
@@ -104,4 +111,4 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         await refusals.start()
         stack.push_async_callback(refusals.close)
         yield Runtime(settings, bundles, verifier, store, upstreams, audit, metrics, kills,
-                      approvals, background, clock, refusals)
+                      approvals, background, clock, refusals, redactor)

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 async def handle(call: ToolCall, bundle: Bundle, rt: Runtime) -> Reply:
     ctx = CallContext(call, bundle)
     facts = call.facts
-    async with CallAudit(rt.audit, facts.request_id, facts.trace_id,
-                         bundle.revision) as audit:
+    async with CallAudit(rt.audit, facts.request_id, facts.trace_id, bundle.revision,
+                         call.spec.name) as audit:
         verdict = await pipeline.run(ctx, rt)
         if verdict.act is Act.HOLD:
             held = await hold(ctx, rt, verdict, audit)
@@ -43,7 +43,7 @@ async def handle(call: ToolCall, bundle: Bundle, rt: Runtime) -> Reply:
         _observe(rt, facts, verdict, call.spec)
         try:
             audit.decision(records.decision(verdict, revision=bundle.revision, spec=call.spec,
-                                            ctx=ctx,
+                                            ctx=ctx, redactor=rt.redactor,
                                             elapsed_s=rt.clock.monotonic() - facts.started))
         except GatewayError as exc:
             await withdraw(ctx, rt)  # nothing is sent: give the budget and the key back
@@ -79,9 +79,11 @@ def refuse(facts: RequestFacts, stage: Stage, error: GatewayError, bundle: Bundl
     for, and the HTTP server's error path cannot await."""
     verdict = decide(stage, error, None, shadow=False)
     _observe(rt, facts, verdict, spec)
-    audit = CallAudit(rt.audit, facts.request_id, facts.trace_id, bundle.revision)
+    audit = CallAudit(rt.audit, facts.request_id, facts.trace_id, bundle.revision,
+                      spec.name if spec is not None else None)
     try:
         audit.decision(records.decision(verdict, revision=bundle.revision, spec=spec,
+                                        redactor=rt.redactor,
                                         elapsed_s=rt.clock.monotonic() - facts.started))
     except GatewayError as exc:
         return error_reply(exc, facts.request_id)

@@ -52,7 +52,9 @@ def held_call(ctx: CallContext, rt: Runtime, verdict: Verdict) -> Approval:
         # crash mid-send; the key is forwarded exactly when the tool uses one.
         resend_safe=ctx.idempotency_key is not None, run_id=ctx.run_id,
         revision=ctx.bundle.revision,
-        spend=ctx.spend or {})
+        spend=ctx.spend or {},
+        # What no copy of the arguments outside the store may show (a notification's).
+        redact=(*call.spec.pii_pointers, *policy.redact))
 
 
 async def hold(ctx: CallContext, rt: Runtime, verdict: Verdict,
@@ -61,7 +63,7 @@ async def hold(ctx: CallContext, rt: Runtime, verdict: Verdict,
     failed before anything was decided — the verdict to carry out instead."""
     approval = held_call(ctx, rt, verdict)
     record = records.decision(verdict, revision=ctx.bundle.revision, spec=ctx.call.spec,
-                              ctx=ctx, approval_id=approval.id,
+                              ctx=ctx, approval_id=approval.id, redactor=rt.redactor,
                               elapsed_s=rt.clock.monotonic() - ctx.call.facts.started)
     request_id = ctx.call.facts.request_id
     try:

@@ -154,10 +154,11 @@ class Executor:
                 await self._give_back(reserved)
             await self._finish(approval, ApprovalStatus.FAILED,
                                reason=f"not sent: {exc.message}" if unsent else exc.message,
-                               error=str(exc.code),
+                               error=str(exc.code), sent=not unsent,
                                latency_ms=round((self._clock.monotonic() - start) * 1000, 3))
             return
         await self._finish(approval, ApprovalStatus.EXECUTED, upstream_status=resp.status,
+                           sent=True,
                            result_status=resp.status, result_body=resp.body,
                            result_content_type=resp.headers.get("Content-Type"),
                            latency_ms=round(resp.latency_ms, 3))
@@ -201,11 +202,13 @@ class Executor:
     async def _finish(self, approval: Approval, status: ApprovalStatus, *,
                       reason: str | None = None, error: str | None = None,
                       upstream_status: int | None = None, latency_ms: float | None = None,
-                      **result: Any) -> None:
+                      sent: bool = False, **result: Any) -> None:
+        """`sent`: whether the request may have reached the upstream (false only when it is
+        known never to have left the gateway)."""
         def record(after: Approval) -> None:
             self._record_outcome(after, status=str(status), error=error,
                                  upstream_status=upstream_status, reason=reason,
-                                 latency_ms=latency_ms)
+                                 latency_ms=latency_ms, sent=sent)
 
         # The upstream has answered: its result must not be lost to a passing store error
         # (the call would then look unfinished and could be sent again after a restart).

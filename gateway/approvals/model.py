@@ -5,6 +5,8 @@ pending → rejected | expired
 
 An `Approval` binds a decision to the exact call: the canonical arguments and who asked
 (`call_hash`), and the exact outbound request (`plan`, with `call_digest` over its bytes).
+It keeps the arguments whole — an approver is shown everything that will be sent — and,
+in `redact`, the pointers every copy of them that leaves for elsewhere must be redacted at.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Approval:
     run_id: str | None = None      # the run whose budget the call counts against
     revision: str = ""             # the bundle the call was decided with
     spend: Mapping[str, float] = field(default_factory=dict)
+    # The spec's x-pii pointers and the decision's `redact` ones, fixed when it was held
+    # ("" — the whole arguments — for a call held before they were kept).
+    redact: tuple[str, ...] = ()
     updated_at: float = 0.0
     reason: str | None = None      # why rejected / failed / how resolved
     result_status: int | None = None

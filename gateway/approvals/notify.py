@@ -4,7 +4,9 @@
 exponential backoff. A full queue, a refused delivery or an exhausted retry is logged and
 counted (`toolgate_webhook_failures_total`), never raised: a notification can never block
 or fail a call. The payload leaves the arguments out unless `include_args` is set, since
-chat channels are read by more people than the approval queue.
+chat channels are read by more people than the approval queue; when it is set, they are
+redacted as the audit log redacts them (the spec's `x-pii` fields and the decision's
+`redact` pointers, kept with the held call; the mask or the same keyed-hash tokens).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import Counter
 
 from gateway import tasks
 from gateway.approvals.model import Approval
+from gateway.audit.redact import Redactor
 from gateway.config import WebhookSettings
 from gateway.core.canonical import rfc3339
 
@@ -26,7 +29,7 @@ log = logging.getLogger("toolgate")
 QUEUE_SIZE = 1000
 
 
-def payload(event: str, approval: Approval, include_args: bool,
+def payload(event: str, approval: Approval, include_args: bool, redactor: Redactor,
             actor: Mapping[str, Any] | None = None) -> dict[str, Any]:
     principal = approval.principal
     who = f"{principal.get('sub')} ({principal.get('agent') or 'agent'}, tenant " \
@@ -48,16 +51,19 @@ def payload(event: str, approval: Approval, include_args: bool,
         "actor": dict(actor) if actor is not None else None,
     }
     if include_args:
-        details["args"] = approval.args
+        # SECURITY: a chat channel is not the approval queue: never the values it hides.
+        details["args"] = redactor.redact(dict(approval.args), approval.redact)
     return {"text": "\n".join(lines), "toolgate": details}
 
 
 class Notifier:
     """Create with the app's runtime; `start()` the worker, `close()` on shutdown."""
 
-    def __init__(self, settings: WebhookSettings | None, failures: Counter) -> None:
+    def __init__(self, settings: WebhookSettings | None, failures: Counter,
+                 redactor: Redactor) -> None:
         self._settings = settings
         self._failures = failures
+        self._redactor = redactor
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -70,7 +76,8 @@ class Notifier:
             self._failures.labels("queue_full").inc()
             log.error("notification for %s dropped: queue full", approval.id)
             return
-        self._queue.put_nowait(payload(event, approval, self._settings.include_args, actor))
+        self._queue.put_nowait(payload(event, approval, self._settings.include_args,
+                                       self._redactor, actor))
 
     async def start(self) -> None:
         if self._settings is not None:

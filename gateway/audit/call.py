@@ -22,12 +22,15 @@ log = logging.getLogger("toolgate")
 
 class CallAudit:
     def __init__(self, audit_log: AuditLog, decision_id: str, trace_id: str | None,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, tool: str | None = None) -> None:
         self._log = audit_log
-        # Every record of the call names the bundle it was judged by.
+        # Every record of the call names the bundle it was judged by, and the tool once it
+        # is known (a report joins outcomes to their tool without the decision record).
         self.base: dict[str, Any] = {"decision_id": decision_id, "trace_id": trace_id}
         if revision is not None:
             self.base["policy_revision"] = revision
+        if tool is not None:
+            self.base["tool"] = tool
         self._decision_tried = False
         self.decision_written = False
         self._outcome_due = False

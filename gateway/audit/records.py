@@ -4,9 +4,12 @@ Kinds: `decision` (one per call, before any action), `outcome` (one per call tha
 upstream or whose action failed after its decision), `approval` (every event of a held
 call, refusals included), `killswitch` (set and cleared). A record holds no token, no
 credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
-pointers), and arguments that never passed the schema are kept only in outline (declared
-names, types and sizes) — and messages quote a caller's text only cut short
-(`gateway.core.errors.quote`) — so a refused call's record is bounded whatever its body.
+pointers, by the runtime's `Redactor`: a mask or a keyed hash), and arguments that never
+passed the schema are kept only in outline (declared names, types and sizes) — and
+messages quote a caller's text only cut short (`gateway.core.errors.quote`) — so a refused
+call's record is bounded whatever its body. A decision record also carries what the policy
+saw (`input`, redacted alike), the tool's own `spec_revision`, `args_valid` and `spend`, so
+a later bundle can judge the call again.
 `gateway.audit.log.AuditLog` writes them; `gateway.audit.call.CallAudit` makes sure each
 call gets its decision and outcome.
 """
@@ -15,17 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from gateway.audit.redact import outline, redact
+from gateway.audit.redact import WHOLE, Redactor, outline
 from gateway.bundle.specs import Mode
 from gateway.core.canonical import rfc3339
 from gateway.core.decision import Action, Verdict
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ReasonCode
 from gateway.core.stage import Stage
 
 if TYPE_CHECKING:
     from gateway.approvals.model import Approval
     from gateway.auth import Principal
+    from gateway.bundle.routes import PathTemplate
     from gateway.bundle.specs import ToolSpec
     from gateway.core.context import CallContext
     from gateway.state.killswitch import KillSwitch
@@ -43,12 +48,17 @@ def actor(principal: Principal) -> dict[str, Any]:
     return {**principal.as_audit(), "roles": list(principal.roles)}
 
 
-def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
+def decision(verdict: Verdict, *, revision: str, elapsed_s: float, redactor: Redactor,
              spec: ToolSpec | None = None, ctx: CallContext | None = None,
              approval_id: str | None = None) -> dict[str, Any]:
-    """The decision record: what was decided, by which stage, on what facts.
+    """The decision record: what was decided, by which stage, on what facts — and, once
+    the policy was asked, the very document it was shown (`input`), so a later bundle can
+    judge the same call again (replay).
 
     `spec` is the tool when the entrance found one; `ctx` is there once the pipeline ran.
+    Every copy of the arguments (`args`, `input.args`, a path parameter in
+    `input.request.path`) is redacted alike by `redactor`: the spec's `x-pii` fields and the
+    decision's `redact` pointers; `redacted` lists the values replaced.
     """
     principal = ctx.known_principal if ctx is not None else None
     pointers: list[str] = list(spec.pii_pointers) if spec is not None else []
@@ -64,6 +74,7 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
         "run_id": ctx.run_id if ctx is not None else None,
         "run": ctx.usage.as_input() if ctx is not None and ctx.usage is not None else None,
         "tool": spec.name if spec is not None else None,
+        "spec_revision": spec.revision if spec is not None else None,
         "action": str(verdict.action),
         "shadow": spec is not None and spec.mode is Mode.SHADOW,
         "stage": str(verdict.stage),
@@ -72,7 +83,9 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
         "status": status,
         "reasons": list(verdict.reasons),
         "policy_revision": revision,
-        **_arguments(ctx, pointers),
+        "args_valid": _args_valid(verdict, ctx),
+        **_arguments(ctx, pointers, redactor),
+        "spend": dict(ctx.spend) if ctx is not None and ctx.spend is not None else None,
         "idempotency_key": ctx.idempotency_key if ctx is not None else None,
         "approval_id": approval_id,
         "latency_ms": {"total": _ms(elapsed_s),
@@ -80,14 +93,65 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float,
     }
 
 
-def _arguments(ctx: CallContext | None, pointers: list[str]) -> dict[str, Any]:
+def _args_valid(verdict: Verdict, ctx: CallContext | None) -> bool | None:
+    """Whether the arguments matched the schema: null when they were never checked (the
+    call stopped before `validate`, or a retry was answered from the call it repeats)."""
+    if ctx is not None and ctx.args_valid:
+        return True
+    return False if verdict.code == ReasonCode.SCHEMA_INVALID else None
+
+
+def _arguments(ctx: CallContext | None, pointers: list[str],
+               redactor: Redactor) -> dict[str, Any]:
     """`args` (redacted) once they passed the schema, here or in the call a retry repeats
-    (a key answers only the same arguments); else only `args_outline`."""
+    (a key answers only the same arguments); else only `args_outline`. `input`: the policy's
+    input document with the same redaction, or null if the policy was never asked."""
     if ctx is None:
-        return {"args": None}
-    if ctx.args_valid or ctx.answered is not None:
-        return {"args": redact(dict(ctx.call.args), pointers)}
-    return {"args": None, "args_outline": outline(ctx.call.args, ctx.call.spec.arguments)}
+        return {"args": None, "input": None, "redacted": []}
+    if not (ctx.args_valid or ctx.answered is not None):
+        return {"args": None, "args_outline": outline(ctx.call.args, ctx.call.spec.arguments),
+                "input": None, "redacted": []}
+    if ctx.answered is not None:
+        # A retry: the policy was not asked again, so what it redacted is the call's it
+        # repeats — kept with a held call; not kept for a completed one, whose arguments
+        # are then redacted whole (the first call's record has them, as the policy wanted).
+        held = ctx.answered.approval
+        pointers = list(held.redact) if held is not None else [WHOLE]
+    args, replaced = redactor.apply(dict(ctx.call.args), pointers)
+    return {"args": args, "input": _input(ctx, pointers, redactor), "redacted": replaced}
+
+
+def _input(ctx: CallContext, pointers: list[str], redactor: Redactor) -> dict[str, Any] | None:
+    """The policy's input document as it was shown, its arguments redacted — in the request
+    path too, since the route's path parameters are arguments."""
+    shown = ctx.policy_input
+    if shown is None:
+        return None
+    args, replaced = redactor.apply(shown["args"], pointers)
+    request = {**shown["request"],
+               "path": redacted_path(ctx.call.spec.route, shown["request"]["path"], args,
+                                     replaced)}
+    return {**shown, "args": args, "request": request}
+
+
+def redacted_path(route: PathTemplate, path: str, args: Any, replaced: list[str]) -> str:
+    """`path` (raw, as the agent sent it) with the segment of each path parameter whose
+    value was redacted (`replaced`, as `Redactor.apply` names them) set to its token."""
+    whole = WHOLE in replaced
+    names = {p[1:] for p in replaced if p.count("/") == 1}  # a parameter name has no / or ~
+    if not (whole or names):
+        return path
+    parts = path[1:].split("/") if path.startswith("/") else []
+    if len(parts) != len(route.params):
+        return route.text   # cannot place the values (never for a matched route): none kept
+    out = []
+    for part, name in zip(parts, route.params, strict=True):
+        if name is not None and (whole or name in names):
+            token = args if whole else args[name]
+            out.append(quote(str(token), safe=":"))
+        else:
+            out.append(part)
+    return "/" + "/".join(out)
 
 
 def internal_decision(reason: str) -> dict[str, Any]:
@@ -126,11 +190,13 @@ def approval(event: str, held: Approval, **fields: Any) -> dict[str, Any]:
 
 def approval_outcome(held: Approval, *, status: str, error: str | None,
                      upstream_status: int | None, reason: str | None,
-                     latency_ms: float | None, stored: bool = True) -> dict[str, Any]:
-    """The `outcome` record of a held call the executor sent (or could not send)."""
+                     latency_ms: float | None, sent: bool,
+                     stored: bool = True) -> dict[str, Any]:
+    """The `outcome` record of a held call the executor sent (or could not send: `sent`
+    is false only when the request is known never to have left the gateway)."""
     record = {"decision_id": held.decision_id, "approval_id": held.id, "tool": held.tool,
               "principal": dict(held.principal), "policy_revision": held.revision or None,
-              "status": status, "error": error,
+              "status": status, "error": error, "sent": sent,
               "upstream_status": upstream_status, "reason": reason,
               "attempt": held.attempts, "latency_ms": {"upstream": latency_ms}}
     if not stored:

@@ -1,38 +1,108 @@
 """Redaction: argument values a record must not hold (`x-pii` fields, the policy's
 `redact` pointers) are replaced before the record is built; arguments that never passed
-the schema are kept only in outline."""
+the schema are kept only in outline.
+
+A `Redactor` writes each redacted value in one of two ways (`audit.redaction`): the mask
+`[REDACTED]`, or a keyed hash `hmac:<32 hex>` — HMAC-SHA256 under the redaction key of the
+value's canonical JSON, so one value gives one token in every record, across restarts, and
+an auditor can see that two calls named the same customer without seeing who. A value at a
+redacted pointer is replaced whole: an object or an array becomes one token.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
+import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from gateway.audit.settings import AuditSettings, Redaction, redaction_key
+
 REDACTED = "[REDACTED]"
+HASH_PREFIX = "hmac:"
+HASH_HEX = 32          # hex characters of the HMAC kept in a token (128 bits)
+WHOLE = ""             # the JSON pointer of the whole document (RFC 6901)
 _INDEX = re.compile(r"^(0|[1-9][0-9]*)$")  # a JSON-pointer array index, ASCII digits only
 
 
+def canonical(value: Any) -> bytes:
+    """The bytes a value is hashed over: JSON with sorted keys, no whitespace. A value orjson
+    cannot write (an integer past 64 bits, a lone surrogate) takes the standard library's
+    encoding, so it still hashes, and always to the same token."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+class Redactor:
+    """Replaces the values at JSON pointers with the mask or, given a key, a keyed hash."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str]) -> Redactor:
+        """The redactor `audit.redaction` asks for. Raises `AuditKeyError` when the hash's
+        key cannot be read or is too short."""
+        return cls(redaction_key(settings, environ))
+
+    @property
+    def mode(self) -> Redaction:
+        return Redaction.MASK if self._key is None else Redaction.HASH
+
+    def token(self, value: Any) -> str:
+        """What a redacted value is written as."""
+        if self._key is None:
+            return REDACTED
+        # SECURITY: keyed, so nobody without the key can test a guess (an e-mail address, a
+        # card number) against a token; truncated to 128 bits, still far from collisions.
+        digest = hmac.new(self._key, canonical(value), hashlib.sha256).hexdigest()
+        return HASH_PREFIX + digest[:HASH_HEX]
+
+    def redact(self, args: Any, pointers: Iterable[str]) -> Any:
+        """A copy of `args` with the value at each JSON pointer replaced by its token."""
+        return self.apply(args, pointers)[0]
+
+    def apply(self, args: Any, pointers: Iterable[str]) -> tuple[Any, list[str]]:
+        """A copy of `args` with the value at each JSON pointer replaced by its token, and
+        the pointers of the values replaced (sorted, each naming one value, no `*`).
+
+        The segment `*` matches every element of a list (or every member of an object), so
+        `/items/*/card` redacts the card of each item. The pointer `""` is the whole
+        document. A pointer that names nothing is ignored. `args` is never changed.
+        """
+        pointers = list(pointers)
+        if not pointers or not isinstance(args, dict):
+            return args, []
+        if WHOLE in pointers:
+            return self.token(args), [WHOLE]
+        out = copy.deepcopy(args)
+        replaced: set[str] = set()
+        # Shallow pointers first: a value is tokenized whole, before any part of it is, so
+        # its token never depends on the order the pointers came in.
+        for pointer in sorted(set(pointers), key=lambda p: (p.count("/"), p)):
+            parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+            if parts:
+                _redact(out, parts, "", replaced, self.token)
+        return out, sorted(replaced)
+
+
+MASK = Redactor()
+
+
 def redact(args: Any, pointers: Iterable[str]) -> Any:
-    """A copy of `args` with the value at each JSON pointer replaced by `[REDACTED]`.
-
-    The segment `*` matches every element of a list (or every member of an object), so
-    `/items/*/card` redacts the card of each item.
-    """
-    pointers = list(pointers)
-    if not pointers or not isinstance(args, dict):
-        return args
-    out = copy.deepcopy(args)
-    for pointer in pointers:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
-        if parts:
-            _redact(out, parts)
-    return out
+    """`args` with the value at each JSON pointer replaced by `[REDACTED]` (the mask)."""
+    return MASK.redact(args, pointers)
 
 
-def _redact(node: Any, parts: list[str]) -> None:
+def _redact(node: Any, parts: list[str], at: str, replaced: set[str],
+            token: Callable[[Any], str]) -> None:
     head, rest = parts[0], parts[1:]
     if head == "*":
         children = (list(enumerate(node)) if isinstance(node, list)
@@ -44,10 +114,12 @@ def _redact(node: Any, parts: list[str]) -> None:
     else:
         return
     for key, child in children:
+        where = f"{at}/{str(key).replace('~', '~0').replace('/', '~1')}"
         if rest:
-            _redact(child, rest)
-        else:
-            node[key] = REDACTED
+            _redact(child, rest, where, replaced, token)
+        elif where not in replaced:   # two pointers naming one value: one token
+            node[key] = token(child)
+            replaced.add(where)
 
 
 def outline(args: Mapping[str, Any], declared: Collection[str]) -> dict[str, Any]:

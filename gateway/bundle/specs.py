@@ -4,18 +4,22 @@ Each spec is checked against `TOOL_SPEC_SCHEMA` (unknown keys are errors), its
 `input_schema`/`output_schema` are compiled (`gateway.bundle.schemas`), its
 `forward.headers` checked against what may never be taken from an agent, and its route goes
 into the route table; a second tool on the same method and path shape is an error.
-All problems are reported together, each with `file:line`.
+All problems are reported together, each with `file:line`. Each tool has a `revision` of
+its own (over its spec as loaded, in canonical JSON): a decision record names it, so a
+replay can tell which calls were judged by a tool that has changed since.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
 from jsonschema.protocols import Validator
 
 from gateway import yamlfile
@@ -97,6 +101,17 @@ class ToolSpec:
     source: str                      # file:line, for messages
     spend: str | None = None         # numeric argument that counts toward the run's spend
     forward_headers: tuple[str, ...] = ()   # extra agent headers passed on (allow-list)
+    revision: str = ""               # SHA-256 (16 hex) of this spec's canonical JSON
+
+
+def spec_revision(raw: Mapping[str, Any]) -> str:
+    """A tool's revision: its spec as loaded, in canonical JSON (sorted keys, no
+    whitespace), so layout and comments do not count and any change of meaning does."""
+    try:
+        text = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer past 64 bits (a schema bound), which orjson cannot write
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -253,5 +268,5 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         arguments=frozenset(raw["input_schema"].get("properties") or {}),
         timeout_ms=raw.get("timeout_ms", 5000), mode=Mode(raw.get("mode", "enforce")),
         source=f"{doc.file}:{doc.line(base) or 1}", spend=spend,
-        forward_headers=forward_headers,
+        forward_headers=forward_headers, revision=spec_revision(raw),
     )

@@ -9,7 +9,7 @@ pipeline turns into a deny (`internal_error`), never into a call made on missing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.bundle.specs import Mode
 from gateway.core.decision import AnsweredFrom, Verdict, decide
@@ -43,6 +43,7 @@ class CallContext:
     args_valid: bool = False             # validate: the arguments match input_schema
     usage: Usage | None = None           # usage: the run's counters before this call
     spend: dict[str, float] | None = None  # usage: what this call would spend
+    policy_input: dict[str, Any] | None = None    # policy: the document it was shown
     decision: PolicyDecision | None = None        # policy
     policy_ms: float = 0.0
     reservation: Reservation | None = None  # commit: what this call counted against its run

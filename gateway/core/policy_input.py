@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from gateway.core.canonical import rfc3339_precise
+from gateway.core.canonical import canonical_json, rfc3339_precise
 from gateway.core.context import CallContext
 from gateway.state.budgets import Usage
 
@@ -24,5 +25,15 @@ def input_document(ctx: CallContext) -> dict[str, Any]:
             "time": rfc3339_precise(facts.received_at),
             "source_ip": facts.source_ip,
             "entrance": str(facts.entrance),
+            "bucket": bucket(spec.name, ctx.principal.tenant, ctx.principal.sub,
+                             ctx.idempotency_key or facts.request_id),
         },
     }
+
+
+def bucket(tool: str, tenant: str | None, sub: str, call: str) -> int:
+    """0-99, the same for the same call: a policy ramps autonomy by percentage with it
+    (`input.request.bucket < 10`), a retry with the same Idempotency-Key lands where the
+    first try did, and a replay of the record sees the same number."""
+    digest = hashlib.sha256(canonical_json([tool, tenant, sub, call])).digest()
+    return int.from_bytes(digest[:8], "big") % 100

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.approvals.model import Approval, ApprovalStatus, Vote
+from gateway.audit.redact import WHOLE
 from gateway.core.outbound import OutboundPlan
 from gateway.state.idempotency import KeyState, KeyStatus, Scope
 from gateway.state.killswitch import KillSwitch
@@ -125,7 +126,7 @@ def transition_params(approval_id: str, from_states: frozenset[ApprovalStatus],
 
 def approval_row(a: Approval) -> tuple[Any, ...]:
     call = {**a.plan.to_json(), "format": PLAN_FORMAT, "run_id": a.run_id,
-            "spend": dict(a.spend), "revision": a.revision}
+            "spend": dict(a.spend), "revision": a.revision, "redact": list(a.redact)}
     return (a.id, str(a.status), a.decision_id, a.tool, orjson.dumps(a.args), a.call_hash,
             orjson.dumps(a.principal), orjson.dumps(a.reasons), a.approvals_required,
             orjson.dumps(a.approver_roles), a.created_at, a.expires_at,
@@ -149,6 +150,8 @@ def approval_from_row(row: Sequence[Any], votes: Sequence[Vote] = ()) -> Approva
         idempotency_key=key, resend_safe=bool(resend_safe),
         run_id=c.get("run_id"), spend={k: float(v) for k, v in c.get("spend", {}).items()},
         revision=str(c.get("revision", "")),
+        # SECURITY: a call held before its redaction was kept is redacted whole elsewhere.
+        redact=tuple(c["redact"]) if "redact" in c else (WHOLE,),
         reason=reason, result_status=rstatus, result_content_type=rtype,
         result_body=None if rbody is None else bytes(rbody), attempts=attempts,
         owner=owner, error=error, votes=tuple(votes))

@@ -148,13 +148,32 @@ async def test_sink_down_does_not_mask_the_original_exception(broken_log: AuditL
 
 
 async def test_base_fields_in_every_record(audit_log: AuditLog, audit_path: Path) -> None:
-    async with CallAudit(audit_log, "req-12", "t" * 32) as audit:
+    async with CallAudit(audit_log, "req-12", "t" * 32, "rev-1", "echo_post") as audit:
         audit.decision({"action": "allow", "stage": "policy", "reasons": []})
         audit.expect_outcome()
         audit.outcome({"upstream_status": 204})
-    for record in read_records(audit_path):
+    records = read_records(audit_path)
+    assert [r["kind"] for r in records] == ["decision", "outcome"]
+    for record in records:
         assert record["decision_id"] == "req-12"
         assert record["trace_id"] == "t" * 32
+        assert record["policy_revision"] == "rev-1"
+        assert record["tool"] == "echo_post", "a report joins an outcome to its tool"
+
+
+async def test_no_tool_is_named_before_one_is_known(audit_log: AuditLog,
+                                                    audit_path: Path) -> None:
+    """Refused before a tool was found: no `tool` is made up; an owed outcome still gets
+    the one the call named."""
+    async with CallAudit(audit_log, "req-13", None):
+        pass
+    async with CallAudit(audit_log, "req-14", None, tool="echo_post") as audit:
+        audit.decision({"action": "allow", "stage": "policy", "reasons": []})
+        audit.expect_outcome()
+    first, decision, outcome = read_records(audit_path)
+    assert "tool" not in first
+    assert (decision["tool"], outcome["tool"], outcome["error"]) == (
+        "echo_post", "echo_post", "internal_error")
 
 
 async def test_outcome_write_failure_does_not_raise(broken_log: AuditLog) -> None:

@@ -469,3 +469,53 @@ def test_a_spend_argument_must_be_a_required_non_negative_number(
 def test_a_well_declared_spend_argument_loads(tmp_path: Path, amount: str) -> None:
     path = write(tmp_path, "pay.yaml", SPEND_SPEC.format(required="[amount]", amount=amount))
     assert load_specs([path], UPSTREAMS).tools["pay"].spend == "amount"
+
+
+# ------------------------------------------------------------------------------ revisions
+
+TOOL = """\
+# a comment
+name: tool_a
+upstream: crm
+route: {method: GET, path: /a}
+input_schema:
+  type: object
+  properties: {q: {type: string, maxLength: 10}, n: {type: integer, maximum: 5}}
+"""
+# The same spec, laid out otherwise: flow style, other key order, no comment.
+TOOL_REFORMATTED = """\
+input_schema: {properties: {n: {maximum: 5, type: integer}, q: {maxLength: 10, type: string}},
+               type: object}
+route: {path: /a, method: GET}
+upstream: crm
+name: tool_a
+"""
+
+
+def test_each_tool_has_a_revision_of_its_own_spec(tmp_path: Path) -> None:
+    """16 hex of SHA-256 over the spec as loaded, in canonical JSON: stable across loads and
+    layouts, changed by any change of the tool's own spec and by nothing else."""
+    write(tmp_path / "one", "a.yaml", TOOL)
+    write(tmp_path / "one", "b.yaml", spec("tool_b", "/b"))
+    first = load_specs([tmp_path / "one"], UPSTREAMS).tools
+    revision = first["tool_a"].revision
+    assert len(revision) == 16 and int(revision, 16) >= 0
+    assert load_specs([tmp_path / "one"], UPSTREAMS).tools["tool_a"].revision == revision
+    write(tmp_path / "two", "a.yaml", TOOL_REFORMATTED)
+    write(tmp_path / "two", "b.yaml", spec("tool_b", "/b2"))
+    second = load_specs([tmp_path / "two"], UPSTREAMS).tools
+    assert second["tool_a"].revision == revision, "layout and comments do not count"
+    assert second["tool_b"].revision != first["tool_b"].revision
+    write(tmp_path / "three", "a.yaml", TOOL.replace("maxLength: 10", "maxLength: 11"))
+    changed = load_specs([tmp_path / "three"], UPSTREAMS).tools["tool_a"]
+    assert changed.revision != revision
+    assert first["tool_b"].revision != revision
+
+
+def test_a_spec_with_an_integer_json_cannot_hold_has_a_revision(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", TOOL.replace("maximum: 5", "maximum: 100000000000000000000000"))
+    write(tmp_path / "b", "a.yaml", TOOL.replace("maximum: 5",
+                                                 "maximum: 100000000000000000000001"))
+    one = load_specs([tmp_path / "a.yaml"], UPSTREAMS).tools["tool_a"].revision
+    assert one == load_specs([tmp_path / "a.yaml"], UPSTREAMS).tools["tool_a"].revision
+    assert one != load_specs([tmp_path / "b"], UPSTREAMS).tools["tool_a"].revision

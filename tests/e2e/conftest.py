@@ -1,7 +1,9 @@
-"""Session fixtures: one recording upstream and one `toolgate serve` subprocess."""
+"""Session fixtures: one recording upstream and one `toolgate serve` subprocess; and, after
+the suite, the search of every byte every gateway wrote for what it must never write."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,17 +43,57 @@ def token(dev_key: DevKey) -> str:
 
 # Secrets a log line must never hold (a JWT always starts "eyJ", the base64 of '{"').
 NEVER_LOGGED = (b"eyJ", UPSTREAM_SECRET.encode(), b"canary-")
+# Values of `x-pii` arguments the tests send (`tests/e2e/test_pii.py`): no byte a gateway
+# writes may hold one — logs, audit files, the store, webhooks. Those of calls held for
+# approval (`PII_HELD_CANARY`) are the one exception: the store keeps the exact held call,
+# to be shown to an approver and sent (DESIGN §5); every other byte is searched for them.
+PII_CANARY = b"pii-canary-"
+PII_HELD_CANARY = b"pii-held-canary-"
+EVERYWHERE_NEVER = (*NEVER_LOGGED, PII_CANARY, PII_HELD_CANARY)
+STORE_NEVER = (b"eyJ", UPSTREAM_SECRET.encode(), PII_CANARY)
+# A token in a binary file: random bytes may spell "eyJ", never a whole JWT header.
+JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}")
+TEXT = (".jsonl", ".log", ".yaml", ".json")
+
+
+def _found(data: bytes, secrets: tuple[bytes, ...], binary: bool) -> list[bytes]:
+    found = [s for s in secrets if s in data and not (binary and s == b"eyJ")]
+    if binary and b"eyJ" in secrets and JWT.search(data):
+        found.append(b"eyJ")
+    return found
+
+
+def written_leaks(gw: Gateway) -> list[tuple[str, bytes]]:
+    """Every secret found in a byte the gateway wrote under its directory: its stdout and
+    stderr, its audit files (rotated ones included), its store, as (file, secret). Its keys
+    are the test's, not the gateway's writing, and are not searched."""
+    leaks: list[tuple[str, bytes]] = []
+    for path in sorted(p for p in gw.directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(gw.directory)
+        if relative.parts[0] == "keys":
+            continue
+        # The store holds the calls tests hold, canaries of other tests' bodies included.
+        secrets = STORE_NEVER if relative.parts[0] == "state" else EVERYWHERE_NEVER
+        data = path.read_bytes()
+        leaks += [(str(path), s) for s in _found(data, secrets, path.suffix not in TEXT)]
+    return leaks
+
+
+def webhook_leaks(upstream: Upstream) -> list[tuple[str, bytes]]:
+    """Every secret found in a webhook the gateways posted to the recording upstream."""
+    return [(seen.raw_path, s) for seen in upstream.seen if seen.raw_path.startswith("/hooks/")
+            for s in _found(seen.body, EVERYWHERE_NEVER, binary=False)]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_secret_in_any_log() -> Iterator[None]:
-    """After the whole suite: every byte every gateway wrote to stdout and stderr is
-    searched for tokens, the upstream credential and the canary strings tests put in
-    bodies. None may appear, at any log level."""
+def no_secret_in_any_log(upstream: Upstream) -> Iterator[None]:
+    """After the whole suite: every byte every gateway wrote — stdout and stderr, audit
+    files, store files — and every webhook it posted is searched for tokens, the upstream
+    credential, the canary strings tests put in bodies and the x-pii values they send. None
+    may appear, at any log level (x-pii values of held calls only in the store)."""
     yield
     leaks = []
     for gw in STARTED:
-        if gw.log_file.exists():
-            text = gw.log_file.read_bytes()
-            leaks += [(str(gw.log_file), secret) for secret in NEVER_LOGGED if secret in text]
+        leaks += written_leaks(gw)
+    leaks += webhook_leaks(upstream)
     assert not leaks, leaks
