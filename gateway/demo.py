@@ -197,7 +197,18 @@ async def _run(work: Path, root: Path) -> int:
     held = next((r for r in records if r["kind"] == "decision" and r.get("approval_id")), None)
     if held is not None:
         print(f"the held refund's decision record:\n  {orjson.dumps(held).decode()}")
+    print(f"$ toolgate audit verify {audit}\n  "
+          + await _toolgate("audit", "verify", str(audit)))
     return 0
+
+
+async def _toolgate(*args: str) -> str:
+    """Run `toolgate ARGS…` in a subprocess; what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return out.decode().strip()
 
 
 async def _cli(*args: str, token: str, admin: str) -> str:

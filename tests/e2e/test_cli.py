@@ -3,6 +3,7 @@ and the demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -139,3 +140,7 @@ def test_demo_shows_every_outcome(tmp_path: Path, repo_root: Path) -> None:
     audit = tmp_path / "demo" / "audit" / "toolgate.jsonl"
     assert f"audit log: {audit}" in out
     assert len(audit.read_text().splitlines()) >= 12
+    lines = audit.read_text().splitlines()
+    head = json.loads(lines[-1])["hash"]
+    assert f"$ toolgate audit verify {audit}\n  ok: {len(lines)} records in 1 files, " \
+           f"seq 1..{len(lines)}, head {head}" in out
