@@ -17,9 +17,10 @@ from gateway.admin.api import RUNTIME_OF, add_routes
 from gateway.bundle import Bundle, load_bundle
 from gateway.config import Settings
 from gateway.core.clock import SYSTEM_CLOCK, Clock
-from gateway.core.errors import NotFound
+from gateway.core.errors import LoadErrors, NotFound
 from gateway.entrances import rest
 from gateway.runtime import open_runtime
+from gateway.tracing import unavailable as tracing_unavailable
 from gateway.web import RUNTIME, Handler, error_middleware
 
 
@@ -48,6 +49,9 @@ def build_apps(settings: Settings, environ: Mapping[str, str], clock: Clock = SY
                ) -> tuple[web.Application, web.Application]:
     """The gateway app and the admin app. The bundle is loaded here, eagerly, on the
     calling thread (the event loop's: the embedded engine is bound to it)."""
+    problem = tracing_unavailable(settings.tracing)
+    if problem is not None:
+        raise LoadErrors([problem])
     bundle = load_bundle(settings, clock)
     # client_max_size is a backstop; the entrance enforces the configured limit itself.
     app = web.Application(middlewares=[error_middleware, _everything_to(rest.tool_call)],

@@ -34,6 +34,7 @@ from gateway.state.killswitch import KillSwitches
 from gateway.state.retention import Retention
 from gateway.store import StateStore, open_store
 from gateway.tasks import Background
+from gateway.tracing import Tracing
 from gateway.upstreams.client import Upstreams
 
 log = logging.getLogger("toolgate")
@@ -54,6 +55,7 @@ class Runtime:
     clock: Clock
     refusals: RefusalLedger
     redactor: Redactor     # how every copy of the arguments that leaves the store is redacted
+    tracing: Tracing       # OpenTelemetry export of calls; off unless tracing.otlp_endpoint
 
 
 def instance_id() -> str:
@@ -65,6 +67,8 @@ def instance_id() -> str:
 async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: Bundle,
                        clock: Clock) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
+        tracing = Tracing.open(settings.tracing)
+        stack.push_async_callback(tracing.close)  # opened first, closed last: the last spans
         bundles = BundleRef(bundle)
         stack.push_async_callback(bundles.close)
         verifier = TokenVerifier(settings.auth, load_keys(settings.auth, environ))
@@ -111,4 +115,4 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         await refusals.start()
         stack.push_async_callback(refusals.close)
         yield Runtime(settings, bundles, verifier, store, upstreams, audit, metrics, kills,
-                      approvals, background, clock, refusals, redactor)
+                      approvals, background, clock, refusals, redactor, tracing)

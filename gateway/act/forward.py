@@ -8,6 +8,9 @@ reservation, spend included: the upstream may have acted (DESIGN §6). Only a ca
 gateway knows was never executed — the upstream could not be connected to, or the decision
 record could not be written — gives back its key and its reservation (`withdraw`), so the
 agent may simply try again.
+
+When tracing is on, the request to the upstream is a child span of the call's
+(`gateway.tracing`), failed with the gateway's code (502/504) or the upstream's 4xx/5xx.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from gateway.state.idempotency import Answer
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
+    from gateway.upstreams.client import UpstreamResponse
 
 log = logging.getLogger("toolgate")
 SETTLE_ATTEMPTS = 10  # about a minute, well inside the claim's lease
@@ -37,7 +41,7 @@ async def forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
     spec, facts = ctx.call.spec, ctx.call.facts
     audit.expect_outcome()
     try:
-        resp = await rt.upstreams.send(ctx.plan, spec.timeout_ms)
+        resp = await _send(ctx, rt)
     except GatewayError as exc:
         rt.metrics.upstream.labels(spec.name, str(exc.code)).inc()
         unsent = isinstance(exc, UpstreamUnreachable)
@@ -65,6 +69,17 @@ async def forward(ctx: CallContext, rt: Runtime, audit: CallAudit) -> Reply:
     content_type = resp.headers.pop("Content-Type", None)
     await settle(ctx, rt, Answer(resp.status, content_type, resp.body))
     return Reply(resp.status, resp.body, str(Action.ALLOW), resp.headers, content_type)
+
+
+async def _send(ctx: CallContext, rt: Runtime) -> UpstreamResponse:
+    """Send the plan; when tracing is on, inside the call's upstream span."""
+    spec, trace = ctx.call.spec, ctx.call.facts.trace
+    if trace is None:
+        return await rt.upstreams.send(ctx.plan, spec.timeout_ms)
+    with trace.upstream(spec) as span:
+        resp = await rt.upstreams.send(ctx.plan, spec.timeout_ms)
+        span.status(resp.status)
+        return resp
 
 
 def _output_valid(validator: Any, body: bytes) -> bool:

@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.config import load as load_config
 from gateway.core.errors import LoadError, LoadErrors
 from gateway.keys import KeyConfigError, load_keys
+from gateway.tracing import unavailable as tracing_unavailable
 from gateway.upstreams.client import CredentialError, read_credential
 
 
@@ -137,6 +138,9 @@ def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], st
         load_keys(settings.auth, env)
     except KeyConfigError as exc:
         problems.append(str(exc))
+    problem = tracing_unavailable(settings.tracing)
+    if problem is not None:
+        problems.append(str(problem))
     try:
         chain_key(settings.audit, env)
         redaction_key(settings.audit, env)

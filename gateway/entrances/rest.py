@@ -17,6 +17,8 @@ order, each step refusing with a JSON error and one decision record (`gateway.ac
 
 The tool call keeps the body's exact bytes (what the upstream receives), the agent's
 headers (the plan's allow-list picks from them), the credential, and the key and run hints.
+Every call gets a trace id, its `traceparent`'s when valid, and, when tracing is on, a span
+covering all of it, refusals included (`gateway.tracing`).
 The agent polls a held call at `GET /v1/approvals/<id>` (`poll_approval`).
 """
 
@@ -36,7 +38,7 @@ from gateway.auth import bearer_principal
 from gateway.bundle import Bundle
 from gateway.bundle.routes import decode_params
 from gateway.bundle.specs import ToolSpec
-from gateway.core.call import Entrance, RequestFacts, ToolCall, trace_id
+from gateway.core.call import Entrance, RequestFacts, ToolCall
 from gateway.core.errors import (
     BodyTooLarge,
     GatewayError,
@@ -64,18 +66,36 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
     bundle = rt.bundles.current  # pinned: this call is judged by this bundle to the end
     # raw_path is the request target as sent: still encoded, dot segments untouched.
     raw_path, _, query = request.raw_path.partition("?")
+    # The agent's trace continues if it sent a valid traceparent; else a new one starts.
+    trace_id, trace = rt.tracing.start(
+        request.headers.getall("traceparent", None), decision_id=request[REQUEST_ID],
+        method=request.method, entrance=Entrance.REST)
     facts = RequestFacts(
         request_id=request[REQUEST_ID], entrance=Entrance.REST, method=request.method,
         path=raw_path, source_ip=request.remote or "", scheme=request.scheme,
         received_at=rt.clock.time(), started=rt.clock.monotonic(),
-        trace_id=trace_id(request.headers.get("traceparent")))
+        trace_id=trace_id, trace=trace)
+    if trace is None:
+        return render(request, await _reply(request, facts, query, bundle, rt))
+    with trace:  # the call's span ends on every path, cancellation included
+        reply = await _reply(request, facts, query, bundle, rt)
+        trace.answered(reply.status, reply.decision)
+        return render(request, reply)
+
+
+async def _reply(request: web.Request, facts: RequestFacts, query: str, bundle: Bundle,
+                 rt: Runtime) -> Reply:
     try:
         call = await _tool_call(request, facts, query, bundle, rt)
     except _Refused as r:
-        reply = refuse(facts, r.stage, r.error, bundle, rt, r.spec)
-    else:
-        reply = await handle(call, bundle, rt)
-    return render(request, reply)
+        if facts.trace is not None:
+            if r.spec is not None:
+                facts.trace.tool(r.spec)
+            facts.trace.refused(r.stage, str(r.error.code))
+        return refuse(facts, r.stage, r.error, bundle, rt, r.spec)
+    if facts.trace is not None:
+        facts.trace.tool(call.spec)
+    return await handle(call, bundle, rt)
 
 
 def render(request: web.Request, reply: Reply) -> web.Response:

@@ -28,6 +28,9 @@ decided by the same `decide` and audited the same way (`gateway.act.handle`).
 
 Fail closed by construction: an exception a stage did not mean to raise is a deny carrying
 that stage's name (`internal_error`), never logged-and-continued.
+
+When tracing is on, each stage that runs is a child span of the call's span, named for the
+stage and failed with the code it refused with (`gateway.tracing`).
 """
 
 from __future__ import annotations
@@ -71,10 +74,15 @@ STAGES: tuple[tuple[Stage, StageFn], ...] = (
 
 async def run(ctx: CallContext, rt: Runtime) -> Verdict:
     error: GatewayError | None = None
+    trace = ctx.call.facts.trace  # None when tracing is off: then no span at all
     for name, stage in STAGES:
         ctx.stage = name
         try:
-            await stage(ctx, rt)
+            if trace is None:
+                await stage(ctx, rt)
+            else:
+                with trace.stage(name):
+                    await stage(ctx, rt)
         except GatewayError as exc:
             error = exc
             break
@@ -84,4 +92,7 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
             break
         if ctx.answered is not None:
             break
-    return ctx.verdict(error)
+    verdict = ctx.verdict(error)
+    if trace is not None:
+        trace.decided(verdict, ctx.known_principal)
+    return verdict
