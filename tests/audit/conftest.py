@@ -32,5 +32,5 @@ def audit_log(audit_path: Path) -> Iterator[AuditLog]:
 def read_records(path: Path, *, audit_events: bool = False) -> list[dict[str, Any]]:
     """The file's records; without the log's own `audit` records (opened, closed…) unless
     asked for."""
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in path.read_bytes().splitlines()]
     return [r for r in records if audit_events or r.get("kind") != "audit"]

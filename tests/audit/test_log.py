@@ -260,7 +260,7 @@ def test_rotation_by_age(audit_path: Path) -> None:
     log = AuditLog(AuditSettings(file=audit_path, rotate_s=3600))
     log.write("decision", {"decision_id": "req-1"})
     log.close()
-    records = audit_path.read_text().splitlines()
+    records = audit_path.read_bytes().splitlines()
     old = json.loads(records[0])
     old_ts = "2000-01-01T00:00:00.000000Z"
     # Reseal the first record as if written long ago (no key: anyone can, which is why
