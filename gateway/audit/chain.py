@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ class Verification:
     last_seq: int | None = None
     head: str | None = None
     problem: Problem | None = None
+    # What holds but an auditor should know: a restart after an unclean stop, a torn
+    # record cut at a restart (records cut from the end before then cannot be told from
+    # a crash).
+    warnings: list[Problem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class _File:
     last: _Link | None = None
     kept_from: int | None = None
     problem: Problem | None = None
+    warnings: list[Problem] = field(default_factory=list)
 
 
 class _Broken(Exception):
@@ -118,14 +124,45 @@ def _check_file(path: Path, key: bytes | None) -> _File:
                 out.first = link
             else:
                 _link(out.last, link)
-            if record.get("kind") == "audit" and record.get("event") == "deleted":
-                kept = record.get("first_seq_kept")
-                out.kept_from = kept if isinstance(kept, int) else out.kept_from
+            if record.get("kind") == "audit":
+                out.kept_from = _log_event(link, record, out.warnings, out.kept_from)
             out.last = link
             out.records += 1
     except _Broken as broken:
         out.problem = broken.problem
     return out
+
+
+def _log_event(link: _Link, record: dict[str, Any], warnings: list[Problem],
+               kept_from: int | None) -> int | None:
+    """The log's own records: a deletion must be one retention allowed (sealed `ts` of
+    the file's last record against `retain_days`); a restart may deserve a warning."""
+    event = record.get("event")
+    if event == "deleted":
+        age = _seconds_between(record.get("last_ts"), record.get("ts"))
+        keep = record.get("retain_days")
+        if age is None or not isinstance(keep, int | float) or age < keep * 86_400:
+            raise _Broken(Problem(link.file, link.line, None, (
+                f"retention deleted {record.get('file')}, whose last record was not "
+                f"{keep} days old: records were deleted before their time")))
+        kept = record.get("first_seq_kept")
+        return kept if isinstance(kept, int) else kept_from
+    if event == "opened" and record.get("discarded_bytes"):
+        warnings.append(Problem(link.file, link.line, None, (
+            f"the gateway restarted here and cut {record['discarded_bytes']} bytes of a "
+            "torn last record (a write the machine lost, or a file cut by hand)")))
+    elif event == "opened" and record.get("previous_stop") == "unclean":
+        warnings.append(Problem(link.file, link.line, None, (
+            "the gateway restarted here after an unclean stop: records cut from the end "
+            "before it cannot be told from a crash; compare with a head kept elsewhere")))
+    return kept_from
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
 
 
 def _sealed(path: Path, number: int, raw: bytes,
@@ -180,6 +217,7 @@ def verify(paths: Sequence[Path], key: bytes | None, *, partial: bool = False) -
         if f.problem is not None:
             return _failed(result, f.problem)
         result.records += f.records
+        result.warnings += f.warnings
         kept_from = f.kept_from if f.kept_from is not None else kept_from
         prev = f.last
     if ordered:

@@ -4,15 +4,20 @@ The live file is `audit.file` (say `audit/toolgate.jsonl`); a rotated file keeps
 and gains the UTC time it was rotated (`audit/toolgate.20261202T230501.123456Z.jsonl`), so
 a directory listing sorts them in order and `toolgate audit verify|query|report` given the
 live file finds every file of its chain. A directory may hold several chains (one per
-writing process): `chains` tells them apart by name.
+writing process): `chains` tells them apart by name. And how to read a file's ends
+without reading it whole: its last line, its first and last records (`chain_ends`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 _STAMP_RE = r"\d{8}T\d{6}\.\d{6}Z"
@@ -69,3 +74,88 @@ def lines(path: Path) -> Iterator[tuple[int, bytes]]:
     a torn last one, which the caller judges."""
     with path.open("rb") as f:
         yield from enumerate(f, start=1)
+
+
+TAIL_CHUNK = 65_536
+
+
+def end_of_last_line(path: Path, size: int) -> int:
+    """The offset just past the last newline (0 when there is none)."""
+    with path.open("rb") as f:
+        pos = size
+        while pos > 0:
+            step = min(TAIL_CHUNK, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step)
+            at = chunk.rfind(b"\n")
+            if at >= 0:
+                return pos + at + 1
+    return 0
+
+
+def last_line(path: Path, *, count: bool = True) -> tuple[bytes, int] | None:
+    """The last whole line of a file and its 1-based number (0 unless `count`: counting
+    reads the whole file), or None if it has none."""
+    size = path.stat().st_size
+    end = end_of_last_line(path, size)
+    if end == 0:
+        return None
+    start = end_of_last_line(path, end - 1)
+    number = 0
+    with path.open("rb") as f:
+        f.seek(start)
+        raw = f.read(end - start)
+        if count:
+            f.seek(0)
+            remaining = start
+            while remaining > 0:
+                block = f.read(min(1 << 20, remaining))
+                number += block.count(b"\n")
+                remaining -= len(block)
+            number += 1
+    return raw, number
+
+
+def record_of(found: tuple[bytes, int] | bytes | None) -> dict[str, Any]:
+    raw = found[0] if isinstance(found, tuple) else found
+    try:
+        record = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@dataclass(frozen=True)
+class Ends:
+    """A rotated file's first and last records, as retention needs them."""
+    path: Path
+    first_seq: int | None
+    last_seq: int | None
+    last: dict[str, Any] | None
+    last_ts: float | None
+
+
+def chain_ends(path: Path) -> Ends:
+    with path.open("rb") as f:
+        first = record_of(f.readline())
+    last = record_of(last_line(path, count=False))
+    seq, first_seq = last.get("seq"), first.get("seq")
+    return Ends(path, first_seq if isinstance(first_seq, int) else None,
+                seq if isinstance(seq, int) else None, last or None, ts_of(last))
+
+
+def first_ts(path: Path) -> float | None:
+    """When the file's first record was written (its `ts`), or None."""
+    try:
+        with path.open("rb") as f:
+            return ts_of(record_of(f.readline()))
+    except OSError:
+        return None
+
+
+def ts_of(record: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(record["ts"]).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None

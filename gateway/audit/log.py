@@ -29,15 +29,12 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from gateway import __version__
 from gateway.audit import chain
 from gateway.audit.settings import AuditKeyError, AuditSettings, Fsync, chain_key
-from gateway.audit.sink import FileSink, SinkBusy, last_line
+from gateway.audit.sink import FileSink, SinkBusy, sync_dir
 from gateway.core.errors import AuditUnavailable
 
 log = logging.getLogger("toolgate")
@@ -75,6 +72,9 @@ class AuditLog:
             self._file = FileSink(settings.file) if settings.file is not None else None
         except (SinkBusy, OSError) as exc:
             raise AuditStartError(f"audit: {exc}") from None
+        if self._file is not None:
+            self._file.durable = settings.fsync is not Fsync.NEVER
+        self._stdout_torn = False
         try:
             opened = self._resume()
             now = time.time()
@@ -100,14 +100,29 @@ class AuditLog:
         """Continue the chain on disk after checking its last record."""
         if self._file is None:
             return {"resumed": None}   # stdout alone: a new chain each start
-        discarded = self._file.open(repair=True)
-        tail = self._file.tail()
+        sink = self._file
         out: dict[str, Any] = {"resumed": None}
+        discarded = sink.open(repair=True)
+        tail = sink.tail()
+        if tail is not None and tail.file == sink.path and not any(
+                k in tail.record for k in ("seq", "prev_hash", "hash")):
+            # A log written before the chain (0.1): kept, out of the chain's way.
+            aside = sink.path.with_name(f"{sink.path.name}.unchained-{int(time.time())}")
+            sink.path.rename(aside)
+            sink.reopen()
+            out["unchained"], discarded, tail = aside.name, 0, sink.tail()
         if discarded:
-            # A record the previous process never finished writing (it was never acted on).
+            # A torn last record: cut, and said. Its action may have run (the record was
+            # whole in memory); its outcome, if any, is lost with it.
             out["discarded_bytes"] = discarded
+        if sink.mode_fixed is not None:
+            out["mode_fixed"] = sink.mode_fixed
         if tail is not None:
             record = tail.record
+            # Whether the process before stopped cleanly: if not, records cut from the end
+            # since (by a crash, or by a hand) cannot be told apart, and verify says so.
+            out["previous_stop"] = ("clean" if (record.get("kind"), record.get("event"))
+                                    == ("audit", "closed") else "unclean")
             if record.get("hash") != chain.hash_of(record, self._key) \
                     or not isinstance(record.get("seq"), int):
                 raise ValueError(f"{tail.file}:{tail.line}: the last record does not verify "
@@ -120,8 +135,8 @@ class AuditLog:
     # -- writing ----------------------------------------------------------------------
 
     def write(self, kind: str, record: Mapping[str, Any]) -> None:
-        now = time.time()
         with self._lock:
+            now = time.time()   # under the lock: `ts` never goes back along `seq`
             try:
                 self._prepare(now)
                 self._emit(kind, record, now)
@@ -132,13 +147,16 @@ class AuditLog:
 
     def check(self) -> str | None:
         """None when a record can be written now (recovering first, as `write` would);
-        else why not. For readiness probes: a quiet gateway recovers too."""
-        now = time.time()
+        else why not. For readiness probes: a quiet gateway recovers too. A probe is not a
+        refused record: it does not count in `refused`."""
         with self._lock:
+            if self._closed:
+                return "the audit log is closed"
+            now = time.time()
             try:
                 self._prepare(now)
             except OSError as exc:
-                self._failed(exc, now)
+                self._failed(exc, now, refused=False)
                 return f"the audit log cannot be written ({_name(exc)})"
             return None
 
@@ -157,25 +175,34 @@ class AuditLog:
             else:
                 self._dirty = True
         if self._stdout is not None:
-            _write_all(self._stdout, line)
+            if self._stdout_torn:   # a line a failed write left unended: end it first
+                _write_all(self._stdout, b"\n")
+                self._stdout_torn = False
+            try:
+                _write_all(self._stdout, line)
+            except OSError:
+                self._stdout_torn = True
+                raise
             if self._file is None:
                 self._advance(sealed)
 
     def _advance(self, sealed: str) -> None:
         self._seq, self._prev = self._seq + 1, sealed
 
-    def _failed(self, exc: OSError, now: float) -> None:
+    def _failed(self, exc: OSError, now: float, *, refused: bool = True) -> None:
         if self._trouble is None:
             self._trouble = {"since": _ts(now), "refused": 0}
         if "error" not in self._trouble:   # the first failure is logged, not every one
             log.error("audit sink %s cannot be written (%s): calls are refused until it "
                       "can", self.location, _name(exc))
         self._trouble["error"] = _name(exc)
-        self._trouble["refused"] += 1
+        self._trouble["refused"] += refused
 
     def _prepare(self, now: float) -> None:
         """Before a record: the file is still the one being written (else reopen it and
         say so), a past failure is recorded, rotation and retention are done."""
+        if self._closed:
+            raise OSError(errno.EBADF, "the audit log is closed")
         sink = self._file
         if sink is not None:
             found = sink.changed() if sink.fd is not None else "not_open"
@@ -211,15 +238,26 @@ class AuditLog:
         sink, keep_s = self._file, self._settings.retain_s
         if sink is None or keep_s is None:
             return
-        for path in sink.expired(now, keep_s):
-            first, last = _chain_ends(path)
-            self._emit("audit", {"decision_id": None, "event": "deleted", "file": path.name,
-                                 "reason": "retention", **first, **last,
-                                 "first_seq_kept": last["last_seq"] + 1}, now)
+        for ends in sink.expired(now, keep_s, self._sealed):
+            assert ends.last is not None and ends.last_seq is not None
+            self._emit("audit", {"decision_id": None, "event": "deleted",
+                                 "file": ends.path.name, "reason": "retention",
+                                 "retain_days": keep_s / 86_400, "first_seq": ends.first_seq,
+                                 "last_seq": ends.last_seq, "last_hash": ends.last.get("hash"),
+                                 "last_ts": ends.last.get("ts"),
+                                 "first_seq_kept": ends.last_seq + 1}, now)
+            if self._settings.fsync is not Fsync.NEVER and sink.fd is not None:
+                os.fdatasync(sink.fd)   # the record of a deletion is on disk before it
             try:
-                path.unlink()
+                ends.path.unlink()
+                if sink.durable:
+                    sync_dir(sink.path.parent)
             except OSError as exc:
-                log.exception("audit retention could not delete %s: %s", path, exc.strerror)
+                log.exception("audit retention could not delete %s: %s", ends.path,
+                              exc.strerror)
+
+    def _sealed(self, record: dict[str, Any]) -> bool:
+        return record.get("hash") == chain.hash_of(record, self._key)
 
     # -- durability and shutdown ------------------------------------------------------
 
@@ -251,16 +289,16 @@ class AuditLog:
                 except OSError:
                     log.exception("audit: the closing record could not be written")
             self._closed = True
+            sink, self._file = self._file, None
+            if sink is not None:
+                if not quiet and sink.fd is not None \
+                        and self._settings.fsync is not Fsync.NEVER:
+                    with contextlib.suppress(OSError):
+                        os.fdatasync(sink.fd)
+                sink.close()
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
-        if self._file is not None:
-            if not quiet and self._file.fd is not None \
-                    and self._settings.fsync is not Fsync.NEVER:
-                with contextlib.suppress(OSError):
-                    os.fdatasync(self._file.fd)
-            self._file.close()
-            self._file = None
 
 
 def _name(exc: OSError) -> str:
@@ -271,20 +309,3 @@ def _write_all(fd: int, data: bytes) -> None:
     written = os.write(fd, data)
     while written < len(data):
         written += os.write(fd, data[written:])
-
-
-def _chain_ends(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The first seq of a rotated file, and its last seq and hash."""
-    def fields(raw: bytes | None) -> dict[str, Any]:
-        try:
-            record = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            record = {}
-        return record if isinstance(record, dict) else {}
-    with path.open("rb") as f:
-        first = fields(f.readline())
-    found = last_line(path)
-    last = fields(found[0] if found else None)
-    last_seq = last.get("seq") if isinstance(last.get("seq"), int) else 0
-    return ({"first_seq": first.get("seq")},
-            {"last_seq": last_seq, "last_hash": last.get("hash")})

@@ -21,16 +21,21 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway.audit.files import family, rotated_name
-
-TAIL_CHUNK = 65_536
+from gateway.audit.files import (
+    Ends,
+    chain_ends,
+    end_of_last_line,
+    family,
+    first_ts,
+    last_line,
+    record_of,
+    rotated_name,
+)
 
 
 class SinkBusy(Exception):
@@ -61,6 +66,8 @@ class FileSink:
         self._ident: tuple[int, int] = (0, 0)
         self.size = 0
         self.born: float | None = None      # time of the live file's first record
+        self.durable = True                 # sync the directory after creating, renaming
+        self.mode_fixed: str | None = None  # the mode an opened file had, if not 0600
 
     # -- opening ----------------------------------------------------------------------
 
@@ -77,34 +84,53 @@ class FileSink:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+        # SECURITY: a file someone else put in its place would let them read every record
+        # to come; one that others may read is made owner-only, and the record says so.
+        if info.st_uid != os.geteuid():
+            os.close(fd)
+            raise OSError(errno.EPERM, f"{self.path} belongs to another user")
+        self.mode_fixed = None
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            self.mode_fixed = oct(stat.S_IMODE(info.st_mode))
+            os.fchmod(fd, 0o600)
+        if info.st_size == 0 and self.durable:
+            sync_dir(self.path.parent)   # a new file survives a power cut as a name too
         discarded = 0
         if info.st_size:
             with self.path.open("rb") as f:
                 f.seek(info.st_size - 1)
                 torn = f.read(1) != b"\n"
             if torn and repair:
-                end = _end_of_last_line(self.path, info.st_size)
+                end = end_of_last_line(self.path, info.st_size)
                 discarded = info.st_size - end
                 os.ftruncate(fd, end)
             elif torn:
                 os.write(fd, b"\n")
         self.fd, self._ident = fd, (info.st_dev, info.st_ino)
         self.size = os.fstat(fd).st_size
-        self.born = _first_ts(self.path) if self.size else None
+        self.born = first_ts(self.path) if self.size else None
         return discarded
 
     def tail(self) -> Tail | None:
-        """The chain's last whole record on disk (live file first, else the newest rotated
-        file), or None for a new chain."""
-        for path in reversed(family(self.path)):
-            found = last_line(path)
-            if found is not None:
-                raw, line = found
-                record = orjson.loads(raw)
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{line}: not a JSON record")
-                return Tail(record, path, line)
-        return None
+        """The chain's last whole record on disk — the one with the highest `seq` among the
+        last records of the chain's files, whatever their names say (a clock set back
+        names a newer file older) — or None for a new chain."""
+        best: tuple[int, Path] | None = None
+        for path in family(self.path):
+            record = record_of(last_line(path, count=False))
+            seq = record.get("seq")
+            if isinstance(seq, int) and (best is None or seq > best[0]):
+                best = (seq, path)
+            elif best is None and record and path == self.path:
+                best = (0, path)     # a last record without a chain: said by the caller
+        if best is None:
+            return None
+        found = last_line(best[1])
+        assert found is not None
+        record = record_of(found)
+        if not record:
+            raise ValueError(f"{best[1]}:{found[1]}: not a JSON record")
+        return Tail(record, best[1], found[1])
 
     # -- watching ---------------------------------------------------------------------
 
@@ -161,7 +187,7 @@ class FileSink:
         if os.fstat(self.fd).st_nlink == 0:
             raise OSError(errno.ENOENT, "the audit file was deleted as it was written")
         if self.born is None:
-            self.born = _first_ts(self.path)
+            self.born = first_ts(self.path)
 
     def rotate(self, now: float) -> Path:
         """Rename the live file out and start a new one; the rotated file's new path."""
@@ -171,17 +197,24 @@ class FileSink:
             target = rotated_name(self.path, now)
         self.path.rename(target)
         self.close_file()
-        self.open()
+        self.open()            # creates the new live file (and syncs the directory)
         return target
 
-    def expired(self, now: float, keep_s: float) -> list[Path]:
-        """Rotated files whose last write is older than `keep_s`, oldest first, stopping at
-        the first one that is not (so what is kept stays one unbroken tail)."""
+    def expired(self, now: float, keep_s: float,
+                key_check: Callable[[dict[str, Any]], bool]) -> list[Ends]:
+        """Rotated files whose last record was sealed more than `keep_s` ago, in chain order,
+        stopping at the first one that was not (so what is kept stays one unbroken tail).
+        The age is the last record's own `ts`, its seal checked (`key_check`), never the
+        file's mtime, which anyone who can touch the directory can set."""
+        ends = sorted((e for e in (chain_ends(p) for p in family(self.path)
+                                   if p != self.path) if e.last_seq is not None),
+                      key=lambda e: e.first_seq or 0)
         out = []
-        for path in family(self.path)[:-1] if self.path.exists() else family(self.path):
-            if path == self.path or now - path.stat().st_mtime < keep_s:
+        for e in ends:
+            if (e.last is None or not key_check(e.last) or e.last_ts is None
+                    or now - e.last_ts < keep_s):
                 break
-            out.append(path)
+            out.append(e)
         return out
 
     def close_file(self) -> None:
@@ -195,46 +228,12 @@ class FileSink:
         os.close(self._lock_fd)
 
 
-def _end_of_last_line(path: Path, size: int) -> int:
-    """The offset just past the last newline (0 when there is none)."""
-    with path.open("rb") as f:
-        pos = size
-        while pos > 0:
-            step = min(TAIL_CHUNK, pos)
-            pos -= step
-            f.seek(pos)
-            chunk = f.read(step)
-            at = chunk.rfind(b"\n")
-            if at >= 0:
-                return pos + at + 1
-    return 0
-
-
-def last_line(path: Path) -> tuple[bytes, int] | None:
-    """The last whole line of a file and its 1-based number, or None if it has none."""
-    size = path.stat().st_size
-    end = _end_of_last_line(path, size)
-    if end == 0:
-        return None
-    start = _end_of_last_line(path, end - 1)
-    with path.open("rb") as f:
-        f.seek(start)
-        raw = f.read(end - start)
-        f.seek(0)
-        count = 0
-        remaining = start
-        while remaining > 0:
-            block = f.read(min(1 << 20, remaining))
-            count += block.count(b"\n")
-            remaining -= len(block)
-    return raw, count + 1
-
-
-def _first_ts(path: Path) -> float | None:
-    """When the file's first record was written (its `ts`), or None."""
+def sync_dir(directory: Path) -> None:
+    """Make a directory's entries (a file created, renamed, removed) survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with path.open("rb") as f:
-            record = orjson.loads(f.readline())
-        return datetime.fromisoformat(record["ts"]).timestamp()
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+

@@ -5,14 +5,17 @@ be written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.audit import chain
+from gateway.audit import log as log_module
 from gateway.audit.files import family
 from gateway.audit.log import AuditLog, AuditStartError
 from gateway.audit.settings import AuditSettings, Fsync
@@ -98,7 +101,24 @@ def test_a_torn_last_record_is_cut_and_said(audit_path: Path) -> None:
     opened = [r for r in read_records(audit_path, audit_events=True)
               if r.get("event") == "opened"][-1]
     assert opened["discarded_bytes"] == 42
-    _verify(audit_path)
+    (warning,) = _verify(audit_path).warnings       # it holds, and the auditor is told
+    assert warning.line == 4 and "cut 42 bytes" in warning.message
+
+
+def test_a_restart_after_an_unclean_stop_is_a_warning(audit_path: Path) -> None:
+    log = AuditLog(AuditSettings(file=audit_path))
+    log.write("decision", {"decision_id": "req-1"})
+    log.close()
+    clean = AuditLog(AuditSettings(file=audit_path))
+    clean.write("decision", {"decision_id": "req-2"})
+    clean._file.close()          # type: ignore[union-attr]   # as a SIGKILL leaves it
+    clean._closed = True
+    AuditLog(AuditSettings(file=audit_path)).close()
+    opened = [r for r in read_records(audit_path, audit_events=True)
+              if r.get("event") == "opened"]
+    assert [o.get("previous_stop") for o in opened] == [None, "clean", "unclean"]
+    (warning,) = _verify(audit_path).warnings
+    assert "unclean stop" in warning.message and warning.line == 6
 
 
 def test_an_edited_last_record_refuses_to_start(audit_path: Path) -> None:
@@ -208,7 +228,7 @@ def test_a_directory_in_its_place_refuses_until_it_is_gone(audit_path: Path) -> 
     log.close()
     reopened, record, _closed = read_records(audit_path, audit_events=True)
     assert reopened["event"] == "reopened" and reopened["reason"] == "replaced"   # found first
-    assert reopened["refused"] == 3 and reopened["error"] == "EISDIR"
+    assert reopened["refused"] == 2 and reopened["error"] == "EISDIR"   # probes don't count
     assert record["decision_id"] == "req-1"
 
 
@@ -230,8 +250,13 @@ def test_an_unwritable_file_refuses_then_recovers_with_a_record(audit_path: Path
     _verify(audit_path)
 
 
-def test_rotation_by_size_links_files_and_retention_is_recorded(audit_path: Path) -> None:
-    log = AuditLog(AuditSettings(file=audit_path, rotate_bytes=4096, retain_s=3600))
+def test_rotation_by_size_links_files_and_retention_is_recorded(
+        audit_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_now = time.time()
+    clock = [real_now - 7200]                      # two hours ago
+    monkeypatch.setattr("gateway.audit.log.time.time", lambda: clock[0])
+    settings = AuditSettings(file=audit_path, rotate_bytes=4096, retain_s=3600)
+    log = AuditLog(settings)
     for n in range(60):
         log.write("decision", {"decision_id": f"req-{n}", "pad": "x" * 100})
     log.close()
@@ -242,18 +267,41 @@ def test_rotation_by_size_links_files_and_retention_is_recorded(audit_path: Path
     for rotated in files[1:]:
         first = read_records(rotated, audit_events=True)[0]
         assert first["event"] == "rotated"
-    # Age every rotated file past retention: the next start deletes them, and says so.
-    for old in files[:-1]:
+    # A file's mtime says nothing: touched into the past, nothing young is deleted.
+    clock[0] += 1800
+    young = AuditLog(AuditSettings(file=audit_path.with_name("young.jsonl"),
+                                   rotate_bytes=4096, retain_s=3600))
+    for n in range(60):
+        young.write("decision", {"decision_id": f"young-{n}", "pad": "x" * 100})
+    young.close()
+    for old in family(audit_path.with_name("young.jsonl"))[:-1]:
         os.utime(old, (0, 0))
-    log = AuditLog(AuditSettings(file=audit_path, rotate_bytes=4096, retain_s=3600))
+    AuditLog(AuditSettings(file=audit_path.with_name("young.jsonl"), rotate_bytes=4096,
+                           retain_s=3600)).close()
+    assert len(family(audit_path.with_name("young.jsonl"))) >= 3, "mtime is not age"
+    # Sealed an hour and a half ago: past retention, so the next start deletes them.
+    clock[0] = real_now
+    log = AuditLog(settings)
     log.close()
     assert family(audit_path) == [audit_path]
     deleted = [r for r in read_records(audit_path, audit_events=True)
                if r.get("event") == "deleted"]
     assert [d["file"] for d in deleted] == [f.name for f in files[:-1]]
-    assert deleted[0]["first_seq"] == 1
+    assert deleted[0]["first_seq"] == 1 and deleted[0]["retain_days"] == 3600 / 86_400
     result = _verify(audit_path)        # the kept tail is whole, and accounted for
     assert result.first_seq == deleted[-1]["first_seq_kept"]
+
+
+def test_a_deletion_retention_did_not_allow_is_named(audit_path: Path) -> None:
+    log = AuditLog(AuditSettings(file=audit_path))
+    log.write("audit", {"decision_id": None, "event": "deleted", "file": "x.jsonl",
+                        "reason": "retention", "retain_days": 1.0, "first_seq": 1,
+                        "last_seq": 1, "last_hash": "0" * 64,
+                        "last_ts": "2026-12-02T00:00:00Z", "first_seq_kept": 2})
+    log.close()
+    problem = chain.verify([audit_path], None).problem
+    assert problem is not None and problem.line == 2
+    assert "deleted before their time" in problem.message
 
 
 def test_rotation_by_age(audit_path: Path) -> None:
@@ -332,3 +380,62 @@ def test_close_is_idempotent_and_then_writes_fail(audit_path: Path,
         log.write("decision", {"decision_id": "late"})
     print("stdout still open")
     assert "stdout still open" in capfd.readouterr().out
+
+
+def test_a_log_from_before_the_chain_is_set_aside_not_refused(audit_path: Path) -> None:
+    audit_path.parent.mkdir(parents=True)
+    audit_path.write_text('{"ts": "2026-11-01T00:00:00Z", "kind": "decision"}\n')
+    log = AuditLog(AuditSettings(file=audit_path))
+    log.close()
+    (aside,) = audit_path.parent.glob("toolgate.jsonl.unchained-*")
+    assert aside.read_text() == '{"ts": "2026-11-01T00:00:00Z", "kind": "decision"}\n'
+    opened = read_records(audit_path, audit_events=True)[0]
+    assert (opened["seq"], opened["unchained"]) == (1, aside.name)
+    assert _verify(audit_path).records == 2
+
+
+def test_a_file_others_may_read_is_made_owner_only_and_said(audit_path: Path) -> None:
+    audit_path.parent.mkdir(parents=True)
+    audit_path.touch(mode=0o644)
+    audit_path.chmod(0o644)
+    AuditLog(AuditSettings(file=audit_path)).close()
+    assert stat.S_IMODE(audit_path.stat().st_mode) == 0o600
+    assert read_records(audit_path, audit_events=True)[0]["mode_fixed"] == "0o644"
+
+
+def test_a_file_of_another_user_is_refused(audit_path: Path) -> None:
+    audit_path.parent.mkdir(parents=True)
+    audit_path.touch()
+    os.chown(audit_path, 65534, 65534)      # nobody's: it could read every record to come
+    with pytest.raises(AuditStartError, match="belongs to another user"):
+        AuditLog(AuditSettings(file=audit_path))
+
+
+def test_after_close_nothing_is_written_and_the_probe_says_so(audit_path: Path) -> None:
+    log = AuditLog(AuditSettings(file=audit_path))
+    log.close()
+    size = audit_path.stat().st_size
+    assert log.check() == "the audit log is closed"
+    with pytest.raises(AuditUnavailable):
+        log.write("decision", {"decision_id": "late"})
+    assert audit_path.stat().st_size == size
+
+
+def test_a_stdout_line_left_unended_is_ended_before_the_next(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(AuditSettings(file=None, stdout=True))
+    real = log_module._write_all
+
+    def half_then_fail(fd: int, data: bytes) -> None:
+        monkeypatch.setattr(log_module, "_write_all", real)   # once
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.EPIPE, "broken pipe")
+
+    monkeypatch.setattr(log_module, "_write_all", half_then_fail)
+    with pytest.raises(AuditUnavailable):
+        log.write("decision", {"decision_id": "torn"})
+    log.write("decision", {"decision_id": "whole"})
+    log.close()
+    lines = capfd.readouterr().out.splitlines()
+    assert json.loads(lines[-2])["decision_id"] == "whole"   # on a line of its own
+    assert '"torn"' not in lines[-2]
