@@ -24,121 +24,21 @@ An outcome is joined to its decision by `decision_id` (a held call's execution b
 
 from __future__ import annotations
 
-import math
-from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
-from functools import lru_cache
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.audit import query as q
 from gateway.audit.query import OnBad, Window, ts_of
+from gateway.audit.stats import FINAL, Stats, period_of
 
 PERIODS = ("hour", "day", "week", "month", "all")
-ACTIONS = ("allow", "require_approval", "deny")
-FINAL = ("approved", "rejected", "expired")
 ALL_TOOLS = "*"
 NO_TOOL = "-"          # a request refused before a tool was found
 _ATTEMPTED = ("upstream_error", "upstream_timeout")
-
-
-def period_of(ts: str | None, period: str) -> str:
-    """The UTC bucket of a `ts`: `2026-12-02T22:00Z`, `2026-12-02`, `2026-W49`,
-    `2026-12` or `all`."""
-    if period == "all" or ts is None:
-        return "all" if period == "all" else "unknown"
-    if period == "week":
-        return _week(ts[:10])
-    return ts[:13] + ":00Z" if period == "hour" else ts[:10] if period == "day" else ts[:7]
-
-
-@lru_cache(maxsize=4096)
-def _week(day: str) -> str:
-    year, week, _ = date.fromisoformat(day).isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def nearest_rank(ordered: Sequence[float], p: float) -> float | None:
-    """The p-th percentile of sorted samples, nearest-rank."""
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(p * len(ordered) / 100) - 1)]
-
-
-def _rate(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
-def _spread(samples: Iterable[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    return {"count": len(ordered), "p50": nearest_rank(ordered, 50),
-            "p95": nearest_rank(ordered, 95)}
-
-
-@dataclass(slots=True)
-class Stats:
-    """The numbers of one (period, tool)."""
-
-    calls: int = 0
-    actions: Counter[str] = field(default_factory=Counter)
-    shadow: int = 0
-    validity: Counter[str] = field(default_factory=Counter)     # valid, invalid, unchecked
-    forwarded: int = 0
-    succeeded: int = 0
-    post_checked: int = 0
-    post_passed: int = 0
-    approvals: Counter[str] = field(default_factory=Counter)    # FINAL, and pending
-    waits_s: array[float] = field(default_factory=lambda: array("d"))
-    fallback_ms: array[float] = field(default_factory=lambda: array("d"))
-    denials: Counter[str] = field(default_factory=Counter)
-    policy_denials: Counter[str] = field(default_factory=Counter)
-    spend: dict[str, Counter[str]] = field(default_factory=dict)  # run -> currency -> sum
-
-    def merge(self, other: Stats) -> None:
-        for name in ("calls", "shadow", "forwarded", "succeeded", "post_checked",
-                     "post_passed"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("actions", "validity", "approvals", "denials", "policy_denials"):
-            getattr(self, name).update(getattr(other, name))
-        self.waits_s.extend(other.waits_s)
-        self.fallback_ms.extend(other.fallback_ms)
-        for run, spent in other.spend.items():
-            self.spend.setdefault(run, Counter()).update(spent)
-
-    def as_dict(self) -> dict[str, Any]:
-        decided = sum(self.approvals[f] for f in FINAL)
-        valid, invalid = self.validity["valid"], self.validity["invalid"]
-        return {
-            "calls": self.calls, "actions": {**dict.fromkeys(ACTIONS, 0), **self.actions},
-            "shadow": self.shadow,
-            "validity": {"valid": valid, "invalid": invalid, "checked": valid + invalid,
-                         "unchecked": self.validity["unchecked"],
-                         "rate": _rate(valid, valid + invalid)},
-            "success": {"forwarded": self.forwarded, "succeeded": self.succeeded,
-                        "rate": _rate(self.succeeded, self.forwarded)},
-            "postcondition": {"passed": self.post_passed, "checked": self.post_checked,
-                              "rate": _rate(self.post_passed, self.post_checked)},
-            "approvals": {**{f: self.approvals[f] for f in FINAL},
-                          "pending": self.approvals["pending"], "decided": decided,
-                          "rate": _rate(self.approvals["approved"], decided),
-                          "wait_s": _spread(self.waits_s)},
-            "fallback_ms": _spread(self.fallback_ms),
-            "denials": dict(self.denials.most_common()),
-            "policy_denials": dict(self.policy_denials.most_common()),
-            "spend_per_run": self._spend(),
-        }
-
-    def _spend(self) -> dict[str, Any]:
-        runs = len(self.spend)
-        currencies: dict[str, dict[str, float]] = {}
-        for name in sorted({c for spent in self.spend.values() for c in spent}):
-            amounts = [spent[name] for spent in self.spend.values() if name in spent]
-            currencies[name] = {"total": sum(amounts), "mean": sum(amounts) / runs,
-                                "max": max(amounts)}
-        return {"runs": runs, "currencies": currencies}
 
 
 class _Call(NamedTuple):
@@ -168,6 +68,7 @@ class Report:
         self.groups: dict[tuple[str, str], Stats] = {}
         self._calls: OrderedDict[str, _Call] = OrderedDict()   # allow decisions, by id
         self._held: OrderedDict[str, _Call] = OrderedDict()    # held calls, by approval id
+        self._executions: OrderedDict[tuple[str, Any], None] = OrderedDict()
         self._approvals: dict[str, _Approval] = {}
 
     def _wanted(self, tool: str) -> bool:
@@ -218,6 +119,12 @@ class Report:
     def _outcome(self, r: Mapping[str, Any]) -> None:
         approval_id, upstream_status = r.get("approval_id"), r.get("upstream_status")
         if isinstance(approval_id, str):        # a held call's execution
+            # A finish retried after its store write failed writes its outcome again (the
+            # same attempt): one execution, counted once.
+            attempt = (approval_id, r.get("attempt"))
+            if attempt in self._executions:
+                return
+            _remember_key(self._executions, attempt)
             sent = r.get("sent")
             if sent is False or (sent is None and upstream_status is None
                                  and r.get("error") not in _ATTEMPTED):
@@ -308,3 +215,9 @@ def report(paths: Sequence[Path], on_bad: OnBad, *, period: str = "day",
     for _raw, record in q.read(paths, on_bad, window=window, needles=needles):
         counting.add(record)
     return counting.finish()
+
+
+def _remember_key(seen: OrderedDict[tuple[str, Any], None], key: tuple[str, Any]) -> None:
+    seen[key] = None
+    if len(seen) > q.JOIN_LIMIT:
+        seen.popitem(last=False)

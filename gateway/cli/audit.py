@@ -16,13 +16,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.audit import chain
-from gateway.audit.files import chains, expand
+from gateway.audit.files import chains, expand, family
 from gateway.audit.query import CALL_FIELDS, Filters, Window, query, when
 from gateway.audit.report import PERIODS
 from gateway.audit.settings import AuditKeyError, AuditSettings, chain_key
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for line in usage.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a file unreadable or gone: not a broken chain
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader stopped (`| head`): not an error. Keep the exit's flush quiet.
         with contextlib.suppress(OSError):
@@ -159,7 +163,7 @@ def _key(args: argparse.Namespace, audit: AuditSettings | None,
 
 def _verify(paths: list[Path], key: bytes | None, args: argparse.Namespace) -> int:
     """Each chain the files hold (one per writing process: `files.chains`) on its own."""
-    results = {live: chain.verify(files, key, partial=args.partial)
+    results = {live: verify_settled(live, files, key, args.partial)
                for live, files in chains(paths).items()}
     ok = all(r.ok for r in results.values())
     if args.json:
@@ -175,7 +179,34 @@ def _verify(paths: list[Path], key: bytes | None, args: argparse.Namespace) -> i
                   f"seq {seq}, head {result.head or '-'}")
         else:
             print(result.problem)
+        for warning in result.warnings:
+            print(f"warning: {warning}")
     return 0 if ok else 1
+
+
+SETTLE_TRIES = 3
+
+
+def verify_settled(live: Path, files: list[Path], key: bytes | None,
+             partial: bool) -> chain.Verification:
+    """A chain verified while its gateway may still be writing it: a rotation between
+    listing the files and reading them, or a record being appended as the last line is
+    read, is not tampering. On a failure a whole family is listed again and, if it changed
+    or the failure is at the very end of the live file, verified again."""
+    whole = live in files   # the live file stands for its family: list it again
+    result = chain.verify(files, key, partial=partial)
+    for _ in range(SETTLE_TRIES):
+        if result.ok:
+            return result
+        again = family(live) if whole else files
+        at_end = (result.problem is not None and result.problem.file == live
+                  and "cut short" in result.problem.message)
+        if again == files and not at_end:
+            return result
+        time.sleep(0.2)
+        files = again
+        result = chain.verify(files, key, partial=partial)
+    return result
 
 
 class _BadLines:

@@ -141,11 +141,11 @@ def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], st
     problem = tracing_unavailable(settings.tracing)
     if problem is not None:
         problems.append(str(problem))
-    try:
-        chain_key(settings.audit, env)
-        redaction_key(settings.audit, env)
-    except AuditKeyError as exc:
-        problems.append(str(exc))
+    for read_key in (chain_key, redaction_key):
+        try:
+            read_key(settings.audit, env)
+        except AuditKeyError as exc:
+            problems.append(str(exc))
     for upstream in settings.upstreams.values():
         try:
             read_credential(upstream, env)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.query import Window
-from gateway.audit.report import nearest_rank, period_of, report
+from gateway.audit.report import report
 from tests.audit.test_query import T0, Bad, approval, decision, outcome, write
 
 REFUND = "create_refund_request"
@@ -170,17 +170,3 @@ def test_an_outcome_whose_decision_was_not_read(tmp_path: Path) -> None:
     ])
     groups, _ = report([path], Bad())
     assert [(g["tool"], g["success"]["forwarded"]) for g in groups] == [("get_order", 1)]
-
-
-def test_nearest_rank() -> None:
-    samples = [float(n) for n in range(1, 21)]
-    assert nearest_rank(samples, 50) == 10.0
-    assert nearest_rank(samples, 95) == 19.0
-    assert nearest_rank([7.0], 95) == 7.0
-    assert nearest_rank([], 50) is None
-
-
-def test_period_of() -> None:
-    ts = "2027-01-01T00:30:00.000000Z"   # ISO week 53 of 2026
-    assert [period_of(ts, p) for p in ("hour", "day", "week", "month", "all")] == [
-        "2027-01-01T00:00Z", "2027-01-01", "2026-W53", "2027-01", "all"]

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from gateway.audit import chain
 from gateway.audit.chain import GENESIS, seal
-from gateway.audit.files import rotated_name
+from gateway.audit.files import family, rotated_name
 from gateway.audit.log import AuditLog
 from gateway.audit.settings import AuditSettings
+from gateway.cli.audit import verify_settled
 from gateway.cli.main import main
 from tests.audit.test_query import T0, approval, decision, outcome, write
 
@@ -243,3 +245,17 @@ def test_report_json_csv_and_table(capsys: pytest.CaptureFixture[str], calls: Pa
     assert header.split()[:4] == ["PERIOD", "TOOL", "CALLS", "VALID"]
     assert "66.7% (2/3)" in row and "100.0% (1/1)" in row and "schema_invalid=1" in row
     assert "1 run: amount mean 40 max 40" in row
+
+
+def test_a_rotation_between_listing_and_reading_is_not_tampering(tmp_path: Path) -> None:
+    live = tmp_path / "toolgate.jsonl"
+    log = AuditLog(AuditSettings(file=live, rotate_bytes=4096))
+    for n in range(30):
+        log.write("decision", {"decision_id": f"req-{n}", "pad": "x" * 100})
+    listed = family(live)                 # what `verify` listed...
+    for n in range(30):                   # ...before the gateway rotated again
+        log.write("decision", {"decision_id": f"more-{n}", "pad": "x" * 100})
+    log.close()
+    assert not chain.verify(listed, None).ok, "read as listed, it looks like a gap"
+    result = verify_settled(live, listed, None, False)
+    assert result.ok and result.files == family(live)
