@@ -101,12 +101,13 @@ def _refs(schema: Any) -> list[str]:
 
 
 def pii_pointers(schema: Mapping[str, Any], prefix: str = "",
-                 root: Mapping[str, Any] | None = None, depth: int = 0) -> list[str]:
+                 root: Mapping[str, Any] | None = None, depth: int = 0,
+                 reached: set[int] | None = None) -> list[str]:
     """JSON pointers of every argument marked `x-pii: true`.
 
     Follows nested `properties` (whatever the `type`), `items` (as the wildcard segment
     `*`), local `$ref`s and `allOf`/`anyOf`/`oneOf`, so a marked field is found however the
-    schema reaches it.
+    schema reaches it. `reached` collects the marked subschemas found (`unreached_pii`).
     """
     root = schema if root is None else root
     if depth > 32:  # a recursive $ref; deeper values are not marked
@@ -115,9 +116,32 @@ def pii_pointers(schema: Mapping[str, Any], prefix: str = "",
     for pointer, sub in _children(schema, prefix, root):
         if sub.get("x-pii") is True and pointer:
             out.append(pointer)
+            if reached is not None:
+                reached.add(id(sub))
         else:
-            out += pii_pointers(sub, pointer, root, depth + 1)
+            out += pii_pointers(sub, pointer, root, depth + 1, reached)
     return sorted(set(out))
+
+
+def unreached_pii(schema: Mapping[str, Any]) -> list[str]:
+    """Where in the schema an `x-pii: true` mark sits that `pii_pointers` cannot turn into
+    a pointer to a value (under `additionalProperties`, `patternProperties`,
+    `prefixItems`, `if`/`then`, `not`, an unused definition…): its values would be written
+    unredacted, so a spec holding one is refused."""
+    reached: set[int] = set()
+    pii_pointers(schema, reached=reached)
+    return [path for path, node in _nodes(schema, "")
+            if node.get("x-pii") is True and path and id(node) not in reached]
+
+
+def _nodes(schema: Any, path: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    if isinstance(schema, Mapping):
+        yield path, schema
+        for key, value in schema.items():
+            yield from _nodes(value, f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}")
+    elif isinstance(schema, list):
+        for n, item in enumerate(schema):
+            yield from _nodes(item, f"{path}/{n}")
 
 
 def _children(schema: Mapping[str, Any], prefix: str,

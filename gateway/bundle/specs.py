@@ -24,7 +24,7 @@ from jsonschema.protocols import Validator
 
 from gateway import yamlfile
 from gateway.bundle.routes import PathTemplate, RouteTable
-from gateway.bundle.schemas import compile_schema, pii_pointers
+from gateway.bundle.schemas import compile_schema, pii_pointers, unreached_pii
 from gateway.core.errors import LoadError, LoadErrors
 from gateway.upstreams.headers import refused_name
 
@@ -217,6 +217,17 @@ def _register(spec: ToolSpec, doc: yamlfile.YamlDoc, base: tuple[int, ...], *,
     return errors
 
 
+def _input_problem(schema: Mapping[str, Any]) -> str | None:
+    if schema.get("type", "object") != "object":
+        return "the arguments are one JSON object: type must be object"
+    unreached = unreached_pii(schema)
+    if unreached:
+        # SECURITY: a mark the redaction cannot follow would leave its values in the log.
+        return (f"x-pii at {unreached[0]} cannot be redacted (only fields under properties, "
+                "items, local $refs and allOf/anyOf/oneOf can): declare the field there")
+    return None
+
+
 def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...]) -> ToolSpec:
     def fail(path: tuple[str, ...], message: str) -> LoadError:
         return doc.error((*base, *path), f"tool {raw['name']!r}: {message}")
@@ -256,8 +267,9 @@ def _build(raw: Mapping[str, Any], doc: yamlfile.YamlDoc, base: tuple[int, ...])
         problem = spend_problem(raw["input_schema"], spend)
         if problem:
             raise fail(("spend",), problem)
-    if raw["input_schema"].get("type", "object") != "object":
-        raise fail(("input_schema",), "the arguments are one JSON object: type must be object")
+    problem = _input_problem(raw["input_schema"])
+    if problem:
+        raise fail(("input_schema",), problem)
     return ToolSpec(
         name=raw["name"], description=raw.get("description", ""), upstream=raw["upstream"],
         method=raw["route"]["method"], route=route, forward=forward,

@@ -519,3 +519,26 @@ def test_a_spec_with_an_integer_json_cannot_hold_has_a_revision(tmp_path: Path) 
     one = load_specs([tmp_path / "a.yaml"], UPSTREAMS).tools["tool_a"].revision
     assert one == load_specs([tmp_path / "a.yaml"], UPSTREAMS).tools["tool_a"].revision
     assert one != load_specs([tmp_path / "b"], UPSTREAMS).tools["tool_a"].revision
+
+
+@pytest.mark.parametrize(("where", "schema"), [
+    ("/additionalProperties", "additionalProperties: {type: string, x-pii: true}"),
+    ("/patternProperties/^e", "patternProperties: {'^e': {type: string, x-pii: true}}"),
+    ("/properties/cards/prefixItems/0",
+     "properties: {cards: {type: array, prefixItems: [{type: string, x-pii: true}]}}"),
+    ("/then/properties/email", "if: {required: [kind]}\n  then: {properties: "
+                               "{email: {type: string, x-pii: true}}}"),
+])
+def test_an_x_pii_mark_redaction_cannot_follow_is_refused(tmp_path: Path, where: str,
+                                                          schema: str) -> None:
+    error = only_error([write(tmp_path, "a.yaml", spec() + f"  {schema}\n")])
+    assert f"x-pii at {where} cannot be redacted" in error.message
+    assert error.line is not None
+
+
+def test_marks_redaction_follows_load(tmp_path: Path) -> None:
+    text = spec() + ("  properties:\n    email: {$ref: '#/$defs/email'}\n"
+                     "    items: {type: array, items: {properties: {card: {x-pii: true}}}}\n"
+                     "  $defs: {email: {type: string, x-pii: true}}\n")
+    (tool,) = load_specs([write(tmp_path, "a.yaml", text)], UPSTREAMS).tools.values()
+    assert tool.pii_pointers == ("/email", "/items/*/card")
