@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.audit.files import family
 from gateway.devtokens import DevKey
 
 UPSTREAM_SECRET = "upstream-secret-9f8e7d6c5b4a"
@@ -341,9 +342,9 @@ class Gateway:
         return request(self.port, method, path, **kwargs)
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.audit_file.exists():
-            return []
-        return [json.loads(line) for line in self.audit_file.read_bytes().splitlines()]
+        """Every record of the gateway's chain, its rotated files included, in order."""
+        return [json.loads(line) for path in family(self.audit_file)
+                for line in path.read_bytes().splitlines()]
 
     def records_for(self, request_id: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["decision_id"] == request_id]
