@@ -114,14 +114,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for line in usage.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except OSError as exc:   # a file unreadable or gone: not a broken chain
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # The reader stopped (`| head`): not an error. Keep the exit's flush quiet.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:   # a file unreadable or gone: not a broken chain
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _inputs(args: argparse.Namespace,

@@ -259,3 +259,18 @@ def test_a_rotation_between_listing_and_reading_is_not_tampering(tmp_path: Path)
     assert not chain.verify(listed, None).ok, "read as listed, it looks like a gap"
     result = verify_settled(live, listed, None, False)
     assert result.ok and result.files == family(live)
+
+
+def test_a_file_gone_while_reading_is_a_usage_error_not_tampering(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    live = tmp_path / "toolgate.jsonl"
+    AuditLog(AuditSettings(file=live)).close()
+
+    def gone(*_: Any, **__: Any) -> None:
+        raise FileNotFoundError(2, "No such file or directory", str(live))
+
+    monkeypatch.setattr(chain, "verify", gone)
+    code, out, err = run(capsys, "verify", str(live))
+    assert (code, out) == (2, "")
+    assert err == f"error: {live}: No such file or directory\n"
