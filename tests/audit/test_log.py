@@ -19,6 +19,7 @@ from gateway.audit import log as log_module
 from gateway.audit.files import family
 from gateway.audit.log import AuditLog, AuditStartError
 from gateway.audit.settings import AuditSettings, Fsync
+from gateway.core.canonical import rfc3339_precise
 from gateway.core.errors import AuditUnavailable
 from tests.audit.conftest import read_records
 from tests.support import unwritable
@@ -297,7 +298,8 @@ def test_a_deletion_retention_did_not_allow_is_named(audit_path: Path) -> None:
     log.write("audit", {"decision_id": None, "event": "deleted", "file": "x.jsonl",
                         "reason": "retention", "retain_days": 1.0, "first_seq": 1,
                         "last_seq": 1, "last_hash": "0" * 64,
-                        "last_ts": "2026-12-02T00:00:00Z", "first_seq_kept": 2})
+                        "last_ts": rfc3339_precise(time.time() - 3600),   # an hour old, not a day
+                        "first_seq_kept": 2})
     log.close()
     problem = chain.verify([audit_path], None).problem
     assert problem is not None and problem.line == 2
