@@ -35,7 +35,7 @@ DEFAULT_CONFIG = Path("toolgate.yaml")
 _WIDTHS = (27, 9, 36, 24, 20, 16)   # ts, kind, decision_id, tool, principal, action/event
 
 
-class _Usage(Exception):
+class Usage(Exception):
     """Exit 2 with these lines on stderr."""
 
     def __init__(self, *lines: str) -> None:
@@ -56,7 +56,7 @@ def add_parser(sub: Any) -> None:
     verify.add_argument("--json", action="store_true")
 
     q = _command(asub, "query", "print the records that match, oldest first")
-    _window_options(q)
+    window_options(q)
     for name, helptext in (("tool", "tool name"), ("principal", "the caller's sub"),
                            ("tenant", "the caller's tenant"),
                            ("action", "allow, require_approval or deny"),
@@ -70,7 +70,7 @@ def add_parser(sub: Any) -> None:
     r = _command(asub, "report", "calls, validity, success, approvals, fallbacks, denials "
                                  "and spend per tool and period")
     r.add_argument("--period", choices=PERIODS, default="day", help="UTC buckets (default day)")
-    _window_options(r)
+    window_options(r)
     r.add_argument("--tool", action="append", default=[], help="only this tool (repeatable)")
     form = r.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
@@ -93,7 +93,7 @@ def _time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _window_options(p: argparse.ArgumentParser) -> None:
+def window_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=_time, metavar="TIME",
                    help="from this time on: RFC 3339, or a duration ago like 30m, 24h, 7d")
     p.add_argument("--until", type=_time, metavar="TIME", help="before this time")
@@ -101,7 +101,7 @@ def _window_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
-        paths, audit = _inputs(args, environ)
+        paths, audit = audit_inputs(args, environ)
         if args.audit_command == "verify":
             return _verify(paths, _key(args, audit, environ), args)
         bad = _BadLines()
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         else:
             print_report(paths, args, bad)
         return 1 if bad.count else 0
-    except _Usage as usage:
+    except Usage as usage:
         for line in usage.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
 
 
-def _inputs(args: argparse.Namespace,
+def audit_inputs(args: argparse.Namespace,
             environ: Mapping[str, str]) -> tuple[list[Path], AuditSettings | None]:
     """The files to read, and the config's audit settings when a config was read."""
     audit = None
@@ -133,21 +133,21 @@ def _inputs(args: argparse.Namespace,
         try:
             audit = load_config(config, environ).audit
         except LoadError as exc:
-            raise _Usage(str(exc)) from None
+            raise Usage(str(exc)) from None
         except LoadErrors as exc:
-            raise _Usage(*(str(e) for e in exc.errors)) from None
+            raise Usage(*(str(e) for e in exc.errors)) from None
     given = args.files
     if not given:
         if audit is None or audit.file is None:
-            raise _Usage(f"{args.config or DEFAULT_CONFIG}: no audit.file to read; "
+            raise Usage(f"{args.config or DEFAULT_CONFIG}: no audit.file to read; "
                          "name the files")
         given = [audit.file]
     paths = expand(given)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise _Usage(*(f"{p}: no such file" for p in missing))
+        raise Usage(*(f"{p}: no such file" for p in missing))
     if not paths:
-        raise _Usage(f"no audit files in {', '.join(map(str, given))}")
+        raise Usage(f"no audit files in {', '.join(map(str, given))}")
     return paths, audit
 
 
@@ -158,7 +158,7 @@ def _key(args: argparse.Namespace, audit: AuditSettings | None,
     try:
         return None if audit is None else chain_key(audit, environ)
     except AuditKeyError as exc:
-        raise _Usage(str(exc)) from None
+        raise Usage(str(exc)) from None
 
 
 def _verify(paths: list[Path], key: bytes | None, args: argparse.Namespace) -> int:

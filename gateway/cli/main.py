@@ -13,6 +13,7 @@ from gateway.audit.log import AuditStartError
 from gateway.audit.settings import AuditKeyError, chain_key, redaction_key
 from gateway.cli import approvals as cli_approvals
 from gateway.cli import audit as cli_audit
+from gateway.cli import replay as cli_replay
 from gateway.config import Settings
 from gateway.config import load as load_config
 from gateway.core.errors import LoadError, LoadErrors
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_approvals.add_parser(sub)
     cli_approvals.add_kill_parsers(sub)
     cli_audit.add_parser(sub)
+    cli_replay.add_parser(sub)
 
     keys = sub.add_parser("keys", help="development signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -82,6 +84,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return cli_approvals.run_kill(args, env)
     if args.command == "audit":
         return cli_audit.run(args, env)
+    if args.command == "replay":
+        return cli_replay.run(args, env)
     if args.command == "keys":
         return _keys_init(args.directory)
     if args.command == "token":
