@@ -26,6 +26,7 @@ from gateway.audit.redact import Redactor
 from gateway.audit.settings import AuditKeyError
 from gateway.auth import TokenVerifier
 from gateway.bundle import Bundle, BundleRef
+from gateway.bundle.reload import Reloader
 from gateway.config import Settings
 from gateway.core.clock import Clock
 from gateway.keys import load_keys
@@ -56,6 +57,7 @@ class Runtime:
     refusals: RefusalLedger
     redactor: Redactor     # how every copy of the arguments that leaves the store is redacted
     tracing: Tracing       # OpenTelemetry export of calls; off unless tracing.otlp_endpoint
+    reloader: Reloader     # builds, checks, records and swaps in a new bundle
 
 
 def instance_id() -> str:
@@ -115,4 +117,5 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         await refusals.start()
         stack.push_async_callback(refusals.close)
         yield Runtime(settings, bundles, verifier, store, upstreams, audit, metrics, kills,
-                      approvals, background, clock, refusals, redactor, tracing)
+                      approvals, background, clock, refusals, redactor, tracing,
+                      Reloader(settings, bundles, audit, clock))

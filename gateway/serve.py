@@ -16,6 +16,7 @@ never its message, since a message can quote what a client sent (a token, a body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -31,6 +32,7 @@ from aiohttp.web_request import BaseRequest
 from gateway import open_files
 from gateway.act.handle import refuse
 from gateway.app import build_apps
+from gateway.bundle.reload import Reloader
 from gateway.config import Settings
 from gateway.core.call import Entrance, RequestFacts
 from gateway.core.errors import GatewayError
@@ -88,6 +90,8 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP reloads the tool specs, policies and data (`gateway.bundle.reload`).
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_on_signal(app))
     try:
         for runner in runners:
             await runner.setup()
@@ -118,6 +122,17 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+def _reload_on_signal(app: web.Application) -> None:
+    rt = app.get(RUNTIME)
+    if rt is not None:   # before the runtime is built there is nothing to reload
+        rt.background.spawn(_reload(rt.reloader), "reload")
+
+
+async def _reload(reloader: Reloader) -> None:
+    with contextlib.suppress(GatewayError):   # refused: recorded and logged already
+        await reloader.reload("sighup")
 
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]

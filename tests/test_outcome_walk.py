@@ -39,6 +39,7 @@ from gateway.state.idempotency import KeyClaim, Scope, fingerprint
 from gateway.web import RUNTIME
 from tests.support import (
     E2E,
+    ROOT,
     UPSTREAM_SECRET,
     FakeClock,
     Recorder,
@@ -429,6 +430,17 @@ async def _past_the_cap(w: World) -> Outcome:
     return await w.raw(b"GET /echo/items/b HTTP/1.1\r\nHost: x\r\n\r\n")
 
 
+@scenario(ReasonCode.BUNDLE_INVALID, 422,
+          policies=[str(ROOT / "policies"), str(E2E / "policies_approvals"), "more-policies"])
+async def _reload_refused(w: World) -> Outcome:
+    """A reload whose policies do not compile: refused (recorded), the old bundle serves."""
+    (w.rt.settings.base_dir / "more-policies" / "broken.rego").write_text(
+        "package toolgate\n\ndecision := {\n")
+    resp = await w.admin.request("POST", "/v1/policy/reload", headers={
+        "Authorization": f"Bearer {w.approver('alice')}"})
+    return await _outcome(resp, None)
+
+
 @scenario(ReasonCode.NOT_FOUND, 404)
 async def _no_such_approval(w: World) -> Outcome:
     return await w.vote("apr_nope", w.approver("alice", "billing-approver"))
@@ -495,6 +507,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path,
     clock = FakeClock()
     options = {k: v for k, v in SCENARIOS[code][2].items()
                if k not in ("aggregated", "unrecorded", "sink_down")}
+    (tmp_path / "more-policies").mkdir()   # where a scenario may add a policy (a reload)
     async with upstream_server() as (recorder, url):
         settings = config(tmp_path, dev_key, url, approvals={"sweep_interval_ms": 3_600_000},
                           **options)

@@ -240,6 +240,13 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(ADMIN_OPENAPI)
 
 
+async def reload_policy(request: web.Request) -> web.StreamResponse:
+    """Read the tool specs, policies and data again and serve them, if they load."""
+    rt = runtime_of(request)
+    who = operator(request, rt)
+    return web.json_response(await rt.reloader.reload("api", who))
+
+
 def add_routes(admin: web.Application) -> None:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
@@ -252,3 +259,4 @@ def add_routes(admin: web.Application) -> None:
     admin.router.add_get("/v1/killswitch", list_killswitches)
     admin.router.add_post("/v1/killswitch", set_killswitch)
     admin.router.add_delete("/v1/killswitch/{scope}", clear_killswitch)
+    admin.router.add_post("/v1/policy/reload", reload_policy)

@@ -40,6 +40,7 @@ _ERROR_TEXT = {
     408: "The body did not arrive in time",
     409: "Not pending, expired, or already approved by you",
     413: "The body is too large",
+    422: "The new bundle does not load (`errors`); the old one keeps serving",
     429: "Too many requests without a valid token from this client; see Retry-After",
     503: "Starting, or the state store or audit log is unavailable",
 }
@@ -232,6 +233,19 @@ ADMIN_OPENAPI: dict[str, Any] = {
                              "reason": _TEXT}}, required=True),
                      "responses": {"200": _json("the switch", _ref("KillSwitch")),
                                    **_errors(*_BODY, *_AUTH)}}},
+        "/v1/policy/reload": {"post": {
+            "summary": "Reload the tool specs, policies and data from their files",
+            "responses": {"200": _json("the revision now serving", {
+                "type": "object",
+                "required": ["status", "policy_revision", "previous_revision", "revisions"],
+                "properties": {
+                    "status": {"enum": ["reloaded", "unchanged"]},
+                    "policy_revision": {"type": "string"},
+                    "previous_revision": {"type": "string"},
+                    "revisions": {"type": "object", "required": ["specs", "policies"],
+                                  "properties": {"specs": {"type": "string"},
+                                                 "policies": {"type": "string"}}}}}),
+                **_errors(422, *_AUTH)}}},
         "/v1/killswitch/{scope}": {"delete": {
             "summary": "Revive: clear a kill switch",
             "parameters": [{"name": "scope", "in": "path", "required": True,

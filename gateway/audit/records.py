@@ -2,7 +2,8 @@
 
 Kinds: `decision` (one per call, before any action), `outcome` (one per call that reached an
 upstream or whose action failed after its decision), `approval` (every event of a held
-call, refusals included), `killswitch` (set and cleared). A record holds no token, no
+call, refusals included), `killswitch` (set and cleared), `policy_reload` (every
+reload of the bundle, refused ones included). A record holds no token, no
 credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
 pointers, by the runtime's `Redactor`: a mask or a keyed hash), and arguments that never
 passed the schema are kept only in outline (declared names, types and sizes) — and
@@ -30,6 +31,7 @@ from gateway.core.stage import Stage
 if TYPE_CHECKING:
     from gateway.approvals.model import Approval
     from gateway.auth import Principal
+    from gateway.bundle import Bundle
     from gateway.bundle.routes import PathTemplate
     from gateway.bundle.specs import ToolSpec
     from gateway.core.context import CallContext
@@ -228,3 +230,18 @@ def killswitch(event: str, switch: KillSwitch, who: Mapping[str, Any]) -> dict[s
     """A kill switch set or cleared, and by whom."""
     return {"decision_id": None, "event": event, "scope": switch.scope,
             "reason": switch.reason, "actor": dict(who)}
+
+
+def policy_reload(event: str, *, trigger: str, previous: Bundle,
+                  new: Bundle | None = None, errors: list[str] | None = None,
+                  who: Principal | None = None) -> dict[str, Any]:
+    """A reload of the bundle (`accepted`, `unchanged` or `refused`), what it replaced with
+    what, and who asked (`trigger`: api or sighup)."""
+    return {"decision_id": None, "event": event, "trigger": trigger,
+            "code": str(ReasonCode.BUNDLE_INVALID) if event == "refused" else None,
+            "actor": actor(who) if who is not None else None,
+            "previous_revision": previous.revision,
+            "policy_revision": new.revision if new is not None else previous.revision,
+            "revisions": ({"specs": new.spec_revision, "policies": new.policy_revision}
+                          if new is not None else None),
+            "errors": errors or []}

@@ -101,5 +101,11 @@ class BundleRef:
     def current(self) -> Bundle:
         return self._bundle
 
+    def swap(self, bundle: Bundle) -> Bundle:
+        """Serve `bundle` from now on; the old one, which calls in flight still hold (they
+        pinned it) and finish on. It is not closed: it goes when the last of them does."""
+        old, self._bundle = self._bundle, bundle
+        return old
+
     async def close(self) -> None:
         await self._bundle.close()

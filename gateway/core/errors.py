@@ -47,6 +47,7 @@ class ReasonCode(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     RATE_LIMITED = "rate_limited"
     OVER_CAPACITY = "over_capacity"
+    BUNDLE_INVALID = "bundle_invalid"
 
 
 MAX_QUOTE = 64  # characters of a caller's text an error message may quote
@@ -91,6 +92,13 @@ class BadRequest(GatewayError):
 
     status = 400
     code = ReasonCode.BAD_REQUEST
+
+
+class BundleInvalid(GatewayError):
+    """A reload whose new bundle does not load: the old one keeps serving (`errors`)."""
+
+    status = 422
+    code = ReasonCode.BUNDLE_INVALID
 
 
 class RequestTimeout(GatewayError):
