@@ -19,6 +19,7 @@ from gateway.bundle.specs import SpecSet, ToolSpec, load_specs
 from gateway.config import Settings
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import LoadError, LoadErrors
+from gateway.policy import probe
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.sources import PolicySources, load_sources
@@ -69,6 +70,11 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
             errors += exc.errors
     if specs is not None:
         errors += _credential_clashes(specs, settings)
+    if specs is not None and isinstance(engine, EmbeddedEngine):
+        # A policy that compiles but can never decide would deny every call quietly.
+        errors += probe.problems(specs.tools.values(), engine.decide_now,
+                                 settings.policy.query,
+                                 ", ".join(str(p) for p in settings.policies))
     if errors or specs is None or sources is None or engine is None:
         raise LoadErrors(errors)
     return Bundle(tools=specs.tools, routes=specs.routes, policies=sources, engine=engine,

@@ -103,16 +103,8 @@ class EmbeddedEngine:
         # here instead, which the pipeline turns into a deny.
         if threading.get_ident() != self._thread:
             raise RuntimeError("the embedded engine is bound to the thread that built it")
-        input_json = orjson.dumps(input_doc).decode()
         start = self._clock.monotonic()
-        try:
-            value = evaluate_json(self._engine, self._query, input_json)
-        except RuntimeError as exc:
-            decision = PolicyDecision.error(
-                f"policy evaluation error: {error_location(str(exc))[2]}")
-        else:
-            decision = (PolicyDecision.error(f"{self._query} is undefined")
-                        if value == UNDEFINED else PolicyDecision.parse(value))
+        decision = self.decide_now(input_doc)
         # Only a late allow is distrusted: a late deny or hold is still safe to act on, and
         # must not turn into an allow under fail_open.
         if (self._clock.monotonic() - start >= self._timeout
@@ -120,6 +112,16 @@ class EmbeddedEngine:
             raise PolicyUnavailable(f"policy evaluation took longer than "
                                     f"{self._timeout * 1000:.0f} ms")
         return decision
+
+    def decide_now(self, input_doc: Mapping[str, Any]) -> PolicyDecision:
+        """One evaluation, on this thread, with no time limit (`evaluate` adds it)."""
+        try:
+            value = evaluate_json(self._engine, self._query, orjson.dumps(input_doc).decode())
+        except RuntimeError as exc:
+            return PolicyDecision.error(
+                f"policy evaluation error: {error_location(str(exc))[2]}")
+        return (PolicyDecision.error(f"{self._query} is undefined")
+                if value == UNDEFINED else PolicyDecision.parse(value))
 
     async def close(self) -> None:
         self._engine = None

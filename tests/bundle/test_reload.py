@@ -62,21 +62,29 @@ async def test_a_changed_policy_decides_the_next_call(live: tuple[Runtime, Path]
                                                        rt.bundles.current.revision]
 
 
+@pytest.mark.parametrize("broken", [
+    "package toolgate\n\ndecision := {\n",                             # a syntax error
+    "package other\n\nimport rego.v1\n\nx := 1\n",                     # compiles, but
+])
 async def test_a_broken_policy_is_refused_and_the_old_one_keeps_serving(
-        live: tuple[Runtime, Path], agent_token: str) -> None:
+        live: tuple[Runtime, Path], agent_token: str, broken: str) -> None:
     rt, policies = live
     old = rt.bundles.current
-    (policies / "broken.rego").write_text("package toolgate\n\ndecision := {\n")
+    if broken.startswith("package other"):   # the decision rule is gone: never decides
+        (policies / "toolgate.rego").write_text(broken)
+    else:
+        (policies / "broken.rego").write_text(broken)
     with pytest.raises(BundleInvalid) as info:
         await rt.reloader.reload("sighup")
     assert info.value.status == 422 and info.value.extra["errors"]
-    assert "broken.rego" in info.value.extra["errors"][0]
+    assert "no decision on a probe call" in info.value.extra["errors"][0] \
+        or "broken.rego" in info.value.extra["errors"][0]
     assert rt.bundles.current is old
     assert await _refund(rt, agent_token, 150, "c") == "allow"
     (reload,) = [r for r in records(rt) if r["kind"] == "policy_reload"]
     assert (reload["event"], reload["trigger"], reload["policy_revision"]) == (
         "refused", "sighup", old.revision)
-    assert "broken.rego" in reload["errors"][0]
+    assert reload["errors"] == info.value.extra["errors"]
 
 
 async def test_an_unchanged_bundle_is_said_and_kept(live: tuple[Runtime, Path]) -> None:

@@ -1,0 +1,78 @@
+"""A policy that compiles but can never decide is a load error, not a quiet deny of every
+call: the decision rule is evaluated once per tool on a probe input (DESIGN §10).
+
+The probe input has the shape of a real one (DESIGN §2.2): the tool as its spec says, an
+agent of a probe tenant holding the tool's scopes, an empty run, and arguments made from
+the input schema (each required argument from its `const`, `default`, first `enum` or
+`examples` value, else a value of its type). The rule must be defined and well formed
+(`PolicyDecision.parse`); which action it takes does not matter. An undefined rule (a
+wrong `package`, a rule that never matches), an evaluation error (an unknown function) or
+a malformed decision is reported with the tool and what went wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from gateway.bundle.specs import ToolSpec
+from gateway.core.decision import PolicyDecision
+from gateway.core.errors import LoadError, ReasonCode
+
+PROBE_TIME = "2026-01-01T00:00:00.000000Z"
+_TYPED: dict[str, Any] = {"string": "probe", "integer": 1, "number": 1, "boolean": False,
+                          "array": [], "object": {}, "null": None}
+
+
+def probe_input(spec: ToolSpec) -> dict[str, Any]:
+    schema = getattr(spec.input_validator, "schema", {})
+    return {
+        "tool": {"name": spec.name, "tier": str(spec.tier), "scopes": list(spec.scopes),
+                 "upstream": spec.upstream, "mode": str(spec.mode)},
+        "args": {name: _value(schema.get("properties", {}).get(name, {}))
+                 for name in schema.get("required", [])},
+        "principal": {"sub": "probe", "agent": "probe", "tenant": "probe",
+                      "scopes": list(spec.scopes), "roles": [], "claims": {"sub": "probe"}},
+        "run": {"id": None, "tool_calls": 0, "calls_per_tool": {}, "spent": {}},
+        "request": {"id": "req_probe", "method": spec.method, "path": spec.route.text,
+                    "idempotency_key": None, "time": PROBE_TIME, "source_ip": "127.0.0.1",
+                    "entrance": "rest", "bucket": 0},
+    }
+
+
+def _value(schema: Any) -> Any:
+    if not isinstance(schema, Mapping):
+        return "probe"
+    for key in ("const", "default"):
+        if key in schema:
+            return schema[key]
+    for key in ("enum", "examples"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return schema[key][0]
+    kind = schema.get("type", "string")
+    return _TYPED.get(kind[0] if isinstance(kind, list) and kind else kind, "probe")
+
+
+def problems(tools: Iterable[ToolSpec], decide: Callable[[Mapping[str, Any]], PolicyDecision],
+             query: str, where: str) -> list[LoadError]:
+    """What `decide` (the compiled policy) answers that is not a decision: one error per
+    distinct problem, naming the tools it hits (`where`: the policies, for a problem every
+    tool has)."""
+    hit: dict[str, list[ToolSpec]] = {}
+    for spec in tools:
+        decision = decide(probe_input(spec))
+        if decision.reasons[:1] == (str(ReasonCode.POLICY_ERROR),):
+            detail = decision.reasons[1] if len(decision.reasons) > 1 else "policy_error"
+            hit.setdefault(detail, []).append(spec)
+    found = []
+    for detail, specs in hit.items():
+        if len(specs) == 1:
+            file, _, line = specs[0].source.rpartition(":")
+            found.append(LoadError(file, int(line) if line.isdigit() else None,
+                                   f"tool {specs[0].name!r}: {query} gives no decision on a "
+                                   f"probe call: {detail}"))
+        else:
+            names = ", ".join(sorted(s.name for s in specs))
+            found.append(LoadError(where, None, f"{query} gives no decision on a probe call "
+                                   f"of {len(specs)} tools ({names}): {detail}"))
+    return found
