@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway import __version__
@@ -32,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate config, tool specs and policies")
     check.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+    check.add_argument("--format", choices=("text", "json"), default="text",
+                       help="json: one document, for CI")
+    check.add_argument("--offline", action="store_true",
+                       help="skip what lives outside the repository: verification keys, "
+                            "upstream credentials, audit keys (a policy repo's CI)")
 
     policy = sub.add_parser("policy", help="policy tools")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "serve":
         return _serve(args.config, env)
     if args.command == "check":
-        return _check(args.config, env)
+        return _check(args.config, env, offline=args.offline, as_json=args.format == "json")
     if args.command == "policy":
         return _policy_test(args.paths or [Path("policies")], args.verbose, args.run)
     if args.command == "approvals":
@@ -125,47 +131,58 @@ def _serve(config: Path, env: Mapping[str, str]) -> int:
     return 0
 
 
-def check_all(settings: Settings, env: Mapping[str, str]) -> tuple[list[str], str]:
+def check_all(settings: Settings, env: Mapping[str, str], *, offline: bool = False,
+              config: Path | None = None) -> tuple[list[LoadError], str]:
     """Every problem `serve` would hit at start, and a one-line summary when there are none.
-    The bundle is built by the same function `serve` uses."""
+    The bundle is built by the same function `serve` uses. `offline` leaves out what a
+    policy repository does not have: keys, credentials and secrets."""
     from gateway.bundle import load_bundle  # noqa: PLC0415 (compiles the policies)
 
-    problems: list[str] = []
+    problems: list[LoadError] = []
     summary = ""
     try:
         bundle = load_bundle(settings)
         summary = (f"{len(bundle.tools)} tools, {len(bundle.policies.modules)} policy modules "
                    f"(revision {bundle.revision})")
     except LoadErrors as exc:
-        problems += [str(e) for e in exc.errors]
-    try:
-        load_keys(settings.auth, env)
-    except KeyConfigError as exc:
-        problems.append(str(exc))
+        problems += exc.errors
     problem = tracing_unavailable(settings.tracing)
     if problem is not None:
-        problems.append(str(problem))
-    for read_key in (chain_key, redaction_key):
+        problems.append(problem)
+    if offline:
+        return problems, summary
+    secrets: list[Callable[[], object]] = [
+        lambda: load_keys(settings.auth, env),
+        lambda: chain_key(settings.audit, env), lambda: redaction_key(settings.audit, env),
+        *(lambda u=u: read_credential(u, env) for u in settings.upstreams.values())]
+    for read in secrets:
         try:
-            read_key(settings.audit, env)
-        except AuditKeyError as exc:
-            problems.append(str(exc))
-    for upstream in settings.upstreams.values():
-        try:
-            read_credential(upstream, env)
-        except CredentialError as exc:
-            problems.append(str(exc))
+            read()
+        except (KeyConfigError, AuditKeyError, CredentialError) as exc:
+            problems.append(LoadError(str(config or settings.base_dir), None, str(exc)))
     return problems, summary
 
 
-def _check(config: Path, env: Mapping[str, str]) -> int:
-    settings = _load(config, env)
-    if isinstance(settings, int):
-        return settings
-    problems, summary = check_all(settings, env)
+def _check(config: Path, env: Mapping[str, str], *, offline: bool, as_json: bool) -> int:
+    summary = ""
+    try:
+        settings = load_config(config, env)
+    except LoadError as exc:
+        problems = [exc]
+    except LoadErrors as exc:
+        problems = exc.errors
+    else:
+        problems, summary = check_all(settings, env, offline=offline, config=config)
+    if as_json:
+        print(json.dumps({"ok": not problems, "config": str(config), "offline": offline,
+                          "summary": summary or None,
+                          "problems": [{"file": p.file, "line": p.line, "message": p.message}
+                                       for p in problems]}, indent=2))
+        return 1 if problems else 0
     if problems:
         return _errors(problems)
-    print(f"ok: {config}: {summary}")
+    print(f"ok: {config}: {summary}" + (" (offline: keys and credentials not read)"
+                                        if offline else ""))
     return 0
 
 

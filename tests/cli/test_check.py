@@ -1,0 +1,49 @@
+"""`toolgate check` for a policy repository's CI: `--offline` (no keys or credentials
+there) and `--format json` (one document, every problem with its file and line)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _repo(tmp_path: Path) -> Path:
+    """The shipped config, specs and policies, and no keys or secrets: a policy repo."""
+    for name in ("tool_specs", "policies"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "toolgate.yaml", tmp_path / "toolgate.yaml")
+    return tmp_path / "toolgate.yaml"
+
+
+def test_offline_checks_everything_but_the_secrets(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = _repo(tmp_path)
+    assert main(["check", "--config", str(config)], {}) == 1
+    assert "BILLING_TOKEN is not set" in capsys.readouterr().err
+    assert main(["check", "--config", str(config), "--offline"], {}) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {config}: 5 tools")
+
+
+def test_json_names_every_problem_with_its_place(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = _repo(tmp_path)
+    rego = tmp_path / "policies" / "toolgate.rego"
+    rego.write_text(rego.read_text().replace("package toolgate", "package toolgat", 1))
+    spec = tmp_path / "tool_specs" / "get_order.yaml"
+    spec.write_text(spec.read_text() + "bogus_key: 1\n")
+    assert main(["check", "--config", str(config), "--offline", "--format", "json"], {}) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert (document["ok"], document["offline"], document["summary"]) == (False, True, None)
+    files = {Path(p["file"]).name: p for p in document["problems"]}
+    assert files["get_order.yaml"]["line"] and "bogus_key" in files["get_order.yaml"]["message"]
+    spec.write_text(spec.read_text().replace("bogus_key: 1\n", ""))
+    assert main(["check", "--config", str(config), "--offline", "--format", "json"], {}) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert "gives no decision on a probe call" in problem["message"]   # the package line
