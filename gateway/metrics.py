@@ -22,6 +22,11 @@ class Metrics:
         r = self.registry
         self.calls = Counter("toolgate_calls", "Tool calls by tool, action and error code",
                              ["tool", "action", "code"], registry=r)
+        # The autonomy ramp's share: calls the policy let run although they were over a
+        # limit (a reason `autonomy_ramp:`), against `toolgate_calls_total` of the tool.
+        self.ramped = Counter("toolgate_ramped_calls",
+                              "Calls run without approval by the autonomy ramp",
+                              ["tool"], registry=self.registry)
         self.schema = Counter("toolgate_schema_checks",
                               "Argument validations by result (tool-call validity rate)",
                               ["tool", "result"], registry=r)

@@ -97,6 +97,7 @@ approval_reasons contains sprintf("no_limit: %s is a yellow-tier tool with no li
 
 approval_reasons contains reason if {
 	input.tool.tier == "yellow"
+	not ramped
 	some reason in limit_holds
 }
 
@@ -128,6 +129,21 @@ limit_holds contains sprintf("over_limit: %s %v%s is over the %v%s limit for %s"
 	amount > cap
 }
 
+# ---- Autonomy ramp: a share of over-limit calls runs without approval ---------------
+# data.toolgate.limits[tool].auto_percent (0-100, default 0): an over-limit call whose
+# input.request.bucket (0-99, fixed by the call) is below it runs without approval. Only
+# a plain over_limit is ramped: a missing amount or an unlisted currency is still held.
+
+ramped if {
+	input.tool.tier == "yellow"
+	is_number(limit.auto_percent)
+	is_number(input.request.bucket)
+	input.request.bucket < limit.auto_percent
+	is_number(amount)
+	is_number(cap)
+	amount > cap
+}
+
 # ---- Allow: green tier, or yellow within its limit ---------------------------------
 
 allow_reasons contains sprintf("green_tier: %s is a green-tier tool and runs without approval", [tool_name]) if input.tool.tier == "green"
@@ -136,3 +152,5 @@ allow_reasons contains sprintf("within_limit: %s %v%s is within the %v%s limit f
 	input.tool.tier == "yellow"
 	within_limit
 }
+
+allow_reasons contains sprintf("autonomy_ramp: %s %v%s is over the %v%s limit for %s, and runs without approval (bucket %v of the %v%% ramped)", [limit.argument, amount, unit, cap, unit, tool_name, input.request.bucket, limit.auto_percent]) if ramped

@@ -194,3 +194,33 @@ test_reasons_sorted_and_coded if {
 		regex.match(`^[a-z][a-z0-9_]*: .+`, r)
 	}
 }
+
+# ---- Autonomy ramp -----------------------------------------------------------------
+
+in_bucket(inp, b) := object.union(inp, {"request": object.union(inp.request, {"bucket": b})})
+
+test_ramp_zero_holds_every_over_limit_call if {
+	d := data.toolgate.decision with input as in_bucket(refund(250, "USD"), 0) with data.toolgate.limits.create_refund_request.auto_percent as 0
+	d.action == "require_approval"
+	codes(d) == {"over_limit"}
+}
+
+test_ramp_runs_the_calls_below_its_share if {
+	below := data.toolgate.decision with input as in_bucket(refund(250, "USD"), 19) with data.toolgate.limits.create_refund_request.auto_percent as 20
+	below.action == "allow"
+	codes(below) == {"autonomy_ramp"}
+	at := data.toolgate.decision with input as in_bucket(refund(250, "USD"), 20) with data.toolgate.limits.create_refund_request.auto_percent as 20
+	at.action == "require_approval"
+}
+
+test_ramp_never_runs_a_call_it_could_not_check if {
+	d := data.toolgate.decision with input as in_bucket(refund(250, "XXX"), 0) with data.toolgate.limits.create_refund_request.auto_percent as 100
+	d.action == "require_approval"
+	codes(d) == {"unlisted_currency"}
+}
+
+test_ramp_keeps_denials if {
+	other := object.union(refund(250, "USD"), {"args": object.union(refund(250, "USD").args, {"tenant_id": "globex"})})
+	d := data.toolgate.decision with input as in_bucket(other, 0) with data.toolgate.limits.create_refund_request.auto_percent as 100
+	d.action == "deny"
+}

@@ -93,6 +93,9 @@ def refuse(facts: RequestFacts, stage: Stage, error: GatewayError, bundle: Bundl
 def _observe(rt: Runtime, facts: RequestFacts, verdict: Verdict, spec: ToolSpec | None) -> None:
     rt.metrics.calls.labels(spec.name if spec else "-", str(verdict.action),
                             verdict.code or "").inc()
+    if verdict.action is Action.ALLOW and any(r.startswith("autonomy_ramp:")
+                                              for r in verdict.reasons):
+        rt.metrics.ramped.labels(spec.name if spec else "-").inc()
     if verdict.action is not Action.ALLOW or verdict.act is Act.SHADOW:
         rt.metrics.fallback.labels(str(verdict.action)).observe(
             rt.clock.monotonic() - facts.started)
