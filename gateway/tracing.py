@@ -169,7 +169,6 @@ class Tracing:
             await asyncio.to_thread(self._otel.provider.shutdown)
 
 
-
 class CallTrace:
     """One traced call: its root span, ended on leaving the `with` block (on every path),
     and its children. The entrance, the pipeline and the forward act report to it."""
