@@ -120,16 +120,16 @@ def _arguments(ctx: CallContext | None, pointers: list[str],
         held = ctx.answered.approval
         pointers = list(held.redact) if held is not None else [WHOLE]
     args, replaced = redactor.apply(dict(ctx.call.args), pointers)
-    return {"args": args, "input": _input(ctx, pointers, redactor), "redacted": replaced}
+    return {"args": args, "input": _input(ctx, args, replaced), "redacted": replaced}
 
 
-def _input(ctx: CallContext, pointers: list[str], redactor: Redactor) -> dict[str, Any] | None:
-    """The policy's input document as it was shown, its arguments redacted — in the request
-    path too, since the route's path parameters are arguments."""
+def _input(ctx: CallContext, args: Any, replaced: list[str]) -> dict[str, Any] | None:
+    """The policy's input document as it was shown, with the call's arguments as redacted
+    once for the record (the policy was shown the same ones) — in the request path too,
+    since the route's path parameters are arguments."""
     shown = ctx.policy_input
     if shown is None:
         return None
-    args, replaced = redactor.apply(shown["args"], pointers)
     request = {**shown["request"],
                "path": redacted_path(ctx.call.spec.route, shown["request"]["path"], args,
                                      replaced)}
