@@ -124,7 +124,7 @@ class Report:
             attempt = (approval_id, r.get("attempt"))
             if attempt in self._executions:
                 return
-            _remember_key(self._executions, attempt)
+            _put(self._executions, attempt, None)
             sent = r.get("sent")
             if sent is False or (sent is None and upstream_status is None
                                  and r.get("error") not in _ATTEMPTED):
@@ -198,10 +198,15 @@ def _remember(pending: OrderedDict[str, _Call], key: Any, tool: str,
     if not isinstance(key, str):
         return
     run_id = decision.get("run_id")
-    pending[key] = _Call(tool, run_id if isinstance(run_id, str) else None,
-                         q.spend_of(decision))
-    if len(pending) > q.JOIN_LIMIT:
-        pending.popitem(last=False)
+    _put(pending, key, _Call(tool, run_id if isinstance(run_id, str) else None,
+                             q.spend_of(decision)))
+
+
+def _put(bounded: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    """Remember, forgetting the oldest past `query.JOIN_LIMIT`."""
+    bounded[key] = value
+    if len(bounded) > q.JOIN_LIMIT:
+        bounded.popitem(last=False)
 
 
 def report(paths: Sequence[Path], on_bad: OnBad, *, period: str = "day",
@@ -216,8 +221,3 @@ def report(paths: Sequence[Path], on_bad: OnBad, *, period: str = "day",
         counting.add(record)
     return counting.finish()
 
-
-def _remember_key(seen: OrderedDict[tuple[str, Any], None], key: tuple[str, Any]) -> None:
-    seen[key] = None
-    if len(seen) > q.JOIN_LIMIT:
-        seen.popitem(last=False)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from gateway.bundle.specs import ToolSpec
 from gateway.core.canonical import canonical_json, rfc3339_precise
 from gateway.core.context import CallContext
 from gateway.state.budgets import Usage
+
+
+def tool_input(spec: ToolSpec) -> dict[str, Any]:
+    """The input's `tool`: what the spec says of the tool."""
+    return {"name": spec.name, "tier": str(spec.tier), "scopes": list(spec.scopes),
+            "upstream": spec.upstream, "mode": str(spec.mode)}
 
 
 def input_document(ctx: CallContext) -> dict[str, Any]:
     spec, call = ctx.call.spec, ctx.call
     facts = call.facts
     return {
-        "tool": {"name": spec.name, "tier": str(spec.tier), "scopes": list(spec.scopes),
-                 "upstream": spec.upstream, "mode": str(spec.mode)},
+        "tool": tool_input(spec),
         "args": dict(call.args),
         "principal": ctx.principal.as_input(),
         "run": {"id": ctx.run_id, **(ctx.usage or Usage()).as_input()},

@@ -18,6 +18,7 @@ from typing import Any
 from gateway.bundle.specs import ToolSpec
 from gateway.core.decision import PolicyDecision
 from gateway.core.errors import LoadError, ReasonCode
+from gateway.core.policy_input import tool_input
 
 PROBE_TIME = "2026-01-01T00:00:00.000000Z"
 _TYPED: dict[str, Any] = {"string": "probe", "integer": 1, "number": 1, "boolean": False,
@@ -27,8 +28,7 @@ _TYPED: dict[str, Any] = {"string": "probe", "integer": 1, "number": 1, "boolean
 def probe_input(spec: ToolSpec) -> dict[str, Any]:
     schema = getattr(spec.input_validator, "schema", {})
     return {
-        "tool": {"name": spec.name, "tier": str(spec.tier), "scopes": list(spec.scopes),
-                 "upstream": spec.upstream, "mode": str(spec.mode)},
+        "tool": tool_input(spec),
         "args": {name: _value(schema.get("properties", {}).get(name, {}))
                  for name in schema.get("required", [])},
         "principal": {"sub": "probe", "agent": "probe", "tenant": "probe",

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway.audit.query import OnBad, Window, needle, read
+from gateway.audit.query import OnBad, Window, call_fields, needle, read
 from gateway.bundle.specs import ToolSpec, load_specs
-from gateway.core.decision import Action, PolicyDecision
-from gateway.policy.embedded import UNDEFINED, compile_engine, error_location, evaluate_json
+from gateway.core.decision import Action
+from gateway.core.policy_input import tool_input
+from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.sources import load_sources
 
 EXAMPLES = 3          # decision_ids kept per transition
@@ -78,20 +77,11 @@ class Candidate:
     def __init__(self, policies: Sequence[Path], specs: Sequence[Path] = (),
                  query: str = "data.toolgate.decision") -> None:
         self.sources = load_sources(policies)
-        self.engine = compile_engine(self.sources)
-        self.query = query
+        # The gateway's own engine, decided with as at start (offline: no time limit).
+        self.engine = EmbeddedEngine(self.sources, query, timeout_ms=60_000)
         spec_set = load_specs(specs) if specs else None
         self.tools: Mapping[str, ToolSpec] | None = spec_set.tools if spec_set else None
         self.spec_revision = spec_set.revision if spec_set else None
-
-    def decide(self, input_doc: Mapping[str, Any]) -> PolicyDecision:
-        try:
-            value = evaluate_json(self.engine, self.query, orjson.dumps(input_doc).decode())
-        except RuntimeError as exc:
-            return PolicyDecision.error(f"policy evaluation error: {error_location(str(exc))[2]}")
-        if value == UNDEFINED:
-            return PolicyDecision.error(f"{self.query} is undefined")
-        return PolicyDecision.parse(value)
 
 
 def recorded_action(record: Mapping[str, Any]) -> str | None:
@@ -131,9 +121,9 @@ def replay(paths: Sequence[Path], candidate: Candidate, on_bad: OnBad, *,
 
 
 def _wanted(record: Mapping[str, Any], tools: frozenset[str], tenants: frozenset[str]) -> bool:
-    principal = record.get("principal")
-    tenant = principal.get("tenant") if isinstance(principal, dict) else None
-    return (not tools or record.get("tool") in tools) and (not tenants or tenant in tenants)
+    fields = call_fields(record)
+    return ((not tools or fields["tool"] in tools)
+            and (not tenants or fields["tenant"] in tenants))
 
 
 def _one(out: Replay, candidate: Candidate, record: Mapping[str, Any], before: str) -> None:
@@ -147,10 +137,8 @@ def _one(out: Replay, candidate: Candidate, record: Mapping[str, Any], before: s
             out.tools_removed += 1
             _count(out, record, before, str(Action.DENY), ["tool_not_allowed"])
             return
-        input_doc["tool"] = {"name": spec.name, "tier": str(spec.tier),
-                             "scopes": list(spec.scopes), "upstream": spec.upstream,
-                             "mode": str(spec.mode)}
-    decision = candidate.decide(input_doc)
+        input_doc["tool"] = tool_input(spec)
+    decision = candidate.engine.decide_now(input_doc)
     _count(out, record, before, str(decision.action), list(decision.reasons))
 
 
