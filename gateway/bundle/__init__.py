@@ -11,11 +11,11 @@ started with, and its records carry that bundle's `revision`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.bundle.routes import RouteTable
-from gateway.bundle.specs import SpecSet, ToolSpec, load_specs
+from gateway.bundle.specs import SpecErrors, SpecSet, ToolSpec, load_specs
 from gateway.config import Settings
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import LoadError, LoadErrors
@@ -53,8 +53,13 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
     errors: list[LoadError] = []
     specs: SpecSet | None = None
     sources: PolicySources | None = None
+    tools: Iterable[ToolSpec] = ()     # what the probe asks about: the specs that loaded
     try:
         specs = load_specs(settings.tool_specs, settings.upstreams.keys())
+        tools = specs.tools.values()
+    except SpecErrors as exc:
+        errors += exc.errors
+        tools = exc.loaded.values()
     except LoadErrors as exc:
         errors += exc.errors
     try:
@@ -70,9 +75,9 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
             errors += exc.errors
     if specs is not None:
         errors += _credential_clashes(specs, settings)
-    if specs is not None and isinstance(engine, EmbeddedEngine):
+    if isinstance(engine, EmbeddedEngine):
         # A policy that compiles but can never decide would deny every call quietly.
-        errors += probe.problems(specs.tools.values(), engine.decide_now,
+        errors += probe.problems(tools, engine.decide_now,
                                  settings.policy.query,
                                  ", ".join(str(p) for p in settings.policies))
     if errors or specs is None or sources is None or engine is None:

@@ -190,8 +190,17 @@ def load_specs(paths: Iterable[Path], upstreams: Iterable[str] | None = None) ->
                 continue
             errors += _register(spec, doc, base, known=known, tools=tools, routes=routes)
     if errors:
-        raise LoadErrors(errors)
+        raise SpecErrors(errors, tools)
     return SpecSet(tools=tools, routes=routes, revision=digest.hexdigest()[:16])
+
+
+class SpecErrors(LoadErrors):
+    """The specs do not load; `loaded` are the tools that did, so the policy can still be
+    probed on them and one `check` reports every problem."""
+
+    def __init__(self, errors: list[LoadError], loaded: Mapping[str, ToolSpec]) -> None:
+        super().__init__(errors)
+        self.loaded = loaded
 
 
 def _register(spec: ToolSpec, doc: yamlfile.YamlDoc, base: tuple[int, ...], *,

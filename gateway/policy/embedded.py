@@ -118,8 +118,9 @@ class EmbeddedEngine:
         try:
             value = evaluate_json(self._engine, self._query, orjson.dumps(input_doc).decode())
         except RuntimeError as exc:
-            return PolicyDecision.error(
-                f"policy evaluation error: {error_location(str(exc))[2]}")
+            file, line, message = error_location(str(exc))
+            where = f" at {file}:{line}" if file is not None else ""
+            return PolicyDecision.error(f"policy evaluation error: {message}{where}")
         return (PolicyDecision.error(f"{self._query} is undefined")
                 if value == UNDEFINED else PolicyDecision.parse(value))
 

@@ -12,6 +12,7 @@ a malformed decision is reported with the tool and what went wrong.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from gateway.core.decision import PolicyDecision
 from gateway.core.errors import LoadError, ReasonCode
 from gateway.core.policy_input import tool_input
 
+_AT = re.compile(r" at (?P<file>\S+):(?P<line>\d+)$")
 PROBE_TIME = "2026-01-01T00:00:00.000000Z"
 _TYPED: dict[str, Any] = {"string": "probe", "integer": 1, "number": 1, "boolean": False,
                           "array": [], "object": {}, "null": None}
@@ -58,15 +60,31 @@ def problems(tools: Iterable[ToolSpec], decide: Callable[[Mapping[str, Any]], Po
     """What `decide` (the compiled policy) answers that is not a decision: one error per
     distinct problem, naming the tools it hits (`where`: the policies, for a problem every
     tool has)."""
+    return _report([(spec, _problem(decide(probe_input(spec)))) for spec in tools],
+                   query, where)
+
+
+def _problem(decision: PolicyDecision) -> str | None:
+    if decision.reasons[:1] != (str(ReasonCode.POLICY_ERROR),):
+        return None
+    return decision.reasons[1] if len(decision.reasons) > 1 else "policy_error"
+
+
+def _report(results: list[tuple[ToolSpec, str | None]], query: str,
+            where: str) -> list[LoadError]:
     hit: dict[str, list[ToolSpec]] = {}
-    for spec in tools:
-        decision = decide(probe_input(spec))
-        if decision.reasons[:1] == (str(ReasonCode.POLICY_ERROR),):
-            detail = decision.reasons[1] if len(decision.reasons) > 1 else "policy_error"
+    for spec, detail in results:
+        if detail is not None:
             hit.setdefault(detail, []).append(spec)
     found = []
     for detail, specs in hit.items():
-        if len(specs) == 1:
+        at = _AT.search(detail)
+        if at is not None:   # the engine named the line that failed: report it there
+            names = ", ".join(sorted(s.name for s in specs))
+            found.append(LoadError(at["file"], int(at["line"]),
+                                   f"{query} gives no decision on a probe call of {names}: "
+                                   f"{detail[:at.start()]}"))
+        elif len(specs) == 1:
             file, _, line = specs[0].source.rpartition(":")
             found.append(LoadError(file, int(line) if line.isdigit() else None,
                                    f"tool {specs[0].name!r}: {query} gives no decision on a "

@@ -41,8 +41,11 @@ def test_json_names_every_problem_with_its_place(tmp_path: Path,
     assert main(["check", "--config", str(config), "--offline", "--format", "json"], {}) == 1
     document = json.loads(capsys.readouterr().out)
     assert (document["ok"], document["offline"], document["summary"]) == (False, True, None)
-    files = {Path(p["file"]).name: p for p in document["problems"]}
-    assert files["get_order.yaml"]["line"] and "bogus_key" in files["get_order.yaml"]["message"]
+    # Both in one run: the spec error does not hide the policy's (probed on the 4 others).
+    spec_problem, policy_problem = document["problems"]
+    assert Path(spec_problem["file"]).name == "get_order.yaml"
+    assert spec_problem["line"] and "bogus_key" in spec_problem["message"]
+    assert "gives no decision on a probe call of 4 tools" in policy_problem["message"]
     spec.write_text(spec.read_text().replace("bogus_key: 1\n", ""))
     assert main(["check", "--config", str(config), "--offline", "--format", "json"], {}) == 1
     (problem,) = json.loads(capsys.readouterr().out)["problems"]

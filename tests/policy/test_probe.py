@@ -43,6 +43,22 @@ def test_a_policy_that_never_decides_does_not_load(tmp_path: Path, dev_key: DevK
     assert str(tmp_path / "candidate") in error
 
 
+@pytest.mark.parametrize(("body", "says"), [
+    ('decision := {"action": "allow", "reasons": [is_strng(input.tool.name)]}',
+     "could not find function is_strng"),
+    ('decision := {"action": "allow", "reasons": []} if {\n\tzzz == 1\n}',
+     "use of undefined variable `zzz` is unsafe"),
+])
+def test_an_evaluation_error_is_reported_at_its_line(tmp_path: Path, dev_key: DevKey,
+                                                      body: str, says: str) -> None:
+    rego = RULES + "# a comment\n\n" + body + "\n"
+    line = next(n for n, text in enumerate(rego.splitlines(), 1)
+                if "is_strng" in text or "zzz" in text)
+    (error,) = _errors(tmp_path, dev_key, rego)
+    assert error.startswith(f"{tmp_path / 'candidate' / 'p.rego'}:{line}: "), error
+    assert says in error
+
+
 def test_a_policy_broken_for_one_tool_names_it_at_its_spec(tmp_path: Path,
                                                            dev_key: DevKey) -> None:
     rego = RULES + ('decision := {"action": "deny", "reasons": ["x"]} '
