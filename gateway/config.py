@@ -148,8 +148,7 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
     errors += yamlfile.schema_errors(doc, raw, CONFIG_SCHEMA)
     policy = raw.get("policy")
     if isinstance(policy, dict) and policy.get("engine") == "opa":
-        errors.append(doc.error(("policy", "engine"), "policy.engine: 'opa' (an OPA server) "
-                                "is not available in this version; use 'embedded'"))
+        errors += _opa_problems(doc, policy)
     if isinstance(raw.get("audit", {}), dict):
         errors += [doc.error(path, message) for path, message in problems(raw.get("audit", {}))]
     for key in ("listen", "admin_listen"):
@@ -317,3 +316,14 @@ def _limits(raw: Mapping[str, Any]) -> Limits:
 def _budgets(raw: Mapping[str, Any]) -> BudgetSettings:
     return BudgetSettings(default=_limits(raw),
                           tenants={t: _limits(v) for t, v in raw.get("tenants", {}).items()})
+
+
+def _opa_problems(doc: yamlfile.YamlDoc, policy: dict[str, Any]) -> list[LoadError]:
+    from gateway.policy.opa import server_address  # noqa: PLC0415
+
+    if isinstance(policy.get("opa_url"), str):
+        try:
+            server_address(policy["opa_url"])
+        except ValueError as exc:
+            return [doc.error(("policy", "opa_url"), str(exc))]
+    return []

@@ -417,10 +417,14 @@ def test_kubernetes_service_link_variables_are_not_config(tmp_path: Path) -> Non
     assert settings.listen.port == 8080
 
 
-def test_opa_engine_is_refused_until_it_exists(tmp_path: Path) -> None:
+def test_the_opa_engine_needs_a_server_address(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    errors = load_errors(path, {"TOOLGATE_POLICY__ENGINE": "opa"})
-    assert any("policy.engine" in e.message and "not available" in e.message for e in errors)
+    settings = config.load(path, {"TOOLGATE_POLICY__ENGINE": "opa",
+                                  "TOOLGATE_POLICY__OPA_URL": "http://10.0.0.5:8181"})
+    assert (settings.policy.engine, settings.policy.opa_url) == ("opa", "http://10.0.0.5:8181")
+    [error] = load_errors(path, {"TOOLGATE_POLICY__ENGINE": "opa",
+                                 "TOOLGATE_POLICY__OPA_URL": "10.0.0.5:8181"})
+    assert "policy.opa_url must be http(s)://host:port" in error.message
 
 
 def test_connection_limits_have_safe_defaults(tmp_path: Path) -> None:

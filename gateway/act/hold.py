@@ -51,7 +51,7 @@ def held_call(ctx: CallContext, rt: Runtime, verdict: Verdict) -> Approval:
         # Only a call that carries a key its upstream dedups on may be sent again after a
         # crash mid-send; the key is forwarded exactly when the tool uses one.
         resend_safe=ctx.idempotency_key is not None, run_id=ctx.run_id,
-        revision=ctx.bundle.revision,
+        revision=(policy.revision or ctx.bundle.revision),
         spend=ctx.spend or {},
         # What no copy of the arguments outside the store may show (a notification's).
         redact=(*call.spec.pii_pointers, *policy.redact))

@@ -225,6 +225,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if audit_problem is not None:
         return web.json_response({"status": "unready", "audit": audit_problem}, status=503)
     bundle = rt.bundles.current
+    # An OPA server is ready when it answers the decision path with a decision.
+    policy_problems = await bundle.probe(rt.settings.policy.query, rt.settings.policy.opa_url)
+    if policy_problems:
+        return web.json_response({"status": "unready",
+                                  "policy": [str(p) for p in policy_problems[:10]]},
+                                 status=503)
     return web.json_response({"status": "ready", "policy_revision": bundle.revision,
                               "revisions": {"specs": bundle.spec_revision,
                                             "policies": bundle.policy_revision},

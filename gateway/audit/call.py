@@ -40,6 +40,8 @@ class CallAudit:
 
         A record that cannot even be rendered (a gateway bug: nothing reached a sink) does
         not count as tried, so the exit still writes the call's `internal_error` record."""
+        if record.get("policy_revision"):
+            self.base["policy_revision"] = record["policy_revision"]   # what decided
         try:
             self._log.write("decision", {**self.base, **record})
         except AuditUnavailable:

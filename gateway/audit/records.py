@@ -84,7 +84,9 @@ def decision(verdict: Verdict, *, revision: str, elapsed_s: float, redactor: Red
         "message": verdict.error.message if verdict.error is not None else None,
         "status": status,
         "reasons": list(verdict.reasons),
-        "policy_revision": revision,
+        # The revision that decided (OPA names its own per answer), else the bundle's.
+        "policy_revision": (ctx.decision.revision if ctx is not None and ctx.decision
+                            is not None and ctx.decision.revision else revision),
         "args_valid": _args_valid(verdict, ctx),
         **_arguments(ctx, pointers, redactor),
         "spend": dict(ctx.spend) if ctx is not None and ctx.spend is not None else None,

@@ -22,6 +22,7 @@ from gateway.core.errors import LoadError, LoadErrors
 from gateway.policy import probe
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.opa import OpaEngine
 from gateway.policy.sources import PolicySources, load_sources
 
 
@@ -29,26 +30,44 @@ from gateway.policy.sources import PolicySources, load_sources
 class Bundle:
     tools: Mapping[str, ToolSpec]
     routes: RouteTable[ToolSpec]
-    policies: PolicySources
+    policies: PolicySources | None      # None: the policies are an OPA server's
     engine: PolicyEngine
     spec_revision: str
-    policy_revision: str
+
+    @property
+    def policy_revision(self) -> str:
+        return self.engine.revision
 
     @property
     def revision(self) -> str:
-        """One revision over the specs and the policies (and their data)."""
+        """One revision over the specs and the policies (and their data); with OPA, the
+        revision of OPA's bundle (the specs' is `spec_revision`), which OPA may change."""
+        if self.policies is None:
+            return self.engine.revision
         return hashlib.sha256(f"{self.spec_revision}\0{self.policy_revision}".encode()
                               ).hexdigest()[:16]
+
+    def same_as(self, other: Bundle) -> bool:
+        return (self.spec_revision, self.revision) == (other.spec_revision, other.revision)
+
+    async def probe(self, query: str, where: str) -> list[LoadError]:
+        """Ask the engine for a decision on a probe call of every tool (an OPA server's
+        policies are checked where they run; the embedded ones were checked at load)."""
+        if self.policies is not None:
+            return []
+        return await probe.answers(self.tools.values(), self.engine.evaluate, query, where)
 
     async def close(self) -> None:
         await self.engine.close()
 
 
-def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
+def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK, *,
+                opa: OpaEngine | None = None) -> Bundle:
     """Load and compile specs and policies; `LoadErrors` lists every problem in both.
 
     The embedded engine is bound to the calling thread: call this on the thread that will
-    evaluate (the event loop's, when serving).
+    evaluate (the event loop's, when serving). With `policy.engine: opa` the policies are
+    the OPA server's: `opa` is the running engine to keep (a reload), else a new one.
     """
     errors: list[LoadError] = []
     specs: SpecSet | None = None
@@ -62,6 +81,15 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
         tools = exc.loaded.values()
     except LoadErrors as exc:
         errors += exc.errors
+    if settings.policy.engine == "opa":
+        if specs is not None:
+            errors += _credential_clashes(specs, settings)
+        if errors or specs is None:
+            raise LoadErrors(errors)
+        return Bundle(tools=specs.tools, routes=specs.routes, policies=None,
+                      engine=opa or OpaEngine(settings.policy.opa_url, settings.policy.query,
+                                              settings.policy.timeout_ms),
+                      spec_revision=specs.revision)
     try:
         sources = load_sources(settings.policies)
     except LoadErrors as exc:
@@ -83,7 +111,7 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Bundle:
     if errors or specs is None or sources is None or engine is None:
         raise LoadErrors(errors)
     return Bundle(tools=specs.tools, routes=specs.routes, policies=sources, engine=engine,
-                  spec_revision=specs.revision, policy_revision=sources.revision)
+                  spec_revision=specs.revision)
 
 
 def _credential_clashes(specs: SpecSet, settings: Settings) -> list[LoadError]:

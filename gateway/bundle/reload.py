@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.audit import records
 from gateway.bundle import BundleRef, load_bundle
 from gateway.core.errors import BundleInvalid, LoadErrors
+from gateway.policy.opa import OpaEngine
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -44,11 +45,14 @@ class Reloader:
             try:
                 # On the event loop's thread: the embedded engine is bound to it. Compiling
                 # blocks the loop for as long as it takes (tens of milliseconds).
-                new = load_bundle(self._settings, self._clock)
+                # An OPA server's policies are its own to reload; the engine stays.
+                new = load_bundle(self._settings, self._clock,
+                                  opa=old.engine if isinstance(old.engine, OpaEngine) else None)
             except LoadErrors as exc:
                 errors = [str(e) for e in exc.errors][:MAX_ERRORS]
             else:
-                errors = []
+                errors = [str(e) for e in await new.probe(
+                    self._settings.policy.query, self._settings.policy.opa_url)][:MAX_ERRORS]
             if errors:
                 self._audit.write("policy_reload", records.policy_reload(
                     "refused", trigger=trigger, previous=old, errors=errors, who=who))
@@ -56,7 +60,7 @@ class Reloader:
                           trigger, len(errors), old.revision)
                 raise BundleInvalid("the new bundle does not load; the old one keeps "
                                     "serving", errors=errors, policy_revision=old.revision)
-            event = "unchanged" if new.revision == old.revision else "accepted"
+            event = "unchanged" if new.same_as(old) else "accepted"
             try:
                 self._audit.write("policy_reload", records.policy_reload(
                     event, trigger=trigger, previous=old, new=new, who=who))
@@ -64,7 +68,8 @@ class Reloader:
                 await new.close()
                 raise
             if event == "unchanged":
-                await new.close()
+                if new.engine is not old.engine:
+                    await new.close()
             else:
                 self._bundles.swap(new)
                 log.info("reloaded (%s): revision %s replaces %s", trigger, new.revision,

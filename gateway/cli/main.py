@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.audit.log import AuditStartError
@@ -21,6 +23,9 @@ from gateway.core.errors import LoadError, LoadErrors
 from gateway.keys import KeyConfigError, load_keys
 from gateway.tracing import unavailable as tracing_unavailable
 from gateway.upstreams.client import CredentialError, read_credential
+
+if TYPE_CHECKING:
+    from gateway.bundle import Bundle
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,10 +147,19 @@ def check_all(settings: Settings, env: Mapping[str, str], *, offline: bool = Fal
     summary = ""
     try:
         bundle = load_bundle(settings)
-        summary = (f"{len(bundle.tools)} tools, {len(bundle.policies.modules)} policy modules "
-                   f"(revision {bundle.revision})")
     except LoadErrors as exc:
         problems += exc.errors
+    else:
+        if bundle.policies is not None:
+            summary = (f"{len(bundle.tools)} tools, {len(bundle.policies.modules)} policy "
+                       f"modules (revision {bundle.revision})")
+        elif offline:
+            summary = (f"{len(bundle.tools)} tools; policies at OPA {settings.policy.opa_url}"
+                       " (not asked offline)")
+        else:
+            problems += asyncio.run(_ask_opa(bundle, settings))
+            summary = (f"{len(bundle.tools)} tools; policies at OPA {settings.policy.opa_url}"
+                       f" (revision {bundle.revision})")
     problem = tracing_unavailable(settings.tracing)
     if problem is not None:
         problems.append(problem)
@@ -161,6 +175,14 @@ def check_all(settings: Settings, env: Mapping[str, str], *, offline: bool = Fal
         except (KeyConfigError, AuditKeyError, CredentialError) as exc:
             problems.append(LoadError(str(config or settings.base_dir), None, str(exc)))
     return problems, summary
+
+
+async def _ask_opa(bundle: Bundle, settings: Settings) -> list[LoadError]:
+    """OPA's answer to a probe call of every tool: the policies it serves can decide."""
+    try:
+        return await bundle.probe(settings.policy.query, settings.policy.opa_url)
+    finally:
+        await bundle.close()
 
 
 def _check(config: Path, env: Mapping[str, str], *, offline: bool, as_json: bool) -> int:

@@ -9,7 +9,7 @@ the one place that says which act follows from which facts (the shadow rule incl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -35,6 +35,9 @@ class PolicyDecision:
     approver_roles: tuple[str, ...] = ()
     ttl_seconds: int | None = None
     redact: tuple[str, ...] = ()
+    # The policy revision that answered, when the engine reports one per answer (OPA's
+    # bundle revision); None: the bundle's own revision.
+    revision: str | None = field(default=None, compare=False)
 
     @classmethod
     def error(cls, detail: str) -> PolicyDecision:

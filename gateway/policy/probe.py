@@ -12,13 +12,14 @@ a malformed decision is reported with the tool and what went wrong.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.bundle.specs import ToolSpec
 from gateway.core.decision import PolicyDecision
-from gateway.core.errors import LoadError, ReasonCode
+from gateway.core.errors import LoadError, PolicyUnavailable, ReasonCode
 from gateway.core.policy_input import tool_input
 
 _AT = re.compile(r" at (?P<file>\S+):(?P<line>\d+)$")
@@ -62,6 +63,21 @@ def problems(tools: Iterable[ToolSpec], decide: Callable[[Mapping[str, Any]], Po
     tool has)."""
     return _report([(spec, _problem(decide(probe_input(spec)))) for spec in tools],
                    query, where)
+
+
+async def answers(tools: Iterable[ToolSpec],
+                  evaluate: Callable[[Mapping[str, Any]], Awaitable[PolicyDecision]],
+                  query: str, where: str) -> list[LoadError]:
+    """`problems` for an engine that answers over the network (OPA): every tool is asked
+    at once, and an engine that does not answer is a problem too."""
+    async def ask(spec: ToolSpec) -> str | None:
+        try:
+            return _problem(await evaluate(probe_input(spec)))
+        except PolicyUnavailable as exc:
+            return exc.message
+    specs = list(tools)
+    found = await asyncio.gather(*(ask(spec) for spec in specs))
+    return _report(list(zip(specs, found, strict=True)), query, where)
 
 
 def _problem(decision: PolicyDecision) -> str | None:
