@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.harness import STARTED, UPSTREAM_SECRET, Gateway, Upstream, running
+from tests.e2e.harness import ENGINE, STARTED, UPSTREAM_SECRET, Gateway, Upstream, running
+from tests.e2e.opa import ENGINES
 from tests.e2e.profiles import default_gateway
 
 HERE = Path(__file__).resolve().parent
@@ -18,8 +19,39 @@ ALL_SCOPES = ["crm:read", "orders:read", "support:write", "billing:refund", "pay
               "echo:read", "echo:write"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_engine: about local policy files or the engines "
+                            "themselves (it picks its own): run once, not once per engine")
+
+
+@pytest.fixture(scope="session", params=ENGINES, autouse=True)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The whole end-to-end suite runs once per policy engine: every gateway a test starts
+    asks the embedded engine, then an OPA server (the real OPA engine, `tests/opa_server.py`)
+    loaded with the same policy files."""
+    ENGINE["name"] = request.param
+    yield request.param
+    ENGINE["name"] = "embedded"
+    for gw in STARTED:
+        if gw.opa is not None:
+            gw.opa.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`one_engine` tests run once: their `engine=opa` copy is deselected."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        opa = callspec is not None and callspec.params.get("engine") == "opa"
+        (drop if opa and item.get_closest_marker("one_engine") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
-def upstream() -> Iterator[Upstream]:
+def upstream(engine: str) -> Iterator[Upstream]:
+    """One per engine: what a test asserts the upstream saw is from its own run."""
     server = Upstream()
     server.start()
     yield server
@@ -28,9 +60,9 @@ def upstream() -> Iterator[Upstream]:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, dev_key: DevKey,
-            upstream: Upstream) -> Iterator[Gateway]:
+            upstream: Upstream, engine: str) -> Iterator[Gateway]:
     """The shipped tool specs and policies, plus the test tools in tests/e2e/specs."""
-    gw = default_gateway(tmp_path_factory.mktemp("gateway"), dev_key, upstream)
+    gw = default_gateway(tmp_path_factory.mktemp(f"gateway-{engine}"), dev_key, upstream)
     with running(gw):
         yield gw
 

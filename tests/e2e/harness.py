@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -30,16 +29,15 @@ from multidict import CIMultiDict
 
 from gateway.audit.files import family
 from gateway.devtokens import DevKey
+from tests.e2e.net import Reply, free_port, request
+from tests.e2e.opa import OpaServer
 
 UPSTREAM_SECRET = "upstream-secret-9f8e7d6c5b4a"
+# The policy engine of the gateways the suite starts now: `tests/e2e/conftest.py` runs the
+# suite once per engine (`embedded`, and `opa` where the real OPA engine is installed).
+ENGINE = {"name": "embedded"}
 # Every gateway the suite started: at the end, every byte each wrote is searched for secrets.
 STARTED: list[Gateway] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -195,46 +193,6 @@ class FaultyUpstream:
         self._sock.close()
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    raw: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def code(self) -> str | None:
-        body = self.json
-        return body.get("error", {}).get("code") if isinstance(body, dict) else None
-
-    @property
-    def request_id(self) -> str:
-        return str(self.headers["X-Request-Id"])
-
-
-def request(port: int, method: str, path: str, *, token: str | None = None,
-            body: Any = None, raw_body: bytes | None = None,
-            headers: Mapping[str, str] | None = None, timeout: float = 10) -> Reply:
-    """One HTTP request with the path sent exactly as given (no client-side normalizing)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    hdrs = dict(headers or {})
-    if token is not None:
-        hdrs["Authorization"] = f"Bearer {token}"
-    data = raw_body if raw_body is not None else (
-        json.dumps(body).encode() if body is not None else None)
-    if data is not None:
-        hdrs.setdefault("Content-Type", "application/json")
-    try:
-        conn.request(method, path, body=data, headers=hdrs)
-        resp = conn.getresponse()
-        return Reply(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
-
-
 def toolgate_command() -> list[str]:
     """The console script installed next to this interpreter, as the README runs it."""
     script = Path(sys.executable).parent / "toolgate"
@@ -260,6 +218,9 @@ class Gateway:
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_upstreams: Mapping[str, str] = field(default_factory=dict)
+    # The policy engine: the suite's current one (`ENGINE`), set by tests/e2e/conftest.py.
+    engine: str = field(default_factory=lambda: ENGINE["name"])
+    opa: OpaServer | None = None
 
     @property
     def audit_file(self) -> Path:
@@ -291,12 +252,21 @@ class Gateway:
             config["upstreams"][name] = {"url": url}
         for key, value in self.extra.items():
             config[key] = value
+        if self.engine == "opa":
+            # The same policy files, served by the real OPA engine; a generous timeout, so
+            # a busy CI machine is not mistaken for an OPA that does not answer.
+            url = self.opa.url if self.opa is not None else f"http://127.0.0.1:{closed_port()}"
+            config["policy"] = {"timeout_ms": 2000, **config.get("policy", {}),
+                                "engine": "opa", "opa_url": url}
         return config
 
     def start(self) -> None:
         STARTED.append(self)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.key.save(self.directory / "keys")
+        if self.engine == "opa" and (self.opa is None or not self.opa.running):
+            self.opa = OpaServer(self.policies, self.directory / "opa.log")
+            self.opa.start()
         config = self.directory / "toolgate.yaml"
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLGATE_")}
@@ -320,14 +290,19 @@ class Gateway:
         raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
 
     def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM; then its OPA server, if any, stops too (`start` starts another)."""
         try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else 0
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(5)
+        finally:
+            if self.opa is not None:
+                self.opa.stop()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers, no flushing — a crash."""

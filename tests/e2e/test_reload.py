@@ -1,6 +1,7 @@
 """Hot reload of a real gateway: SIGHUP and `POST /v1/policy/reload` serve a changed
 policy from the next call on, refuse a broken one (the old keeps answering), and record
-every reload; the endpoint needs the approver scope."""
+every reload; the endpoint needs the approver scope. The policy files are the gateway's
+own, so these run on the embedded engine (reloads beside OPA: tests/e2e/test_opa.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.e2e.approvals_support import admin, approver, wait_for
 from tests.e2e.harness import Gateway, Upstream, running
 from tests.e2e.profiles import SHIPPED_POLICIES, SHIPPED_SPECS
 
+pytestmark = pytest.mark.one_engine
+
 REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
           "reason": "damaged", "amount": 150}
 
@@ -25,7 +28,7 @@ def gw(tmp_path: Path, dev_key: DevKey, upstream: Upstream) -> Iterator[tuple[Ga
     policies = tmp_path / "policies"
     shutil.copytree(SHIPPED_POLICIES, policies)
     gateway = Gateway(tmp_path / "gw", dev_key, upstream.url, tool_specs=[SHIPPED_SPECS],
-                      policies=[policies])
+                      policies=[policies], engine="embedded")
     with running(gateway):
         yield gateway, policies
 
@@ -85,3 +88,4 @@ def test_the_reload_endpoint_needs_the_approver_scope(gw: tuple[Gateway, Path], 
     assert "broken.rego" in refused.json["error"]["errors"][0]
     events = [(r["event"], (r["actor"] or {}).get("sub")) for r in _reloads(gateway)]
     assert events == [("unchanged", "alice"), ("accepted", "alice"), ("refused", "alice")]
+
