@@ -74,6 +74,7 @@ class PolicySettings:
     query: str = "data.toolgate.decision"
     opa_url: str = "http://127.0.0.1:8181"
     timeout_ms: int = 100
+    watch_ms: int = 0          # > 0: reload when the spec or policy files change
 
 
 @dataclass(frozen=True)

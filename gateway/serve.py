@@ -32,6 +32,7 @@ from aiohttp.web_request import BaseRequest
 from gateway import open_files
 from gateway.act.handle import refuse
 from gateway.app import build_apps
+from gateway.bundle import watch as bundle_watch
 from gateway.bundle.reload import Reloader
 from gateway.config import Settings
 from gateway.core.call import Entrance, RequestFacts
@@ -86,6 +87,7 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
                              shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
     listeners: list[Listener] = []
     watch: asyncio.Task[None] | None = None
+    files: asyncio.Task[None] | None = None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +112,10 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
         for listener in listeners:
             await listener.start()
         watch = asyncio.create_task(open_files.watch(), name="open-files")
+        if settings.policy.watch_ms:
+            files = asyncio.create_task(bundle_watch.watch(
+                app[RUNTIME].reloader, [*settings.tool_specs, *settings.policies],
+                settings.policy.watch_ms / 1000), name="bundle-watch")
         log.info("toolgate listening on http://%s (admin http://%s), audit log %s",
                  settings.listen, settings.admin_listen,
                  settings.audit.file or "stdout")
@@ -117,6 +123,7 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             ready.set()
         await stop.wait()
     finally:
+        await stop_task(files)
         await stop_task(watch)
         for listener in listeners:
             await listener.stop()

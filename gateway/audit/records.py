@@ -238,7 +238,7 @@ def policy_reload(event: str, *, trigger: str, previous: Bundle,
                   new: Bundle | None = None, errors: list[str] | None = None,
                   who: Principal | None = None) -> dict[str, Any]:
     """A reload of the bundle (`accepted`, `unchanged` or `refused`), what it replaced with
-    what, and who asked (`trigger`: api or sighup)."""
+    what, and who asked (`trigger`: api, sighup or watch)."""
     return {"decision_id": None, "event": event, "trigger": trigger,
             "code": str(ReasonCode.BUNDLE_INVALID) if event == "refused" else None,
             "actor": actor(who) if who is not None else None,

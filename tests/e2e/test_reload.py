@@ -89,3 +89,25 @@ def test_the_reload_endpoint_needs_the_approver_scope(gw: tuple[Gateway, Path], 
     events = [(r["event"], (r["actor"] or {}).get("sub")) for r in _reloads(gateway)]
     assert events == [("unchanged", "alice"), ("accepted", "alice"), ("refused", "alice")]
 
+
+def test_the_file_watch_reloads_a_change_and_refuses_a_broken_one(
+        tmp_path: Path, dev_key: DevKey, upstream: Upstream, token: str) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, policies)
+    gateway = Gateway(tmp_path / "gw", dev_key, upstream.url, tool_specs=[SHIPPED_SPECS],
+                      policies=[policies], engine="embedded",
+                      extra={"policy": {"watch_ms": 100}})
+    with running(gateway):
+        assert _refund(gateway, token, "w-a") == "allow"
+        _stricter(policies)
+        (accepted,) = wait_for(lambda: _reloads(gateway) or None, what="a reload record")
+        assert (accepted["event"], accepted["trigger"]) == ("accepted", "watch")
+        assert _refund(gateway, token, "w-b") == "require_approval"
+        (policies / "broken.rego").write_text("package toolgate\n\ndecision := {\n")
+        refused = wait_for(lambda: _reloads(gateway)[1:] or None, what="a refused reload")[0]
+        assert (refused["event"], refused["trigger"]) == ("refused", "watch")
+        assert refused["policy_revision"] == accepted["policy_revision"]
+        assert _refund(gateway, token, "w-c") == "require_approval"
+        (policies / "broken.rego").unlink()
+        mended = wait_for(lambda: _reloads(gateway)[2:] or None, what="a third reload")[0]
+        assert (mended["event"], mended["trigger"]) == ("unchanged", "watch")
