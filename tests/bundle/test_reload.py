@@ -62,23 +62,30 @@ async def test_a_changed_policy_decides_the_next_call(live: tuple[Runtime, Path]
                                                        rt.bundles.current.revision]
 
 
-@pytest.mark.parametrize("broken", [
-    "package toolgate\n\ndecision := {\n",                             # a syntax error
-    "package other\n\nimport rego.v1\n\nx := 1\n",                     # compiles, but
+RULES = "package toolgate\n\nimport rego.v1\n\n"
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    ("package toolgate\n\ndecision := {\n",
+     "toolgate.rego:4: expecting expression"),                             # a syntax error
+    ("package other\n\nimport rego.v1\n\nx := 1\n",
+     "not a valid rule path"),                                             # the wrong package
+    (RULES + 'decision := {"action": "allow", "reasons": [is_strng(input.tool.name)]}\n',
+     "toolgate.rego:5"),                                                   # unknown function
+    (RULES + 'decision := {"action": "allow", "reasons": "ok"}\n',
+     "reasons must be a list of strings"),                                 # the wrong shape
+    (RULES + 'decision := {"action": "allow", "reasons": []} if input.nothing\n',
+     "is undefined"),                                                      # never holds
 ])
 async def test_a_broken_policy_is_refused_and_the_old_one_keeps_serving(
-        live: tuple[Runtime, Path], agent_token: str, broken: str) -> None:
+        live: tuple[Runtime, Path], agent_token: str, broken: str, says: str) -> None:
     rt, policies = live
     old = rt.bundles.current
-    if broken.startswith("package other"):   # the decision rule is gone: never decides
-        (policies / "toolgate.rego").write_text(broken)
-    else:
-        (policies / "broken.rego").write_text(broken)
+    (policies / "toolgate.rego").write_text(broken)   # the shipped decision rule is gone
     with pytest.raises(BundleInvalid) as info:
         await rt.reloader.reload("sighup")
     assert info.value.status == 422 and info.value.extra["errors"]
-    assert "no decision on a probe call" in info.value.extra["errors"][0] \
-        or "broken.rego" in info.value.extra["errors"][0]
+    assert says in info.value.extra["errors"][0], info.value.extra["errors"]
     assert rt.bundles.current is old
     assert await _refund(rt, agent_token, 150, "c") == "allow"
     (reload,) = [r for r in records(rt) if r["kind"] == "policy_reload"]

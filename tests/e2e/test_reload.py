@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from gateway.devtokens import DevKey
 from tests.e2e.approvals_support import admin, approver, wait_for
 from tests.e2e.harness import Gateway, Upstream, running
+from tests.e2e.profiles import HERE as E2E
 from tests.e2e.profiles import SHIPPED_POLICIES, SHIPPED_SPECS
 
 pytestmark = pytest.mark.one_engine
@@ -111,3 +113,29 @@ def test_the_file_watch_reloads_a_change_and_refuses_a_broken_one(
         (policies / "broken.rego").unlink()
         mended = wait_for(lambda: _reloads(gateway)[2:] or None, what="a third reload")[0]
         assert (mended["event"], mended["trigger"]) == ("unchanged", "watch")
+
+
+def test_a_call_in_flight_finishes_on_the_bundle_it_started_with(
+        tmp_path: Path, dev_key: DevKey, upstream: Upstream, token: str) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, policies)
+    gateway = Gateway(tmp_path / "gw", dev_key, upstream.url,
+                      tool_specs=[SHIPPED_SPECS, E2E / "specs"], policies=[policies],
+                      engine="embedded")
+    with running(gateway), ThreadPoolExecutor(1) as pool:
+        before = admin(gateway, "GET", "/readyz", None).json["policy_revision"]
+        gate = upstream.gate("reload-in-flight")
+        slow = pool.submit(gateway.call, "GET", "/echo/slow", token=token,
+                           headers={"X-Gate": "reload-in-flight"})
+        gate.wait_arrived()
+        _stricter(policies)
+        reloaded = admin(gateway, "POST", "/v1/policy/reload", approver(dev_key, "alice"))
+        assert reloaded.json["status"] == "reloaded"
+        assert _refund(gateway, token, "in-flight-next") == "require_approval"
+        gate.open()
+        answer = slow.result(timeout=15)
+        assert answer.status == 200, answer.raw
+        in_flight = gateway.records_for(answer.request_id)
+        assert [r["kind"] for r in in_flight] == ["decision", "outcome"]
+        assert {r["policy_revision"] for r in in_flight} == {before}
+        assert reloaded.json["policy_revision"] != before
