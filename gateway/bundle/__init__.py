@@ -109,6 +109,9 @@ def load_bundle(settings: Settings, clock: Clock = SYSTEM_CLOCK, *,
                                  settings.policy.query,
                                  ", ".join(str(p) for p in settings.policies))
     if errors or specs is None or sources is None or engine is None:
+        # Dropped here, on the thread that built it: the traceback keeps this frame, and a
+        # regorus engine that a garbage collection on another thread frees is leaked.
+        engine = None
         raise LoadErrors(errors)
     return Bundle(tools=specs.tools, routes=specs.routes, policies=sources, engine=engine,
                   spec_revision=specs.revision)

@@ -3,7 +3,9 @@ reload alike), found by evaluating the decision rule on a probe call of every to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 import pytest
 
@@ -79,3 +81,24 @@ def test_the_probe_looks_like_a_real_call(tmp_path: Path, dev_key: DevKey) -> No
     assert set(probe["args"]) >= {"tenant_id", "order_id", "currency", "amount"}
     assert probe["principal"]["scopes"] == ["billing:refund"]
     assert 0 <= probe["request"]["bucket"] <= 99
+
+
+def test_a_bundle_that_does_not_load_drops_its_engine_at_once(tmp_path: Path,
+                                                              dev_key: DevKey) -> None:
+    """The refused bundle's compiled engine is freed on the thread that built it, not left
+    in the traceback for a garbage collection on another thread (which pyo3 reports)."""
+    policies = tmp_path / "candidate"
+    policies.mkdir()
+    (policies / "p.rego").write_text(RULES + 'decision := {"action": "maybe", "reasons": []}\n')
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9", policies=[str(policies)])
+    with pytest.raises(LoadErrors) as info:
+        load_bundle(settings)
+    frames = [tb.tb_frame for tb in _walk(info.value.__traceback__)]
+    [loading] = [f for f in frames if f.f_code.co_name == "load_bundle"]
+    assert loading.f_locals["engine"] is None
+
+
+def _walk(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
