@@ -6,8 +6,10 @@ of it — `POST /v1/data/<path>` with `{"input": …}`, `?provenance=true`, `GET
 loaded with the same policy files the gateway would compile, as one bundle named `toolgate`
 whose revision is given on the command line. The answers are the engine's own: a decision,
 no `result` when the document is undefined, HTTP 500 with OPA's error body when evaluation
-fails. So the `opa` engine is tested against what OPA computes, and only the HTTP framing
-is ours.
+fails. The library treats a failing builtin as an error, which is what the gateway asks a
+real OPA for (`strict-builtin-errors=true`); the server insists on that parameter, so a
+gateway that forgot it would fail here. So the `opa` engine is tested against what OPA
+computes, and only the HTTP framing is ours.
 
 A test can make it misbehave through `/_test/*`: answer late (`delay_ms`), answer with a
 status of its choosing (`status`), or report another bundle revision (`revision`).
@@ -48,6 +50,10 @@ async def data(request: web.Request) -> web.Response:
     if state["status"] != 200:
         return web.json_response({"code": "test_failure", "message": "told to fail"},
                                  status=state["status"])
+    if request.query.get("strict-builtin-errors", "").lower() != "true":
+        return web.json_response({"code": "test_failure", "message": "this server is strict "
+                                  "about builtin errors: ask with strict-builtin-errors=true"},
+                                 status=400)
     body: Any = await request.json()
     path = request.match_info["path"].strip("/").replace("/", ".")
     answer: dict[str, Any] = {}

@@ -35,6 +35,8 @@ from gateway.state.killswitch import KillSwitch, check_scope
 
 MAX_LIST = 500
 MAX_TEXT = 2000
+# /readyz asks OPA at most this often, however often it is probed.
+READY_PROBE_MAX_AGE_S = 1.0
 
 
 # The admin app reads the gateway app's runtime (built in the gateway app's cleanup context).
@@ -226,7 +228,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "unready", "audit": audit_problem}, status=503)
     bundle = rt.bundles.current
     # An OPA server is ready when it answers the decision path with a decision.
-    policy_problems = await bundle.probe(rt.settings.policy.query, rt.settings.policy.opa_url)
+    policy_problems = await bundle.probe(rt.settings.policy.query, rt.settings.policy.opa_url,
+                                         max_age_s=READY_PROBE_MAX_AGE_S)
     if policy_problems:
         return web.json_response({"status": "unready",
                                   "policy": [str(p) for p in policy_problems[:10]]},

@@ -11,8 +11,9 @@ started with, and its records carry that bundle's `revision`.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.bundle.routes import RouteTable
 from gateway.bundle.specs import SpecErrors, SpecSet, ToolSpec, load_specs
@@ -33,6 +34,8 @@ class Bundle:
     policies: PolicySources | None      # None: the policies are an OPA server's
     engine: PolicyEngine
     spec_revision: str
+    _probed: list[tuple[float, list[LoadError]]] = field(
+        default_factory=list, compare=False, repr=False)   # the last probe, and when
 
     @property
     def policy_revision(self) -> str:
@@ -50,12 +53,19 @@ class Bundle:
     def same_as(self, other: Bundle) -> bool:
         return (self.spec_revision, self.revision) == (other.spec_revision, other.revision)
 
-    async def probe(self, query: str, where: str) -> list[LoadError]:
+    async def probe(self, query: str, where: str, *, max_age_s: float = 0.0) -> list[LoadError]:
         """Ask the engine for a decision on a probe call of every tool (an OPA server's
-        policies are checked where they run; the embedded ones were checked at load)."""
+        policies are checked where they run; the embedded ones were checked at load).
+        `max_age_s`: an answer that recent will do (`/readyz` is unauthenticated, and each
+        probe is one request to OPA per tool)."""
         if self.policies is not None:
             return []
-        return await probe.answers(self.tools.values(), self.engine.evaluate, query, where)
+        now = time.monotonic()
+        if self._probed and now - self._probed[0][0] < max_age_s:
+            return self._probed[0][1]
+        found = await probe.answers(self.tools.values(), self.engine.evaluate, query, where)
+        self._probed[:] = [(time.monotonic(), found)]
+        return found
 
     async def close(self) -> None:
         await self.engine.close()

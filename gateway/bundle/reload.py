@@ -65,7 +65,8 @@ class Reloader:
                 self._audit.write("policy_reload", records.policy_reload(
                     event, trigger=trigger, previous=old, new=new, who=who))
             except Exception:
-                await new.close()
+                if new.engine is not old.engine:   # an OPA engine is shared: it serves on
+                    await new.close()
                 raise
             if event == "unchanged":
                 if new.engine is not old.engine:

@@ -84,10 +84,10 @@ def test_beside_a_real_opa_check_probes_every_tool(tmp_path: Path,
     broken.mkdir()
     (broken / "p.rego").write_text("package toolgat\n\ndecision := 1\n")   # the wrong package
     bad = OpaServer([broken], tmp_path / "opa-bad.log")
-    good.start()
-    bad.start()
     env = {"BILLING_TOKEN": "t", "CRM_TOKEN": "t", "HR_TOKEN": "t"}
     try:
+        good.start()
+        bad.start()
         assert main(["check", "--config", str(_beside_opa(tmp_path / "a", good.url))], env) == 0
         assert "(revision r7)" in capsys.readouterr().out
         assert main(["check", "--config", str(_beside_opa(tmp_path / "b", bad.url))], env) == 1

@@ -47,6 +47,7 @@ class OpaServer:
                 if request(self.port, "GET", "/health", timeout=2).status == 200:
                     return
             time.sleep(0.05)
+        self.stop()
         raise RuntimeError("the OPA test server did not start")
 
     @property

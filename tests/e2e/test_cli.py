@@ -1,5 +1,5 @@
 """The `toolgate` command as a user runs it: check, policy test, keys/token, serve errors,
-and the demo."""
+and the demo. These run on the shipped embedded config, so once (`one_engine`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.harness import toolgate_command
+
+pytestmark = pytest.mark.one_engine
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.devtokens import DevKey
-from tests.e2e.approvals_support import admin, approver
-from tests.e2e.harness import Gateway, Upstream, request, running
+from tests.e2e.approvals_support import admin, approver, wait_for
+from tests.e2e.harness import Gateway, Reply, Upstream, request, running
 from tests.e2e.opa import HAVE_OPA
 from tests.e2e.profiles import SHIPPED_POLICIES, SHIPPED_SPECS
 
@@ -29,7 +29,7 @@ REFUND = {"tenant_id": "acme", "order_id": "ord_1234", "currency": "USD",
 def gw(tmp_path: Path, dev_key: DevKey, upstream: Upstream) -> Iterator[Gateway]:
     gateway = Gateway(tmp_path, dev_key, upstream.url, tool_specs=[SHIPPED_SPECS],
                       policies=[SHIPPED_POLICIES], engine="opa",
-                      extra={"policy": {"timeout_ms": 300}})
+                      extra={"policy": {"timeout_ms": 1000}})
     with running(gateway):
         yield gateway
 
@@ -42,6 +42,12 @@ def _opa(gw: Gateway) -> Gateway:
 def _decision(gw: Gateway, request_id: str) -> dict[str, object]:
     [record] = [r for r in gw.records_for(request_id) if r["kind"] == "decision"]
     return record
+
+
+def _unready(gw: Gateway) -> Reply:
+    """/readyz turns 503 (it asks OPA at most once a second, so not at once)."""
+    return wait_for(lambda: (r := request(gw.admin_port, "GET", "/readyz")).status == 503
+                    and r, what="an unready /readyz")
 
 
 def _unavailable(gw: Gateway, upstream: Upstream, token: str) -> None:
@@ -62,8 +68,7 @@ def test_opa_down_is_503_and_unready_until_it_is_back(gw: Gateway, upstream: Ups
     assert gw.call("GET", ORDER, token=token).status == 200
     opa.stop()
     _unavailable(gw, upstream, token)
-    ready = request(gw.admin_port, "GET", "/readyz")
-    assert ready.status == 503
+    ready = _unready(gw)
     assert any("cannot be reached" in p for p in ready.json["policy"]), ready.json
     opa.start()
     gw.wait_ready()
@@ -73,9 +78,9 @@ def test_opa_down_is_503_and_unready_until_it_is_back(gw: Gateway, upstream: Ups
 def test_opa_too_slow_is_503(gw: Gateway, upstream: Upstream, token: str) -> None:
     opa = _opa(gw).opa
     assert opa is not None
-    opa.set(delay_ms=2000)      # the gateway waits 300 ms
+    opa.set(delay_ms=5000)      # the gateway waits 1000 ms
     _unavailable(gw, upstream, token)
-    assert request(gw.admin_port, "GET", "/readyz").status == 503
+    _unready(gw)
     opa.set(delay_ms=0)
     gw.wait_ready()
     assert gw.call("GET", ORDER, token=token).status == 200
@@ -106,9 +111,10 @@ def test_the_revision_is_the_one_opa_names(gw: Gateway, token: str) -> None:
     assert held.status == 202, held.raw
     records = gw.records_for(held.request_id)
     assert {r["policy_revision"] for r in records} == {"bundle-r2"}
-    ready = request(gw.admin_port, "GET", "/readyz")
-    assert (ready.json["policy_revision"], ready.json["revisions"]["policies"]) == (
-        "bundle-r2", "bundle-r2")
+    # /readyz asks OPA at most once a second: it shows the new revision from then on.
+    ready = wait_for(lambda: (r := request(gw.admin_port, "GET", "/readyz")).json[
+        "policy_revision"] == "bundle-r2" and r, what="/readyz showing bundle-r2")
+    assert ready.json["revisions"]["policies"] == "bundle-r2"
 
 
 def test_reload_beside_opa_probes_opa(gw: Gateway, dev_key: DevKey, token: str) -> None:

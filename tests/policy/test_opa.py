@@ -74,8 +74,15 @@ async def test_a_decision_with_the_revision_opa_names(opa: tuple[Opa, str],
     assert (decision.action, decision.reasons, decision.revision) == (
         Action.ALLOW, ("green_tier: fine",), "git-3f2a")
     assert engine.revision == "git-3f2a"
-    assert server.asked == [("/v1/data/toolgate/decision", {"provenance": "true"},
+    assert server.asked == [("/v1/data/toolgate/decision",
+                             {"provenance": "true", "strict-builtin-errors": "true"},
                              {"input": {"tool": {"name": "get_order"}}})]
+
+
+async def test_the_input_is_sent_as_the_embedded_engine_sees_it(opa: tuple[Opa, str],
+                                                                engine: OpaEngine) -> None:
+    await engine.evaluate({"principal": {"claims": {"score": float("nan")}}})
+    assert opa[0].asked[0][2] == {"input": {"principal": {"claims": {"score": None}}}}
 
 
 async def test_calls_share_one_kept_alive_connection(opa: tuple[Opa, str],
@@ -102,16 +109,21 @@ async def test_what_is_not_a_decision_is_a_policy_error(opa: tuple[Opa, str], en
     assert says in decision.reasons[1]
 
 
-async def test_an_evaluation_error_in_opa_is_a_policy_error(opa: tuple[Opa, str],
-                                                            engine: OpaEngine) -> None:
+@pytest.mark.parametrize(("status", "message"), [
+    (500, "eval_conflict_error: complete rules must not produce multiple outputs"),
+    (500, "eval_builtin_error: to_number: invalid syntax"),   # strict-builtin-errors
+    (400, "invalid input: unexpected character"),
+])
+async def test_an_error_from_opa_is_a_policy_error_with_its_message(
+        opa: tuple[Opa, str], engine: OpaEngine, status: int, message: str) -> None:
+    """OPA answered: an allow under fail_open must not come of it, so it is no 503."""
     async def reply(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"code": "internal_error", "message": "eval_conflict_error: "
-                                  "complete rules must not produce multiple outputs"},
-                                 status=500)
+        return web.json_response({"code": "internal_error", "message": message},
+                                 status=status)
     opa[0].reply = reply
     decision = await engine.evaluate({})
-    assert decision.action is Action.DENY
-    assert decision.reasons[0] == "policy_error" and "OPA evaluation error" in decision.reasons[1]
+    assert decision.action is Action.DENY and decision.reasons[0] == "policy_error"
+    assert decision.reasons[1] == f"OPA error (HTTP {status}): {message}"
 
 
 async def _late(request: web.Request) -> web.StreamResponse:
@@ -135,9 +147,24 @@ async def _list(request: web.Request) -> web.StreamResponse:
     return web.json_response([DECISION])
 
 
+async def _redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/v1/data/elsewhere")
+
+
+async def _missing(request: web.Request) -> web.StreamResponse:
+    return web.json_response({}, status=404)
+
+
+async def _deep(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
+
+
 @pytest.mark.parametrize(("reply", "says"), [
     (_late, "did not answer within 300 ms"),
     (_status, "answered HTTP 502"),
+    (_redirect, "answered HTTP 307"),     # not followed: the input goes nowhere else
+    (_missing, "answered HTTP 404"),
+    (_deep, "not a Data API response"),
     (_html, "not a Data API response"),
     (_not_json, "not a Data API response"),
     (_list, "not a Data API response"),
@@ -176,7 +203,7 @@ def test_the_decision_path_and_the_server_address() -> None:
     assert server_address("http://127.0.0.1:8181") == (False, "127.0.0.1", 8181)
     assert server_address("https://opa.internal") == (True, "opa.internal", 443)
     for url in ("ftp://opa:1", "http://opa:8181/v1/data", "http://u:p@opa:8181",
-                "http://opa:8181?x=1", "opa:8181"):
+                "http://:p@opa:8181", "http://opa:8181?x=1", "opa:8181", "http://[::1]:8181"):
         with pytest.raises(ValueError, match=r"policy.opa_url"):
             server_address(url)
 
