@@ -42,7 +42,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "query": {"type": "string", "pattern": r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$"},
                 "opa_url": _STR,
                 "timeout_ms": _POS_INT,
-                "watch_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
+                "watch_ms": {"type": "integer", "maximum": 3_600_000,   # 0: off
+                             "anyOf": [{"const": 0}, {"minimum": 100}]},
             },
         },
         "store": {"type": "string", "pattern": r"^(sqlite:///.+|postgres(ql)?://.+)$"},

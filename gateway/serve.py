@@ -81,6 +81,9 @@ def admin_port_refusals(app: web.Application) -> Refused:
 async def _serve(settings: Settings, environ: Mapping[str, str],
                  ready: asyncio.Event | None = None,
                  stop: asyncio.Event | None = None) -> None:
+    # The watch's baseline comes first: a change while the bundle is built is not missed.
+    baseline = bundle_watch.fingerprint(bundle_watch.watched(settings)) \
+        if settings.policy.watch_ms else frozenset()
     app, admin = build_apps(settings, environ)
     runners = [web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S),
                web.AppRunner(admin, handle_signals=False,
@@ -114,8 +117,8 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
         watch = asyncio.create_task(open_files.watch(), name="open-files")
         if settings.policy.watch_ms:
             files = asyncio.create_task(bundle_watch.watch(
-                app[RUNTIME].reloader, [*settings.tool_specs, *settings.policies],
-                settings.policy.watch_ms / 1000), name="bundle-watch")
+                app[RUNTIME].reloader, bundle_watch.watched(settings),
+                settings.policy.watch_ms / 1000, baseline), name="bundle-watch")
         log.info("toolgate listening on http://%s (admin http://%s), audit log %s",
                  settings.listen, settings.admin_listen,
                  settings.audit.file or "stdout")
