@@ -88,7 +88,8 @@ class OpaRefused(Exception):
     """OPA answered with an error of its own (4xx or 500): the policy could not decide."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"OPA error (HTTP {status}): {message}")
+        super().__init__(f"policy evaluation error (OPA): {message}" if status == 500
+                         else f"OPA refused the query (HTTP {status}): {message}")
         self.status = status
 
 

@@ -123,7 +123,8 @@ async def test_an_error_from_opa_is_a_policy_error_with_its_message(
     opa[0].reply = reply
     decision = await engine.evaluate({})
     assert decision.action is Action.DENY and decision.reasons[0] == "policy_error"
-    assert decision.reasons[1] == f"OPA error (HTTP {status}): {message}"
+    assert decision.reasons[1] == (f"policy evaluation error (OPA): {message}" if status == 500
+                                   else f"OPA refused the query (HTTP 400): {message}")
 
 
 async def _late(request: web.Request) -> web.StreamResponse:
