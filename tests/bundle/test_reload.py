@@ -3,30 +3,14 @@ old keeps answering, and every reload is a `policy_reload` record written before
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.act.handle import handle
 from gateway.core.errors import AuditUnavailable, BundleInvalid
-from gateway.devtokens import DevKey
 from gateway.runtime import Runtime
-from tests.support import FakeClock, Recorder, records, runtime, tool_call, unwritable
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def live(tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str],
-               clock: FakeClock) -> AsyncIterator[tuple[Runtime, Path]]:
-    """A runtime whose policies are a copy the test may edit."""
-    policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policies)
-    async with runtime(tmp_path, dev_key, recorder[1], clock,
-                       policies=[str(policies)]) as rt:
-        yield rt, policies
+from tests.support import records, tool_call, unwritable
 
 
 async def _refund(rt: Runtime, token: str, amount: int, key: str) -> str:

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from gateway.bundle.watch import fingerprint, watch, watched
 from gateway.devtokens import DevKey
 from gateway.runtime import Runtime
-from tests.support import FakeClock, Recorder, config, records, runtime, unwritable
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import config, records, unwritable
 
 
 def test_a_rewrite_of_the_same_size_and_time_is_a_change(tmp_path: Path) -> None:
@@ -51,16 +45,6 @@ def test_beside_opa_only_the_specs_are_watched(tmp_path: Path, dev_key: DevKey) 
     beside_opa = config(tmp_path, dev_key, "http://127.0.0.1:9", policy={"engine": "opa"})
     assert set(embedded.policies) <= set(watched(embedded))
     assert watched(beside_opa) == list(beside_opa.tool_specs)
-
-
-@pytest.fixture
-async def live(tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str],
-               clock: FakeClock) -> AsyncIterator[tuple[Runtime, Path]]:
-    policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policies)
-    async with runtime(tmp_path, dev_key, recorder[1], clock,
-                       policies=[str(policies)]) as rt:
-        yield rt, policies
 
 
 async def test_a_reload_that_could_not_be_recorded_is_tried_again(
