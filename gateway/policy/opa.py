@@ -46,10 +46,8 @@ QUERY = {"provenance": "true", "strict-builtin-errors": "true"}
 
 
 def decision_path(query: str) -> str:
-    """`data.toolgate.decision` → `toolgate/decision` (the Data API's path)."""
-    if not query.startswith("data.") or not all(
-            part.isidentifier() for part in query.removeprefix("data.").split(".")):
-        raise ValueError(f"policy.query must be data.<package>.<rule>, got {query!r}")
+    """`data.toolgate.decision` → `toolgate/decision` (the Data API's path); the config's
+    schema has already checked the query's shape."""
     return query.removeprefix("data.").replace(".", "/")
 
 
