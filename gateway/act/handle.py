@@ -8,6 +8,7 @@ call. `CallAudit` makes sure no exit path skips a record.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from gateway import pipeline
@@ -23,6 +24,7 @@ from gateway.core.context import CallContext
 from gateway.core.decision import Act, Action, Verdict, decide
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
+from gateway.metrics import DECISION_RECORD
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -41,6 +43,7 @@ async def handle(call: ToolCall, bundle: Bundle, rt: Runtime) -> Reply:
                 return held
             verdict = held  # the key was taken meanwhile: answer from what it holds
         _observe(rt, facts, verdict, call.spec)
+        started = time.perf_counter()
         try:
             audit.decision(records.decision(verdict, revision=bundle.revision, spec=call.spec,
                                             ctx=ctx, redactor=rt.redactor,
@@ -48,6 +51,7 @@ async def handle(call: ToolCall, bundle: Bundle, rt: Runtime) -> Reply:
         except GatewayError as exc:
             await withdraw(ctx, rt)  # nothing is sent: give the budget and the key back
             return error_reply(exc, facts.request_id)
+        rt.metrics.stages[DECISION_RECORD].observe(time.perf_counter() - started)
         return await _carry_out(ctx, rt, verdict, audit)
 
 

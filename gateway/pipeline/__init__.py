@@ -29,13 +29,15 @@ decided by the same `decide` and audited the same way (`gateway.act.handle`).
 Fail closed by construction: an exception a stage did not mean to raise is a deny carrying
 that stage's name (`internal_error`), never logged-and-continued.
 
-When tracing is on, each stage that runs is a child span of the call's span, named for the
+Each stage's time is observed in `toolgate_stage_seconds{stage}` (`gateway.metrics`). When
+tracing is on, each stage that runs is a child span of the call's span, named for the
 stage and failed with the code it refused with (`gateway.tracing`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -75,8 +77,10 @@ STAGES: tuple[tuple[Stage, StageFn], ...] = (
 async def run(ctx: CallContext, rt: Runtime) -> Verdict:
     error: GatewayError | None = None
     trace = ctx.call.facts.trace  # None when tracing is off: then no span at all
+    timers = rt.metrics.stages
     for name, stage in STAGES:
         ctx.stage = name
+        started = time.perf_counter()
         try:
             if trace is None:
                 await stage(ctx, rt)
@@ -90,6 +94,8 @@ async def run(ctx: CallContext, rt: Runtime) -> Verdict:
             log.exception("stage %s failed on %s", name, ctx.call.facts.request_id)
             error = InternalError(f"the gateway failed in stage {name}; nothing was done")
             break
+        finally:
+            timers[name].observe(time.perf_counter() - started)
         if ctx.answered is not None:
             break
     verdict = ctx.verdict(error)

@@ -271,6 +271,13 @@ def test_metrics_count_calls_by_tool_and_action(gateway: Gateway, token: str) ->
     assert value('toolgate_time_to_safe_fallback_seconds_count{action="deny"}') >= 1
     assert value("toolgate_policy_latency_seconds_count") >= 1
     assert value('toolgate_gateway_overhead_seconds_count{tool="get_order"}') >= 1
+    # Every stage a call reached is timed; the invalid echo call stopped at `validate`.
+    authenticated = value('toolgate_stage_seconds_count{stage="authenticate"}')
+    validated = value('toolgate_stage_seconds_count{stage="validate"}')
+    assert authenticated >= validated >= 3
+    assert value('toolgate_stage_seconds_count{stage="commit"}') < validated
+    assert value('toolgate_stage_seconds_count{stage="decision_record"}') >= 3
+    assert value('toolgate_stage_seconds_sum{stage="policy"}') > 0
 
 
 @pytest.mark.parametrize("headers", [
