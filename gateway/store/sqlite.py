@@ -1,14 +1,22 @@
-"""The SQLite state store: the embedded default, for one gateway process.
+"""The SQLite state store: the embedded default, for one gateway (and its `--workers`).
 
-One connection, owned by one worker thread: every operation is one plain function that
-runs there whole (one thread hop per operation, not per statement), so the event loop
-never blocks on disk and operations never interleave; each change is one
-`BEGIN IMMEDIATE` transaction. The WAL journal runs with `synchronous=NORMAL`: a commit
+Every operation is one plain function that runs whole, each change one `BEGIN IMMEDIATE`
+transaction, so operations never interleave. They run on the event loop itself, on a
+connection of the loop's: a call's store work takes tens of microseconds, less than handing
+it to a thread and back (the hand-off, and the GIL changing hands twice, cost more than the
+work). That connection never waits: when another connection holds the write lock (another
+`--workers` process, a checkpoint, the CLI), the operation runs instead on the store's one
+worker thread, whose connection waits for the lock up to `BUSY_TIMEOUT_S`. Only an operation
+refused at `BEGIN` — before it did anything — goes to the thread, so nothing runs twice.
+
+The WAL journal runs with `synchronous=NORMAL`: a commit is a `write(2)` to the WAL, and
 survives the gateway being killed (the SIGKILL tests), though the last commits may be lost
-if the machine loses power. In the sidecar deployment the state lives on the pod's
-emptyDir, which does not outlive the node anyway; where it must, use PostgreSQL. Schema
-changes are the numbered migrations of `gateway.store.schema`, recorded in
-`PRAGMA user_version` and applied at start.
+if the machine loses power. The checkpoints, which copy the WAL into the database and
+`fsync`, never run on the loop: its connection does not checkpoint, and every
+`CHECKPOINT_EVERY` operations the thread runs a passive checkpoint. In the sidecar deployment
+the state lives on the pod's emptyDir, which does not outlive the node anyway; where it
+must, use PostgreSQL. Schema changes are the numbered migrations of `gateway.store.schema`,
+recorded in `PRAGMA user_version` and applied at start.
 
 Its size is earned: it is the whole `StateStore` protocol for one dialect, one short
 method per operation; the statements and row codecs it shares with PostgreSQL are in
@@ -21,6 +29,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,13 +59,23 @@ from gateway.store.schema import Dialect, migrations
 MIGRATIONS = migrations(Dialect.SQLITE)
 log = logging.getLogger("toolgate")
 T = TypeVar("T")
+BUSY_TIMEOUT_S = 5.0     # how long the thread's connection waits for another's write lock
+CHECKPOINT_EVERY = 500   # operations on the loop between two passive checkpoints
+
+
+class _Busy(Exception):
+    """The loop's connection was refused the write lock before it did anything."""
 
 
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None    # the thread's: waits for locks
+        self._loop_conn: sqlite3.Connection | None = None  # the loop's: never waits
+        self._loop_thread: int | None = None
+        self._operations = 0
+        self._checkpointing = False
         self._closed = False
 
     @classmethod
@@ -67,17 +86,18 @@ class SqliteStore:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         store = cls(path)
         try:
-            await store._run(store._open)
+            await store._on_thread(store._open)
+            store._open_loop_connection()
+        except sqlite3.Error as exc:
+            await store.close()
+            raise StoreUnavailable(f"state store unavailable ({type(exc).__name__})") from exc
         except StoreUnavailable:
             await store.close()
             raise
         return store
 
     def _open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=5)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        conn = self._connect(BUSY_TIMEOUT_S)
         self._conn = conn
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
@@ -89,31 +109,81 @@ class SqliteStore:
                     tx.execute(sql)
                 tx.execute(f"PRAGMA user_version = {number}")
 
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _open_loop_connection(self) -> None:
+        """The loop's own connection, opened on the loop's thread once the schema is there.
+        It never waits for a lock and never checkpoints (a checkpoint `fsync`s)."""
+        conn = self._connect(0)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._loop_conn, self._loop_thread = conn, threading.get_ident()
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the store's thread; database errors become `StoreUnavailable`."""
+        """Run `fn` on the loop's connection, or on the thread's when the loop's was refused
+        the write lock; database errors become `StoreUnavailable`."""
+        if self._closed:
+            raise StoreUnavailable("the state store is closed")
+        try:
+            try:
+                result = fn(*args)
+            except _Busy:
+                return await self._on_thread(fn, *args)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+        self._operations += 1
+        if self._operations >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._checkpoint()
+        return result
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreUnavailable("the state store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
-            # SECURITY: the driver's text is for the operator's log (see postgres.py).
-            log.warning("state store unavailable: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(f"state store unavailable ({type(exc).__name__})") from exc
+            raise _unavailable(exc) from exc
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint on the thread, not awaited: it copies what it can of the WAL
+        into the database while writers go on, and keeps the WAL from growing."""
+        self._operations, self._checkpointing = 0, True
+
+        def checkpoint() -> None:
+            try:
+                self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except (sqlite3.Error, StoreUnavailable) as exc:
+                log.warning("state store checkpoint failed: %s", exc)
+            finally:
+                self._checkpointing = False
+        self._executor.submit(checkpoint)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if conn is self._loop_conn and exc.sqlite_errorcode & 0xFF in _BUSY:
+                raise _Busy from exc   # nothing was done: the thread's connection waits
+            raise
         try:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
-            # A failed COMMIT too: never leave the one connection inside a transaction.
+            # A failed COMMIT too: never leave the connection inside a transaction.
             if conn.in_transaction:
                 conn.rollback()
             raise
 
     def _connection(self) -> sqlite3.Connection:
+        """The connection of the thread this runs on: the loop's, or the store thread's."""
+        if self._loop_thread == threading.get_ident() and self._loop_conn is not None:
+            return self._loop_conn
         if self._conn is None:
             raise StoreUnavailable("the state store is not open")
         return self._conn
@@ -344,6 +414,9 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
         def shut() -> None:
             if self._conn is not None:
@@ -351,6 +424,15 @@ class SqliteStore:
                 self._conn = None
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=False)
+
+
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    # SECURITY: the driver's text is for the operator's log (see postgres.py).
+    log.warning("state store unavailable: %s: %s", type(exc).__name__, exc)
+    return StoreUnavailable(f"state store unavailable ({type(exc).__name__})")
 
 
 def _votes_in(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[Vote]]:
