@@ -76,7 +76,7 @@ async def test_a_tampered_call_is_never_sent(quiet: Runtime, agent_token: str,
     store = quiet.store
     assert isinstance(store, SqliteStore)
     # Someone with access to the database edits the stored body after approval.
-    await store._run(lambda: store._connection().execute(
+    await store._db.write(lambda conn: conn.execute(
         "UPDATE approvals SET body = ? WHERE id = ?", (b'{"amount": 5000}', approval.id)))
     done = await finished(quiet, approval)
     assert done.status is ApprovalStatus.FAILED
