@@ -14,6 +14,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from gateway.bundle.routes import RouteTable
 from gateway.bundle.specs import SpecErrors, SpecSet, ToolSpec, load_specs
@@ -47,6 +48,11 @@ class Bundle:
         revision of OPA's bundle (the specs' is `spec_revision`), which OPA may change."""
         if self.policies is None:
             return self.engine.revision
+        return self._revision
+
+    @cached_property
+    def _revision(self) -> str:
+        # Read several times by every call: the embedded engine's revision never changes.
         return hashlib.sha256(f"{self.spec_revision}\0{self.policy_revision}".encode()
                               ).hexdigest()[:16]
 
