@@ -69,12 +69,14 @@ class SqliteStore:
         return store
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StoreUnavailable(f"state store schema version {version} is newer than this "
-                                   f"gateway ({len(MIGRATIONS)})")
-        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._db.transaction() as tx:
+        # One transaction, the version read inside it: of two processes opening a new file
+        # at once (`--workers`), the second waits, then finds it migrated.
+        with self._db.transaction() as tx:
+            version = int(tx.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(f"state store schema version {version} is newer than "
+                                       f"this gateway ({len(MIGRATIONS)})")
+            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
                 for sql in step:
                     tx.execute(sql)
                 tx.execute(f"PRAGMA user_version = {number}")

@@ -152,3 +152,14 @@ async def test_changes_asked_for_after_close_are_refused(tmp_path: Path) -> None
         await pending
     with pytest.raises(StoreUnavailable):
         await store.commit_forward(None, reservation(), 1.0)
+
+
+async def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    stores = await asyncio.gather(SqliteStore.open(path), SqliteStore.open(path))
+    try:
+        assert await stores[0].commit_forward(None, reservation(), 1.0) is None
+        assert (await stores[1].usage("acme", "run-1")).tool_calls == 1
+    finally:
+        for store in stores:
+            await store.close()
