@@ -82,7 +82,7 @@ class Redactor:
             return args, []
         if WHOLE in pointers:
             return self.token(args), [WHOLE]
-        out = copy.deepcopy(args)
+        out = _copy(args)
         replaced: set[str] = set()
         # Shallow pointers first: a value is tokenized whole, before any part of it is, so
         # its token never depends on the order the pointers came in.
@@ -99,6 +99,15 @@ MASK = Redactor()
 def redact(args: Any, pointers: Iterable[str]) -> Any:
     """`args` with the value at each JSON pointer replaced by `[REDACTED]` (the mask)."""
     return MASK.redact(args, pointers)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON: orjson's round trip, several times faster than `deepcopy` (on
+    every call that redacts); `deepcopy` for what orjson cannot write."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError):
+        return copy.deepcopy(value)
 
 
 def _redact(node: Any, parts: list[str], at: str, replaced: set[str],
