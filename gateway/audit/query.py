@@ -1,6 +1,7 @@
-"""Reading audit records back: every record of the given files, in file order, as a stream,
-narrowed by time, kind, call and principal (`toolgate audit query`; `toolgate audit report`
-reads through `read` too).
+"""Reading audit records back: every record of the given files as a stream — each chain in
+its own order, several chains (replicas, `--workers`) merged by time — narrowed by time,
+kind, call and principal (`toolgate audit query`; `toolgate audit report` reads through
+`read` too).
 
 A month of records can be tens of millions of lines, so nothing is held but the line in
 hand: lines are bytes until they are parsed (orjson), and a line that cannot match is
@@ -19,6 +20,7 @@ tool and no outcome names a principal. A later record whose decision was not rea
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.files import lines
+from gateway.audit.files import chains, lines
 
 OnBad = Callable[[Path, int], None]
 JOIN_LIMIT = 262_144    # decisions remembered for their later records; an outcome follows
@@ -132,10 +134,23 @@ def needle(value: str) -> bytes:
 def read(paths: Sequence[Path], on_bad: OnBad, *, window: Window | None = None,
          needles: Iterable[Iterable[bytes]] = ()) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """Each record of `paths` in the window, with its line as read. `needles` are groups of
-    byte strings: a line without any string of some group is skipped unparsed."""
+    byte strings: a line without any string of some group is skipped unparsed.
+
+    Each chain is read in its own order; several chains (replicas, `--workers`) are merged
+    by `ts`, so a call held in one chain and executed in another is read in the order it
+    happened (a chain's `ts` never goes back)."""
     window = window or Window()
+    each = [_read_chain(files, on_bad, window, [tuple(group) for group in needles])
+            for files in chains(paths).values()]
+    if len(each) == 1:
+        yield from each[0]
+        return
+    yield from heapq.merge(*each, key=lambda item: ts_of(item[1]) or "")
+
+
+def _read_chain(paths: Sequence[Path], on_bad: OnBad, window: Window,
+                groups: list[tuple[bytes, ...]]) -> Iterator[tuple[bytes, dict[str, Any]]]:
     bounded = window.since is not None or window.until is not None
-    groups = [tuple(group) for group in needles]
     for path in paths:
         if not window.may_hold_file(path):
             continue
@@ -225,7 +240,7 @@ def _own(record: Mapping[str, Any], call: Mapping[str, frozenset[str]]) -> bool:
 
 def query(paths: Sequence[Path], filters: Filters,
           on_bad: OnBad) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """The records that match, in file order, with their lines untouched."""
+    """The records that match, in the order `read` gives, with their lines untouched."""
     call = {name: values for name, values in filters.call.items() if values}
     joined: OrderedDict[str, None] = OrderedDict()
     for raw, record in read(paths, on_bad, window=filters.window, needles=filters.needles()):

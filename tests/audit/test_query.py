@@ -229,3 +229,18 @@ def test_spend_of_keeps_numbers_only() -> None:
     assert spend_of({"spend": {"USD": "12", "flag": True}}) is None
     assert spend_of({"spend": None}) is None
     assert spend_of({}) is None
+
+
+def test_chains_of_several_workers_are_read_in_time_order(tmp_path: Path) -> None:
+    # Held on worker 2 (its chain), executed by worker 1 (the admin port's): read file by
+    # file, worker 1's outcome would come before the decision it belongs to.
+    first = write(tmp_path / "toolgate.jsonl", [
+        decision("req_a", 1), outcome("req_a", 2), outcome("req_held", 5)])
+    second = write(tmp_path / "toolgate.w2.jsonl", [
+        decision("req_held", 3, sub="mallory"), decision("req_b", 6)])
+    assert ids(read([first, second], Bad())) == [
+        ("decision", "req_a"), ("outcome", "req_a"), ("decision", "req_held"),
+        ("outcome", "req_held"), ("decision", "req_b")]
+    by_principal = Filters(call={"principal": frozenset({"mallory"})})
+    assert ids(query([first, second], by_principal, Bad())) == [
+        ("decision", "req_held"), ("outcome", "req_held")]
