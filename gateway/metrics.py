@@ -3,16 +3,27 @@
 One `CollectorRegistry` per runtime (no process-global registry), so two gateways in one
 process, as in the tests, never share counters. Label values are bounded: tool names come
 from the specs (unknown routes are `-`), actions and codes from enums.
+
+Under `toolgate serve --workers N` the supervisor gives every worker one directory in
+`PROMETHEUS_MULTIPROC_DIR` (`gateway.workers`): prometheus_client, which reads the variable
+when it is imported, then keeps every value in a memory-mapped file of that directory, and
+`/metrics` (served by worker 1) adds up the files of every worker. Without the variable,
+values live in this process and the registry alone is exposed.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.core.stage import Stage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DECISION_RECORD = "decision_record"   # the `toolgate_stage_seconds` of the record's write
 # Sub-millisecond to multi-second: gateway overhead is ~1 ms, upstreams take longer.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -24,6 +35,10 @@ STAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0
 
 class Metrics:
     def __init__(self) -> None:
+        # Multiprocess only if prometheus_client chose it at import (values in files): a
+        # variable set later would expose files this process never writes.
+        shared = prometheus_values.ValueClass is not prometheus_values.MutexValue
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) if shared else None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.calls = Counter("toolgate_calls", "Tool calls by tool, action and error code",
@@ -77,4 +92,11 @@ class Metrics:
                        for name in (*(str(s) for s in Stage), DECISION_RECORD)}
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        # Every worker's values, summed from their files (a fresh registry each time: the
+        # collector reads the directory when collected).
+        every = CollectorRegistry()
+        # prometheus_client leaves this constructor unannotated.
+        MultiProcessCollector(every, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(every)

@@ -9,6 +9,10 @@ port has a per-client cap: the agent port's one client is the agent.
 Before it starts, `gateway.open_files` makes room for the connection caps under the
 process's open-file limit, or refuses to start; while it runs, it watches what is left.
 
+Under `toolgate serve --workers N` this runs in each worker (`gateway.workers`): the agent
+port is bound with SO_REUSEPORT, the admin port by worker 1 only, and each log line names
+its worker.
+
 Logs go to stderr through `SafeFormatter`: an exception is logged as its types and frames,
 never its message, since a message can quote what a client sent (a token, a body).
 """
@@ -31,16 +35,18 @@ from aiohttp.web_request import BaseRequest
 
 from gateway import open_files
 from gateway.act.handle import refuse
+from gateway.admin.api import RELOAD_OTHERS
 from gateway.app import build_apps
 from gateway.bundle import watch as bundle_watch
 from gateway.bundle.reload import Reloader
-from gateway.config import Settings
+from gateway.config import Address, Settings
 from gateway.core.call import Entrance, RequestFacts
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
 from gateway.listener import ConnectionLimits, Listener, Refused
 from gateway.tasks import stop as stop_task
 from gateway.web import RUNTIME
+from gateway.workers import Worker
 
 log = logging.getLogger("toolgate")
 SHUTDOWN_TIMEOUT_S = 10
@@ -80,69 +86,134 @@ def admin_port_refusals(app: web.Application) -> Refused:
 
 async def _serve(settings: Settings, environ: Mapping[str, str],
                  ready: asyncio.Event | None = None,
-                 stop: asyncio.Event | None = None) -> None:
+                 stop: asyncio.Event | None = None, worker: Worker | None = None) -> None:
+    """Serve until `stop`. As a worker of `--workers N` (`gateway.workers`): the agent port
+    with SO_REUSEPORT, the admin port only on worker 1 (opened once the supervisor says
+    every worker listens), and reloads passed on between workers."""
     # The watch's baseline comes first: a change while the bundle is built is not missed.
     baseline = bundle_watch.fingerprint(bundle_watch.watched(settings)) \
         if settings.policy.watch_ms else frozenset()
     app, admin = build_apps(settings, environ)
-    runners = [web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S),
-               web.AppRunner(admin, handle_signals=False,
-                             shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
+    runners = _runners(app, admin, worker)
+    serves_admin = len(runners) > 1
     listeners: list[Listener] = []
-    watch: asyncio.Task[None] | None = None
-    files: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     stop = stop or asyncio.Event()
+    every_worker_listens = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # SIGHUP reloads the tool specs, policies and data (`gateway.bundle.reload`).
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_on_signal(app))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_on_signal(app, "sighup"))
+    if worker is not None:
+        tasks += _as_worker(worker, app, every_worker_listens, stop)
     try:
         for runner in runners:
             await runner.setup()
-        metrics = app[RUNTIME].metrics
-        listeners = [
-            Listener(runner, address, connection_limits(settings, cap, per_client), refused,
-                     turned_away=metrics.connections_turned_away.labels(port).inc,
-                     slow_head=metrics.slow_heads.labels(port).inc,
-                     send_timed_out=metrics.send_timeouts.labels(port).inc)
-            for runner, address, cap, per_client, refused, port in (
-                (runners[0], settings.listen, settings.max_connections, None,
-                 agent_port_refusals(app), "agent"),
-                (runners[1], settings.admin_listen, settings.admin_max_connections,
-                 settings.admin_max_connections_per_client, admin_port_refusals(app),
-                 "admin"))]
-        for listener in listeners:
+        listeners = _listeners(settings, app, runners, reuse_port=worker is not None)
+        await listeners[0].start()
+        if worker is not None:
+            worker.tell("listening")
+            if serves_admin and not await _first(every_worker_listens, stop):
+                return
+        for listener in listeners[1:]:
             await listener.start()
-        watch = asyncio.create_task(open_files.watch(), name="open-files")
+        tasks.append(asyncio.create_task(open_files.watch(), name="open-files"))
         if settings.policy.watch_ms:
-            files = asyncio.create_task(bundle_watch.watch(
+            tasks.append(asyncio.create_task(bundle_watch.watch(
                 app[RUNTIME].reloader, bundle_watch.watched(settings),
-                settings.policy.watch_ms / 1000, baseline), name="bundle-watch")
-        log.info("toolgate listening on http://%s (admin http://%s), audit log %s",
-                 settings.listen, settings.admin_listen,
-                 settings.audit.file or "stdout")
+                settings.policy.watch_ms / 1000, baseline), name="bundle-watch"))
+        log.info("toolgate listening on http://%s (%s), audit log %s", settings.listen,
+                 f"admin http://{settings.admin_listen}" if serves_admin
+                 else "admin port on worker 1", settings.audit.file or "stdout")
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
-        await stop_task(files)
-        await stop_task(watch)
+        for task in reversed(tasks):
+            await stop_task(task)
         for listener in listeners:
             await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
 
 
-def _reload_on_signal(app: web.Application) -> None:
+def _runners(app: web.Application, admin: web.Application,
+             worker: Worker | None) -> list[web.AppRunner]:
+    """The agent app's runner, and the admin app's unless the admin port is another
+    worker's."""
+    apps = [app]
+    if worker is None or worker.serves_admin:
+        apps.append(admin)
+    if worker is not None and worker.serves_admin:
+        admin[RELOAD_OTHERS] = lambda: worker.tell("reload")
+    return [web.AppRunner(a, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+            for a in apps]
+
+
+def _listeners(settings: Settings, app: web.Application, runners: list[web.AppRunner], *,
+               reuse_port: bool) -> list[Listener]:
+    """The agent port's listener, then the admin port's if there is its runner."""
+    metrics = app[RUNTIME].metrics
+    ports: list[tuple[Address, int, int | None, Refused, str]] = [
+        (settings.listen, settings.max_connections, None, agent_port_refusals(app), "agent"),
+        (settings.admin_listen, settings.admin_max_connections,
+         settings.admin_max_connections_per_client, admin_port_refusals(app), "admin")]
+    return [Listener(runner, address, connection_limits(settings, cap, per_client), refused,
+                     turned_away=metrics.connections_turned_away.labels(port).inc,
+                     slow_head=metrics.slow_heads.labels(port).inc,
+                     send_timed_out=metrics.send_timeouts.labels(port).inc,
+                     reuse_port=reuse_port and port == "agent")
+            for runner, (address, cap, per_client, refused, port) in zip(runners, ports,
+                                                                         strict=False)]
+
+
+def _as_worker(worker: Worker, app: web.Application, every_worker_listens: asyncio.Event,
+               stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """A worker's signals from its supervisor (`gateway.workers`), and what it runs to stop
+    when the supervisor is gone."""
+    loop = asyncio.get_running_loop()
+    # Another worker reloaded by the admin API: this one reloads too.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: _reload_on_signal(app, "worker"))
+    loop.add_signal_handler(signal.SIGUSR2, every_worker_listens.set)
+    if worker.die_with_parent():
+        return []
+    return [asyncio.create_task(_watch_parent(worker, stop), name="parent")]
+
+
+async def _first(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait for `wanted`; False if `stop` came first."""
+    waits = {asyncio.create_task(wanted.wait()), asyncio.create_task(stop.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            await stop_task(task)
+    return wanted.is_set() and not stop.is_set()
+
+
+PARENT_CHECK_S = 1.0
+
+
+async def _watch_parent(worker: Worker, stop: asyncio.Event) -> None:
+    """Where the kernel cannot signal a worker whose supervisor died: look once a second."""
+    while True:
+        await asyncio.sleep(PARENT_CHECK_S)
+        if not worker.parent_alive():
+            break
+    log.error("the supervisor (pid %d) is gone; stopping", worker.parent)
+    stop.set()
+
+
+def _reload_on_signal(app: web.Application, trigger: str) -> None:
     rt = app.get(RUNTIME)
     if rt is not None:   # before the runtime is built there is nothing to reload
-        rt.background.spawn(_reload(rt.reloader), "reload")
+        rt.background.spawn(_reload(rt.reloader, trigger), "reload")
 
 
-async def _reload(reloader: Reloader) -> None:
+async def _reload(reloader: Reloader, trigger: str) -> None:
     with contextlib.suppress(GatewayError):   # refused: recorded and logged already
-        await reloader.reload("sighup")
+        await reloader.reload(trigger)
 
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -169,18 +240,26 @@ class SafeFormatter(logging.Formatter):
         return "\n".join(lines)
 
 
-def configure_logging() -> None:
+def configure_logging(process: str | None = None) -> None:
+    """Log lines to stderr; under `--workers N`, each names its process (`worker=2`,
+    `supervisor`)."""
+    name = "%(name)s" if process is None else f"%(name)s {process}"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
 
 
-def serve(settings: Settings, environ: Mapping[str, str]) -> None:
-    configure_logging()
+def serve(settings: Settings, environ: Mapping[str, str], worker: Worker | None = None
+          ) -> None:
+    """One gateway process: the whole gateway, or worker `worker` of `--workers N`, which
+    writes its own audit chain (`Worker.settings`)."""
+    configure_logging(None if worker is None else f"worker={worker.index}")
+    if worker is not None:
+        settings = worker.settings(settings)
     # A file size limit (RLIMIT_FSIZE) reached by the audit file is a failed write — calls
     # are refused and the gateway recovers when the limit is raised — not a dead process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     open_files.fit_open_files(settings)
-    uvloop.run(_serve(settings, environ))
+    uvloop.run(_serve(settings, environ, worker=worker))

@@ -41,6 +41,9 @@ READY_PROBE_MAX_AGE_S = 1.0
 
 # The admin app reads the gateway app's runtime (built in the gateway app's cleanup context).
 RUNTIME_OF: web.AppKey[Callable[[], Runtime | None]] = web.AppKey("runtime_of")
+# Under `toolgate serve --workers N` the admin port is worker 1's; a reload it accepted is
+# passed on to the other workers through this (`gateway.serve`, `gateway.workers`).
+RELOAD_OTHERS: web.AppKey[Callable[[], None]] = web.AppKey("reload_others")
 
 
 def runtime_of(request: web.Request) -> Runtime:
@@ -253,7 +256,11 @@ async def reload_policy(request: web.Request) -> web.StreamResponse:
     """Read the tool specs, policies and data again and serve them, if they load."""
     rt = runtime_of(request)
     who = operator(request, rt)
-    return web.json_response(await rt.reloader.reload("api", who))
+    answer = await rt.reloader.reload("api", who)
+    others = request.app.get(RELOAD_OTHERS)
+    if others is not None:   # `--workers N`: every other worker reloads too
+        others()
+    return web.json_response(answer)
 
 
 def add_routes(admin: web.Application) -> None:

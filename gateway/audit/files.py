@@ -41,6 +41,26 @@ def family(live: Path) -> list[Path]:
     return rotated + ([live] if live.is_file() else [])
 
 
+def worker_file(live: Path, index: int) -> Path:
+    """The live file of worker `index` (1-based) of `toolgate serve --workers N`: worker 1
+    writes `live` itself, worker i writes `<stem>.w<i><suffix>` beside it."""
+    return live if index == 1 else live.with_name(f"{live.stem}.w{index}{live.suffix}")
+
+
+def worker_chains(live: Path) -> list[Path]:
+    """The live file of every chain written from `live` by one process or by workers:
+    `live`, then each `<stem>.w<i><suffix>` in worker order, each named when its live file
+    or any file rotated out of it is on disk (`live` always first)."""
+    pattern = re.compile(re.escape(live.stem) + r"\.w([1-9][0-9]*)(?:\." + _STAMP_RE + r")?"
+                         + re.escape(live.suffix))
+    try:
+        found = {int(m.group(1)) for p in live.parent.iterdir()
+                 if (m := pattern.fullmatch(p.name)) is not None and int(m.group(1)) > 1}
+    except FileNotFoundError:
+        found = set()
+    return [live, *(worker_file(live, i) for i in sorted(found))]
+
+
 def expand(paths: Iterable[Path]) -> list[Path]:
     """Command-line paths as files: a directory stands for every `*.jsonl` in it; a live
     file for its whole family. Duplicates are dropped, the order kept."""

@@ -2,7 +2,8 @@
 
 The files are the positional `FILE…` (a live file stands for its whole family of rotated
 files, a directory for its `*.jsonl`: `gateway.audit.files.expand`), or else the config's
-`audit.file` (`--config`, default `toolgate.yaml`, as for `toolgate serve`). Exit codes:
+`audit.file` (`--config`, default `toolgate.yaml`, as for `toolgate serve`) with the chains
+of its `--workers` beside it (`gateway.audit.files.worker_chains`). Exit codes:
 0 done; 1 a broken chain (verify) or a line that is not a JSON record (query and report
 skip it and name it on stderr as FILE:LINE); 2 a usage error (no files, a config or a key
 that cannot be used).
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import chain
-from gateway.audit.files import chains, expand, family
+from gateway.audit.files import chains, expand, family, worker_chains
 from gateway.audit.query import CALL_FIELDS, Filters, Window, query, when
 from gateway.audit.report import PERIODS
 from gateway.audit.settings import AuditKeyError, AuditSettings, chain_key
@@ -137,12 +138,16 @@ def audit_inputs(args: argparse.Namespace,
         except LoadErrors as exc:
             raise Usage(*(str(e) for e in exc.errors)) from None
     given = args.files
-    if not given:
+    if given:
+        paths = expand(given)
+    else:
         if audit is None or audit.file is None:
             raise Usage(f"{args.config or DEFAULT_CONFIG}: no audit.file to read; "
                          "name the files")
         given = [audit.file]
-    paths = expand(given)
+        # Every chain written from audit.file: the one process's, or each worker's of
+        # `toolgate serve --workers N`, those of workers no longer started included.
+        paths = [f for live in worker_chains(audit.file) for f in family(live)] or given
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise Usage(*(f"{p}: no such file" for p in missing))

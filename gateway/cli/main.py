@@ -23,6 +23,7 @@ from gateway.core.errors import LoadError, LoadErrors
 from gateway.keys import KeyConfigError, load_keys
 from gateway.tracing import unavailable as tracing_unavailable
 from gateway.upstreams.client import CredentialError, read_credential
+from gateway.workers import MAX_WORKERS, Worker, WorkersError, preflight, supervise, workers_count
 
 if TYPE_CHECKING:
     from gateway.bundle import Bundle
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+    serve.add_argument("--workers", "-w", default="1", metavar="N",
+                       help=f"processes serving the agent port, 1 to {MAX_WORKERS} (default 1)")
+    # Set by the supervisor of `--workers N` on each worker it starts (`gateway.workers`).
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-parent", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-control-fd", type=int, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", help="validate config, tool specs and policies")
     check.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
@@ -84,7 +91,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = _parser().parse_args(argv)
     env = dict(os.environ if environ is None else environ)
     if args.command == "serve":
-        return _serve(args.config, env)
+        return _serve(args, env)
     if args.command == "check":
         return _check(args.config, env, offline=args.offline, as_json=args.format == "json")
     if args.command == "policy":
@@ -122,13 +129,24 @@ def _load(config: Path, env: Mapping[str, str]) -> Settings | int:
         return _errors(exc.errors)
 
 
-def _serve(config: Path, env: Mapping[str, str]) -> int:
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """One gateway process; or, with `--workers N` (N > 1), the supervisor of N of them
+    (`gateway.workers`), which checks the config first as one gateway would at start."""
     from gateway.serve import serve  # noqa: PLC0415 (uvloop and aiohttp only when serving)
-    settings = _load(config, env)
+    try:
+        count = workers_count(args.workers)
+        worker = None if args.worker is None else Worker.parse(
+            args.worker, args.worker_parent, args.worker_control_fd)
+    except WorkersError as exc:
+        return _errors([str(exc)])
+    settings = _load(args.config, env)
     if isinstance(settings, int):
         return settings
     try:
-        serve(settings, env)
+        if worker is None and count > 1:
+            preflight(settings, env, count)
+            return supervise(args.config, settings, env, count)
+        serve(settings, env, worker)
     except LoadErrors as exc:
         return _errors(exc.errors)
     except (KeyConfigError, CredentialError, AuditStartError) as exc:

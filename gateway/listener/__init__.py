@@ -25,6 +25,9 @@ slow and hostile clients, on both ports.
   (`bad_request`) and passed to `refused`, which audits them (the agent port: one decision
   record each) or aggregates them (the admin port). What the client sent is never logged.
 
+With `reuse_port`, several processes (`toolgate serve --workers N`) listen on one port and
+the kernel spreads the connections across them; each process's caps are its own.
+
 aiohttp's own `TCPSite` has none of these, so the socket is opened here and each
 connection gets a `gateway.listener.connection.Connection`: aiohttp's `RequestHandler`,
 plus the timers and the JSON refusal. It reads aiohttp's private fields `_request_count`,
@@ -85,8 +88,11 @@ class Listener:
     def __init__(self, runner: web.AppRunner, address: Address, limits: ConnectionLimits,
                  refused: Refused, *, turned_away: Count = lambda: None,
                  slow_head: Count = lambda: None,
-                 send_timed_out: Count = lambda: None) -> None:
+                 send_timed_out: Count = lambda: None, reuse_port: bool = False) -> None:
         self.limits = limits
+        # SO_REUSEPORT: `toolgate serve --workers N` binds the agent port once per worker,
+        # and the kernel spreads new connections across them (`gateway.workers`).
+        self.reuse_port = reuse_port
         self._runner = runner
         self._address = address
         self.refused = refused
@@ -163,7 +169,8 @@ class Listener:
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_server(
-            self._connection, self._address.host, self._address.port, reuse_address=True)
+            self._connection, self._address.host, self._address.port, reuse_address=True,
+            reuse_port=self.reuse_port or None)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -221,6 +221,7 @@ class Gateway:
     # The policy engine: the suite's current one (`ENGINE`), set by tests/e2e/conftest.py.
     engine: str = field(default_factory=lambda: ENGINE["name"])
     opa: OpaServer | None = None
+    serve_args: tuple[str, ...] = ()    # more `toolgate serve` arguments (`--workers 2`)
 
     @property
     def audit_file(self) -> Path:
@@ -273,7 +274,8 @@ class Gateway:
         env.update({"UPSTREAM_TOKEN": UPSTREAM_SECRET, **self.environ})
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*toolgate_command(), "serve", "--config", str(config)], env=env,
+                [*toolgate_command(), "serve", "--config", str(config), *self.serve_args],
+                env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready()
 

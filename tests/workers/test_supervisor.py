@@ -1,0 +1,92 @@
+"""`gateway.workers.supervisor`: the supervisor's stop and reloads, with real child processes
+(small Python scripts standing in for workers, so a test can make one die or refuse to stop).
+The whole of `toolgate serve --workers 2` is in tests/e2e/test_workers.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.workers import Supervisor
+
+
+def _script(*lines: str) -> list[str]:
+    return [sys.executable, "-c", "\n".join(lines)]
+
+
+def test_a_worker_dying_stops_the_others_and_one_that_will_not_stop_is_killed(
+        tmp_path: Path) -> None:
+    """Worker 2 ignores SIGTERM; worker 1 dies once worker 2 is ready. The supervisor stops
+    everyone, kills worker 2 at the bound, and exits 1."""
+    ready = tmp_path / "two-ignores-sigterm"
+
+    def command(index: int, control_fd: int) -> Sequence[str]:
+        if index == 1:
+            return _script("import os, sys, time",
+                           f"while not os.path.exists({str(ready)!r}): time.sleep(0.01)",
+                           "sys.exit(3)")
+        return _script("import signal, time, pathlib",
+                       "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+                       f"pathlib.Path({str(ready)!r}).touch()",
+                       "time.sleep(60)")
+
+    supervisor = Supervisor(command, 2, dict(os.environ), stop_timeout_s=0.5)
+    assert supervisor.run() == 1
+    assert [c.proc.returncode for c in supervisor.children] == [3, -signal.SIGKILL]
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
+    """Each stand-in says it listens and stops on SIGTERM; the last to start sends the
+    supervisor (this process) SIGTERM once every worker is ready. The control pipe, the
+    metrics directory of the run and the signal handlers are the supervisor's own."""
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def command(index: int, control_fd: int) -> Sequence[str]:
+        lines = ["import os, signal, sys, time",
+                 "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))",
+                 "signal.signal(signal.SIGUSR2, signal.SIG_IGN)",   # worker 1's "open admin"
+                 "assert os.path.isdir(os.environ['PROMETHEUS_MULTIPROC_DIR'])",
+                 f"open({str(tmp_path)!r} + '/dir', 'w').write("
+                 "os.environ['PROMETHEUS_MULTIPROC_DIR'])",
+                 f"os.write({control_fd}, b'{index} listening\\n')",
+                 f"open({str(tmp_path)!r} + '/ready{index}', 'w').close()"]
+        if index == 3:
+            lines += [f"while not all(os.path.exists({str(tmp_path)!r} + f'/ready{{i}}') "
+                      "for i in (1, 2, 3)): time.sleep(0.01)",
+                      "os.kill(os.getppid(), signal.SIGTERM)"]
+        return _script(*lines, "time.sleep(60)")
+
+    supervisor = Supervisor(command, 3, dict(os.environ))
+    assert supervisor.run() == 0
+    assert [c.proc.returncode for c in supervisor.children] == [0, 0, 0]
+    assert all(c.listening for c in supervisor.children)
+    assert not Path((tmp_path / "dir").read_text()).exists(), "the run's metrics are gone"
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_a_reload_reaches_a_worker_still_starting_once_it_listens(tmp_path: Path) -> None:
+    """SIGHUP to the supervisor while worker 2 has no handler yet (its default would kill
+    it): worker 1 reloads at once, worker 2 as soon as it says it listens."""
+    def command(index: int, control_fd: int) -> Sequence[str]:
+        mark = f"{str(tmp_path)!r} + '/hup{index}'"
+        lines = ["import os, signal, sys, time",
+                 "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))",
+                 "signal.signal(signal.SIGUSR2, signal.SIG_IGN)"]
+        if index == 2:   # starts once worker 1 has reloaded
+            lines += [f"while not os.path.exists({str(tmp_path)!r} + '/hup1'): "
+                      "time.sleep(0.01)"]
+        lines += [f"signal.signal(signal.SIGHUP, lambda *_: open({mark}, 'w').close())",
+                  f"os.write({control_fd}, b'{index} listening\\n')"]
+        if index == 1:
+            lines += ["os.kill(os.getppid(), signal.SIGHUP)"]
+        else:
+            lines += [f"while not os.path.exists({mark}): time.sleep(0.01)",
+                      "os.kill(os.getppid(), signal.SIGTERM)"]
+        return _script(*lines, "time.sleep(60)")
+
+    supervisor = Supervisor(command, 2, dict(os.environ))
+    assert supervisor.run() == 0
+    assert (tmp_path / "hup1").exists() and (tmp_path / "hup2").exists()
