@@ -145,7 +145,7 @@ class SqliteStore:
             conn.execute(rows.INSERT_APPROVAL, rows.approval_row(approval))
             record(approval)  # write-ahead: if the audit record fails, nothing commits
             return None
-        return await self._db.write(hold)
+        return await self._db.write_alone(hold)
 
     async def settle(self, claim: KeyClaim, answer: Answer, now: float) -> None:
         def settle(conn: sqlite3.Connection) -> None:
@@ -170,12 +170,12 @@ class SqliteStore:
     async def purge_runs(self, before: float) -> int:
         def purge(conn: sqlite3.Connection) -> int:
             return int(conn.execute(rows.PURGE_RUNS, (before,)).rowcount)
-        return await self._db.write(purge)
+        return await self._db.in_background(purge)
 
     async def purge_keys(self, before: float) -> int:
         def purge(conn: sqlite3.Connection) -> int:
             return int(conn.execute(rows.PURGE_KEYS, (before, before)).rowcount)
-        return await self._db.write(purge)
+        return await self._db.in_background(purge)
 
     @staticmethod
     def _usage_in(conn: sqlite3.Connection, tenant: str, run_id: str) -> Usage:
@@ -227,7 +227,7 @@ class SqliteStore:
             after = self._get_in(conn, approval_id)
             record(after)  # write-ahead: if the audit record fails, nothing commits
             return after
-        return await self._db.write(vote)
+        return await self._db.write_alone(vote)
 
     async def transition(self, approval_id: str, from_states: frozenset[ApprovalStatus],
                          to: ApprovalStatus, now: float, record: ApprovalHook | None = None,
@@ -246,7 +246,7 @@ class SqliteStore:
             if record is not None:
                 record(after)  # write-ahead: if the audit record fails, nothing commits
             return after
-        return await self._db.write(move)
+        return await self._db.write_alone(move)
 
     async def expire_due(self, now: float, record: ApprovalHook) -> list[Approval]:
         def expire(conn: sqlite3.Connection) -> list[Approval]:
@@ -255,7 +255,7 @@ class SqliteStore:
             for approval in expired:
                 record(approval)
             return expired
-        return await self._db.write(expire)
+        return await self._db.in_background(expire)
 
     async def heartbeat(self, instance: str, now: float) -> None:
         def beat(conn: sqlite3.Connection) -> None:
@@ -277,7 +277,7 @@ class SqliteStore:
             conn.execute(rows.PUT_SWITCH, (scope, reason, rows.actor_json(actor), now))
             record(switch)
             return switch
-        return await self._db.write(put)
+        return await self._db.write_alone(put)
 
     async def kill_clear(self, scope: str, now: float,
                          record: Callable[[KillSwitch], None]) -> KillSwitch | None:
@@ -288,7 +288,7 @@ class SqliteStore:
             switch = rows.switch_from_row(tuple(row))
             record(switch)
             return switch
-        return await self._db.write(clear)
+        return await self._db.write_alone(clear)
 
     async def kill_list(self) -> list[KillSwitch]:
         return await self._db.read(lambda: [rows.switch_from_row(tuple(r)) for r in
@@ -296,8 +296,6 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._db.close()
-
-
 
 
 def _votes_in(conn: sqlite3.Connection, ids: list[str]) -> dict[str, list[Vote]]:

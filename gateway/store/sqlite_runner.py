@@ -6,19 +6,27 @@ A call's store work takes tens of microseconds, less than handing it to a thread
 on the event loop, on a connection of the loop's:
 
 - a read (`read`) runs at once, outside any transaction;
-- a change (`write`) joins the changes asked for in the same turn of the loop, and one
-  `BEGIN IMMEDIATE … COMMIT` carries them all (group commit): the commit — the WAL write,
-  most of a small transaction's cost — is paid once per turn, not once per call. Each change
-  runs in a savepoint of its own, so one that raises (a budget exceeded, a vote refused) is
-  rolled back alone, and each caller gets its own result only after the commit: nothing
-  acts on a change that is not committed. Changes run in the order they were asked for, as
-  they would one after another; one whose caller has already gone (cancelled) is not run.
+- a change on a call's hot path (`write`: a key, a budget, a settled answer) joins the
+  changes asked for in the same turn of the loop, and one `BEGIN IMMEDIATE … COMMIT`
+  carries them all (group commit): the commit — the WAL write, most of a small
+  transaction's cost — is paid once per turn, not once per call. Each change runs in a
+  savepoint of its own, so one that raises (a budget exceeded) is rolled back alone, and
+  each caller gets its own result only after the commit: nothing acts on a change that is
+  not committed. Changes run in the order they were asked for, as they would one after
+  another; one whose caller has already gone (cancelled) is not run;
+- a change that writes an audit record before it commits (`write_alone`: a held call, a
+  vote, a kill switch) runs at once in a transaction of its own: its record is write-ahead,
+  and whether it commits must not depend on another change failing the shared transaction
+  (a full disk fails them all);
+- a change that may take long (`in_background`: purges, expiry) runs on the store's worker
+  thread, in a transaction of its own, so it never holds the loop.
 
-The loop's connection never waits: when another connection holds the write lock (another
-`--workers` process, a checkpoint, the CLI), the turn's changes run instead one by one on
-the store's worker thread, in a transaction each, on a connection that waits for the lock
-up to `BUSY_TIMEOUT_S`. Only a batch refused at `BEGIN` — before anything ran — goes there,
-so nothing runs twice.
+The loop's connection does not wait for a lock: when another connection holds the write
+lock (another `--workers` process, the CLI), the changes refused it run instead one by one
+on the store's worker thread, in a transaction each, on a connection that waits for the
+lock up to `BUSY_TIMEOUT_S` (and may then commit after changes asked for later). Only a
+change refused at `BEGIN` — before anything ran — goes there, so nothing runs twice. (A
+read takes no lock in WAL mode; one refused all the same is `StoreUnavailable`.)
 
 With `synchronous=NORMAL` a commit is a `write(2)` to the WAL; checkpoints, which copy the
 WAL into the database and `fsync`, never run on the loop: its connection does not
@@ -28,6 +36,7 @@ checkpoint, and every `CHECKPOINT_EVERY` commits the thread runs a passive one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -104,7 +113,8 @@ class Runner:
 
     async def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
         """Run `change(conn)` inside a transaction, shared with this turn's other changes;
-        its result (or what it raised) once that transaction is committed."""
+        its result (or what it raised) once that transaction is committed. For changes that
+        write nothing outside the database."""
         if self.closed:
             raise StoreUnavailable("the state store is closed")
         loop = asyncio.get_running_loop()
@@ -114,6 +124,36 @@ class Runner:
             loop.call_soon(self._commit, self._batch)
         self._batch.append((change, done))
         return await done
+
+    async def write_alone(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `change(conn)` now, in a transaction of its own."""
+        conn = self._loop_conn
+        if self.closed or conn is None:
+            raise StoreUnavailable("the state store is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if _busy(exc):
+                return await self.on_thread(self._alone, change)
+            raise unavailable(exc) from exc
+        try:
+            result = change(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise unavailable(exc) from exc
+            raise
+        self._committed()
+        return result
+
+    async def in_background(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `change(conn)` on the store's thread, in a transaction of its own."""
+        return await self.on_thread(self._alone, change)
+
+    def _alone(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        with self.transaction() as conn:
+            return change(conn)
 
     def _commit(self, batch: list[tuple[Change, asyncio.Future[Any]]]) -> None:
         if self._batch is batch:
@@ -127,10 +167,13 @@ class Runner:
         try:
             outcomes = [self._change(conn, change) for change, _ in batch]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            _fail(batch, unavailable(exc))
+        except BaseException as exc:
+            # Nothing of the turn is kept, and every caller hears it: none is left waiting.
+            self._rollback(conn)
+            _fail(batch, unavailable(exc) if isinstance(exc, sqlite3.Error)
+                  else StoreUnavailable("the state store failed; nothing was changed"))
+            if not isinstance(exc, sqlite3.Error):
+                raise
             return
         for (_, done), (result, error) in zip(batch, outcomes, strict=True):
             if done.done():
@@ -139,9 +182,25 @@ class Runner:
                 done.set_result(result)
             else:
                 done.set_exception(error)
+        self._committed()
+
+    def _committed(self) -> None:
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and not self._checkpointing:
             self._checkpoint()
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Leave no transaction open: it would hold the write lock for good. If even the
+        rollback fails, the connection is closed (which releases the lock), and every
+        operation after is `StoreUnavailable`: readiness fails and the gateway is replaced."""
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+        except sqlite3.Error:
+            log.critical("state store: a rollback failed; closing the connection")
+            self._loop_conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def _begin(self, batch: list[tuple[Change, asyncio.Future[Any]]]
                ) -> sqlite3.Connection | None:
@@ -153,7 +212,7 @@ class Runner:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in _BUSY:
+            if _busy(exc):
                 for change, done in batch:   # nothing ran: each waits for the lock
                     task = asyncio.ensure_future(self._wait_for_lock(change, done))
                     self._waiting.add(task)
@@ -178,11 +237,10 @@ class Runner:
         return result, None
 
     async def _wait_for_lock(self, change: Change, done: asyncio.Future[Any]) -> None:
-        def alone() -> Any:
-            with self.transaction() as conn:
-                return change(conn)
+        if done.done():   # its caller is gone: not run
+            return
         try:
-            result = await self.on_thread(alone)
+            result = await self.on_thread(self._alone, change)
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc)
@@ -246,6 +304,10 @@ class Runner:
                 self._thread_conn = None
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=False)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in _BUSY
 
 
 def _fail(batch: list[tuple[Change, asyncio.Future[Any]]], error: BaseException) -> None:

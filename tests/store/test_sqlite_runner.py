@@ -154,7 +154,7 @@ async def test_changes_asked_for_after_close_are_refused(tmp_path: Path) -> None
         await store.commit_forward(None, reservation(), 1.0)
 
 
-async def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+async def test_two_stores_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     stores = await asyncio.gather(SqliteStore.open(path), SqliteStore.open(path))
     try:
@@ -163,3 +163,78 @@ async def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path
     finally:
         for store in stores:
             await store.close()
+
+
+class _Crash(BaseException):
+    """What no change should raise (a bug, an interrupt): it must not leave anything open."""
+
+
+async def test_a_change_that_crashes_fails_its_turn_and_leaves_no_lock(tmp_path: Path) -> None:
+    runner = sqlite_runner.Runner(tmp_path / "r.db")
+    await runner.open(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    seen: list[BaseException] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: seen.append(context["exception"]))
+
+    def good(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES (1)")
+        return "ok"
+
+    def crash(conn: sqlite3.Connection) -> str:
+        raise _Crash
+    try:
+        results = await asyncio.gather(runner.write(good), runner.write(crash),
+                                       return_exceptions=True)
+        # Every caller of the turn hears it; nothing of the turn is kept.
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        assert [type(e) for e in seen] == [_Crash]
+        other = sqlite3.connect(tmp_path / "r.db", timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")   # the write lock was let go
+            assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+            other.rollback()
+        finally:
+            other.close()
+        assert await runner.write(good) == "ok"   # and the store goes on
+    finally:
+        await runner.close()
+
+
+async def test_a_change_with_a_record_commits_alone(tmp_path: Path) -> None:
+    """A change that wrote its audit record before committing never shares a transaction
+    that another change can fail (here: the disk is full for the other one)."""
+    runner = sqlite_runner.Runner(tmp_path / "r.db")
+    await runner.open(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    recorded: list[str] = []
+
+    def held(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES ('held')")
+        recorded.append("held")   # the write-ahead record
+        return "held"
+
+    def too_big(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA max_page_count = 3")
+        conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    try:
+        results = await asyncio.gather(runner.write(too_big), runner.write_alone(held),
+                                       return_exceptions=True)
+        assert isinstance(results[0], StoreUnavailable)
+        assert results[1] == "held" and recorded == ["held"]
+        rows = await runner.read(lambda: runner.connection().execute(
+            "SELECT x FROM t").fetchall())
+        assert rows == [("held",)]
+    finally:
+        await runner.close()
+
+
+async def test_long_changes_run_on_the_thread(tmp_path: Path) -> None:
+    runner = sqlite_runner.Runner(tmp_path / "r.db")
+    await runner.open(lambda conn: conn.execute("CREATE TABLE t (x)"))
+    try:
+        where = await runner.in_background(lambda conn: (
+            conn.execute("INSERT INTO t VALUES (1)"), threading.get_ident())[1])
+        assert where != threading.get_ident()
+        assert await runner.read(lambda: runner.connection().execute(
+            "SELECT count(*) FROM t").fetchone()[0]) == 1
+    finally:
+        await runner.close()
