@@ -23,6 +23,7 @@ from gateway.config import Settings
 log = logging.getLogger("toolgate")
 STOP_TIMEOUT_S = 25.0   # under Kubernetes' default 30 s grace: our SIGKILL comes first
 RELAY_CHUNK = 65_536
+DRAIN_S = 5.0   # after the last worker exited, how long its stdout may still be read
 
 Command = Callable[[int, int], Sequence[str]]   # (index, control fd) -> argv of a worker
 
@@ -101,7 +102,8 @@ class Supervisor:
 
     def _loop(self, wake_r: int, control_r: int) -> None:
         pipes = {c.proc.stdout.fileno(): c for c in self.children if c.proc.stdout}
-        while any(c.running for c in self.children):
+        drained_by: float | None = None   # once every worker exited: their pipes' last bytes
+        while any(c.running for c in self.children) or pipes:
             timeout = None
             if self._stopping_since is not None:
                 timeout = max(0.0, self._stopping_since + self._stop_timeout_s
@@ -109,6 +111,11 @@ class Supervisor:
                 if timeout == 0:
                     self._kill_leftovers()
                     timeout = None
+            if not any(c.running for c in self.children):
+                drained_by = drained_by or time.monotonic() + DRAIN_S
+                timeout = max(0.0, drained_by - time.monotonic())
+                if timeout == 0:
+                    break   # a pipe someone else holds open: what it kept is not ours
             watched = [fd for fd in (wake_r, control_r, *pipes) if fd >= 0]
             ready, _, _ = select.select(watched, [], [], timeout)
             if wake_r in ready:
@@ -123,8 +130,8 @@ class Supervisor:
                     del pipes[fd]
             self._reap()
         for child in self.children:
-            if child.relay:
-                _write_out(child.relay)
+            if child.relay:   # a last record cut short: ended, so the next is whole
+                _write_out(child.relay + b"\n")
 
     def _signals(self, received: bytes) -> None:
         for signum in received:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import orjson
 
 from gateway.workers import Supervisor
 
@@ -90,3 +93,35 @@ def test_a_reload_reaches_a_worker_still_starting_once_it_listens(tmp_path: Path
     supervisor = Supervisor(command, 2, dict(os.environ))
     assert supervisor.run() == 0
     assert (tmp_path / "hup1").exists() and (tmp_path / "hup2").exists()
+
+
+def test_every_line_a_worker_wrote_is_relayed_whole_after_it_exits(tmp_path: Path) -> None:
+    """With `audit.stdout`, the workers' records reach the supervisor's stdout whole and
+    all of them, also those still in the pipes when the workers have exited; a last line
+    cut short is ended, so it never runs into another worker's."""
+    stand_in = ("import os, signal, sys",
+                "signal.signal(signal.SIGUSR2, signal.SIG_IGN)",
+                "index, fd = int(sys.argv[1]), int(sys.argv[2])",
+                "os.write(fd, b'%d listening\\n' % index)",
+                "for i in range(3000):",
+                "    sys.stdout.write('{\"w\": %d, \"i\": %d, \"pad\": \"%s\"}\\n'"
+                " % (index, i, 'x' * 100))",
+                "sys.stdout.write('torn-%d' % index)",   # a last line cut short
+                "sys.stdout.flush()")
+    supervise = ("import os, sys",
+                 "from gateway.workers import Supervisor",
+                 f"script = {chr(10).join(stand_in)!r}",
+                 "def command(index, fd):",
+                 "    return [sys.executable, '-c', script, str(index), str(fd)]",
+                 "sys.exit(Supervisor(command, 2, dict(os.environ), relay_stdout=True).run())")
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        done = subprocess.run(_script(*supervise), stdout=stdout, stderr=subprocess.PIPE,
+                              timeout=60, check=False)
+    assert done.returncode == 1, done.stderr   # workers that exit unasked stop the gateway
+    lines = out.read_bytes().splitlines()
+    assert sorted(line for line in lines if line.startswith(b"torn")) == [b"torn-1",
+                                                                          b"torn-2"]
+    records = [orjson.loads(line) for line in lines if not line.startswith(b"torn")]
+    assert sorted((r["w"], r["i"]) for r in records) == [
+        (w, i) for w in (1, 2) for i in range(3000)]
