@@ -11,10 +11,11 @@ since when and how many records were refused. Rotation (`rotated`), retention (`
 start (`opened`, naming the record it continues from) and a clean stop (`closed`) are
 records of the same chain.
 
-Records are written from the event loop and from the SQLite store's thread (inside a
-transaction, before it commits), so one lock keeps them whole, in order, and the chain's
-`seq` without gaps. `fsync: always` syncs each record before the action; `interval` leaves
-it to a thread that syncs every `fsync_interval_ms`; `never` to the kernel.
+Records are written from the event loop (some inside a store transaction, before it
+commits) and from the SQLite store's thread (expiry), so one lock keeps them whole, in
+order, and the chain's `seq` without gaps. `fsync: always` syncs each record before the
+action; `interval` leaves it to a thread that syncs every `fsync_interval_ms`; `never` to
+the kernel.
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def read(paths: Sequence[Path], on_bad: OnBad, *, window: Window | None = None,
 
     Each chain is read in its own order; several chains (replicas, `--workers`) are merged
     by `ts`, so a call held in one chain and executed in another is read in the order it
-    happened (a chain's `ts` never goes back)."""
+    happened (a chain's `ts` only goes forward, unless its clock is set back: then the
+    merge orders some records wrongly, and loses none)."""
     window = window or Window()
     each = [_read_chain(files, on_bad, window, [tuple(group) for group in needles])
             for files in chains(paths).values()]

@@ -60,7 +60,8 @@ def _epoch(ts: str) -> float:
 
 
 class Report:
-    """Feed it records in file order (`add`), then read the numbers (`finish`)."""
+    """Feed it records in the order `query.read` gives them (`add`), then read the numbers
+    (`finish`)."""
 
     def __init__(self, period: str = "day", tools: Iterable[str] = ()) -> None:
         self.period = period

@@ -8,8 +8,8 @@ from a process that has threads or an event loop). Each worker is a whole gatewa
 these differences (`gateway.serve`):
 
 - **Agent port.** Every worker binds it with SO_REUSEPORT; the kernel spreads new
-  connections across them. They share the state store (SQLite in WAL mode, each change one
-  `BEGIN IMMEDIATE` transaction, or PostgreSQL), so idempotency keys, budgets, the approval
+  connections across them. They share the state store (SQLite in WAL mode, whose changes take
+  the file's write lock, or PostgreSQL), so idempotency keys, budgets, the approval
   queue and kill switches hold across workers exactly as across replicas.
 - **Audit.** One chain per worker, in its own file: worker 1 writes `audit.file`, worker i
   `<stem>.w<i><suffix>` beside it (`gateway.audit.files.worker_file`), so `toolgate audit`
