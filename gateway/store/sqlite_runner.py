@@ -22,9 +22,11 @@ on the event loop, on a connection of the loop's:
   thread, in a transaction of its own, so it never holds the loop.
 
 The loop's connection does not wait for a lock: when another connection holds the write
-lock (another `--workers` process, the CLI), the changes refused it run instead one by one
-on the store's worker thread, in a transaction each, on a connection that waits for the
-lock up to `BUSY_TIMEOUT_S` (and may then commit after changes asked for later). Only a
+lock (another `--workers` process, the CLI), a turn refused it is tried again every
+`RETRY_AFTER_S` for up to `RETRY_FOR_S` (the loop serves other calls meanwhile); then its
+changes run one by one on the store's worker thread, in a transaction each, on a connection
+that waits for the lock up to `BUSY_TIMEOUT_S` (and may commit after changes asked for
+later). Only a
 change refused at `BEGIN` — before anything ran — goes there, so nothing runs twice. (A
 read takes no lock in WAL mode; one refused all the same is `StoreUnavailable`.)
 
@@ -53,6 +55,8 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0     # how long the thread's connection waits for another's write lock
 CHECKPOINT_EVERY = 500   # commits on the loop between two passive checkpoints
 MAX_BATCH = 128          # changes in one shared transaction, at most
+RETRY_AFTER_S = 0.0005   # a turn refused the write lock tries again after this…
+RETRY_FOR_S = 0.05       # …for this long, then each of its changes waits on the thread
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 Change = Callable[[sqlite3.Connection], Any]
@@ -78,7 +82,9 @@ class Runner:
             migrate(self._thread_conn)
         try:
             await self.on_thread(first)
-            conn = self._connect(0)
+            # It may wait while it is set up (another process may be migrating), not after.
+            conn = self._connect(BUSY_TIMEOUT_S)
+            conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise unavailable(exc) from exc
@@ -155,13 +161,14 @@ class Runner:
         with self.transaction() as conn:
             return change(conn)
 
-    def _commit(self, batch: list[tuple[Change, asyncio.Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Change, asyncio.Future[Any]]],
+                busy_since: float | None = None) -> None:
         if self._batch is batch:
             self._batch = None
         batch = [(change, done) for change, done in batch if not done.done()]
         if not batch:
             return
-        conn = self._begin(batch)
+        conn = self._begin(batch, busy_since)
         if conn is None:
             return
         try:
@@ -202,9 +209,11 @@ class Runner:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    def _begin(self, batch: list[tuple[Change, asyncio.Future[Any]]]
-               ) -> sqlite3.Connection | None:
-        """The loop's connection in a new transaction; else None, each change sent on."""
+    def _begin(self, batch: list[tuple[Change, asyncio.Future[Any]]],
+               busy_since: float | None) -> sqlite3.Connection | None:
+        """The loop's connection in a new transaction; else None, the changes sent on: tried
+        again shortly while another holds the lock (another worker's transaction takes well
+        under a millisecond), then each on the thread, which waits for it."""
         conn = self._loop_conn
         if self.closed or conn is None:
             _fail(batch, StoreUnavailable("the state store is closed"))
@@ -212,7 +221,11 @@ class Runner:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if _busy(exc):
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if _busy(exc) and now - (busy_since or now) < RETRY_FOR_S:
+                loop.call_later(RETRY_AFTER_S, self._commit, batch, busy_since or now)
+            elif _busy(exc):
                 for change, done in batch:   # nothing ran: each waits for the lock
                     task = asyncio.ensure_future(self._wait_for_lock(change, done))
                     self._waiting.add(task)

@@ -238,3 +238,28 @@ async def test_long_changes_run_on_the_thread(tmp_path: Path) -> None:
             "SELECT count(*) FROM t").fetchone()[0]) == 1
     finally:
         await runner.close()
+
+
+async def test_a_turn_refused_the_lock_for_a_moment_tries_again_on_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker's transaction holds the lock for less than `RETRY_FOR_S`: the turn
+    is tried again on the loop and its changes still share one commit."""
+    monkeypatch.setattr(sqlite_runner, "RETRY_FOR_S", 10.0)   # a slow machine stays "brief"
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    statements: list[str] = []
+    store._db.connection().set_trace_callback(statements.append)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        writes = asyncio.gather(*(store.commit_forward(None, reservation(), 1.0)
+                                  for _ in range(5)))
+        await asyncio.sleep(0.005)
+        other.execute("COMMIT")
+        assert await writes == [None] * 5
+        assert statements.count("COMMIT") == 1      # on the loop's connection, all five
+        assert (await store.usage("acme", "run-1")).tool_calls == 5
+    finally:
+        store._db.connection().set_trace_callback(None)
+        other.close()
+        await store.close()
