@@ -12,8 +12,9 @@ on the event loop, on a connection of the loop's:
   transaction's cost — is paid once per turn, not once per call. Each change runs in a
   savepoint of its own, so one that raises (a budget exceeded) is rolled back alone, and
   each caller gets its own result only after the commit: nothing acts on a change that is
-  not committed. Changes run in the order they were asked for, as they would one after
-  another; one whose caller has already gone (cancelled) is not run;
+  not committed. A turn's changes run in the order they were asked for, as they would one
+  after another (each caller awaits its own, so a call's changes keep their order); one
+  whose caller has already gone (cancelled) is not run;
 - a change that writes an audit record before it commits (`write_alone`: a held call, a
   vote, a kill switch) runs at once in a transaction of its own: its record is write-ahead,
   and whether it commits must not depend on another change failing the shared transaction
@@ -25,10 +26,10 @@ The loop's connection does not wait for a lock: when another connection holds th
 lock (another `--workers` process, the CLI), a turn refused it is tried again every
 `RETRY_AFTER_S` for up to `RETRY_FOR_S` (the loop serves other calls meanwhile); then its
 changes run one by one on the store's worker thread, in a transaction each, on a connection
-that waits for the lock up to `BUSY_TIMEOUT_S` (and may commit after changes asked for
-later). Only a
-change refused at `BEGIN` — before anything ran — goes there, so nothing runs twice. (A
-read takes no lock in WAL mode; one refused all the same is `StoreUnavailable`.)
+that waits for the lock up to `BUSY_TIMEOUT_S`. A turn that waits may commit after a later
+one. Only a change refused at `BEGIN` — before anything ran — is tried again or sent on, so
+nothing runs twice. (A read takes no lock in WAL mode; one refused all the same is
+`StoreUnavailable`.)
 
 With `synchronous=NORMAL` a commit is a `write(2)` to the WAL; checkpoints, which copy the
 WAL into the database and `fsync`, never run on the loop: its connection does not
