@@ -131,7 +131,8 @@ class Bench:
         cpu = cpu_seconds(root) - cpu
         forwarded = up.served() - served - 1      # the status request counts itself
         now_held = gw.approvals()
-        timings = stages.delta(before, stages.scrape(gw.admin_port)) if before else {}
+        timings = (stages.delta(before, stages.scrape(gw.admin_port)) if target == GATEWAY
+                   else {})
         row = Row(mode, s.name, target, self.args.duration, load,
                   frozenset({201}) if target == DIRECT else s.expected,
                   must_replay=target == GATEWAY and s.wrk_key is Key.FIXED,
