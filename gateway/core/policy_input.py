@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.bundle.specs import ToolSpec
 from gateway.core.canonical import canonical_json, rfc3339_precise
-from gateway.core.context import CallContext
 from gateway.state.budgets import Usage
+
+if TYPE_CHECKING:   # only a type here: context imports the bundle, which imports this
+    from gateway.core.context import CallContext
 
 
 def tool_input(spec: ToolSpec) -> dict[str, Any]:
