@@ -61,6 +61,10 @@ class AuthSettings:
     audience: str
     algorithms: tuple[str, ...]
     jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_refresh_s: float = 300.0        # background refresh of a `jwks_url`
+    jwks_miss_refresh_s: float = 30.0    # at most one fetch this often for an unknown kid
+    jwks_timeout_s: float = 3.0
     public_key_file: Path | None = None
     hs256_secret_env: str | None = None
     leeway_s: int = 30
@@ -86,6 +90,21 @@ class TracingSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """Operational logs on stderr (`gateway.logs`); the audit log is separate."""
+    level: str = "info"
+    format: str = "auto"        # auto: json unless stderr is a terminal
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    """What SIGTERM does (`gateway.serve`): unready at once, accept for `delay_s`, then
+    stop accepting and let calls in flight finish for up to `drain_s`."""
+    delay_s: float = 0.0
+    drain_s: float = 15.0
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     url: str
     include_args: bool = False
@@ -107,6 +126,8 @@ class Settings:
     store: str = "sqlite:///state/toolgate.db"
     audit: AuditSettings = field(default_factory=AuditSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 10_485_760
     header_timeout_s: float = 10.0
@@ -152,6 +173,11 @@ def load(path: Path, environ: Mapping[str, str]) -> Settings:
         errors += _opa_problems(doc, policy)
     if isinstance(raw.get("audit", {}), dict):
         errors += [doc.error(path, message) for path, message in problems(raw.get("audit", {}))]
+    auth = raw.get("auth")
+    if isinstance(auth, dict) and "jwks_url" in auth:
+        from gateway.jwks.url import auth_problems  # noqa: PLC0415 (https, or loopback)
+
+        errors += [doc.error(path, message) for path, message in auth_problems(auth)]
     for key in ("listen", "admin_listen"):
         if isinstance(raw.get(key), str):
             try:
@@ -270,6 +296,10 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
             issuer=auth["issuer"], audience=auth["audience"],
             algorithms=tuple(auth["algorithms"]),
             jwks_file=rel(auth["jwks_file"]) if "jwks_file" in auth else None,
+            jwks_url=auth.get("jwks_url"),
+            jwks_refresh_s=float(auth.get("jwks_refresh_s", 300)),
+            jwks_miss_refresh_s=float(auth.get("jwks_miss_refresh_s", 30)),
+            jwks_timeout_s=auth.get("jwks_timeout_ms", 3000) / 1000,
             public_key_file=rel(auth["public_key_file"]) if "public_key_file" in auth else None,
             hs256_secret_env=auth.get("hs256_secret_env"),
             leeway_s=auth.get("leeway_s", 30),
@@ -281,6 +311,9 @@ def _construct(raw: Mapping[str, Any], base: Path) -> Settings:
         tracing=TracingSettings(otlp_endpoint=tracing.get("otlp_endpoint"),
                                 service_name=tracing.get("service_name", "toolgate"),
                                 timeout_s=tracing.get("timeout_ms", 5000) / 1000),
+        log=LogSettings(**raw.get("log", {})),
+        shutdown=ShutdownSettings(delay_s=raw.get("shutdown", {}).get("delay_ms", 0) / 1000,
+                                  drain_s=raw.get("shutdown", {}).get("drain_ms", 15_000) / 1000),
         max_body_bytes=limits.get("max_body_bytes", 1_048_576),
         max_response_bytes=limits.get("max_response_bytes", 10_485_760),
         header_timeout_s=limits.get("header_timeout_ms", 10_000) / 1000,

@@ -56,6 +56,12 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 # SECURITY: "none" is not in the enum, so it can never be allowed.
                 "algorithms": {"type": "array", "items": {"enum": ALGORITHMS}, "minItems": 1},
                 "jwks_file": _STR,
+                # An IdP's JWKS endpoint (`gateway.jwks`): cached, refreshed in the
+                # background, and fetched again (rate-limited) for an unknown `kid`.
+                "jwks_url": {"type": "string", "pattern": r"^https?://[^\s]+$"},
+                "jwks_refresh_s": {"type": "integer", "minimum": 10, "maximum": 86_400},
+                "jwks_miss_refresh_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+                "jwks_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 60_000},
                 "public_key_file": _STR,
                 "hs256_secret_env": _STR,
                 "leeway_s": {"type": "integer", "minimum": 0, "maximum": 300},
@@ -64,6 +70,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             },
             "oneOf": [
                 {"required": ["jwks_file"]},
+                {"required": ["jwks_url"]},
                 {"required": ["public_key_file"]},
                 {"required": ["hs256_secret_env"]},
             ],
@@ -126,6 +133,21 @@ CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "fail_open": {"type": "boolean"},
+        # Operational logs (not the audit log): JSON lines on stderr unless stderr is a
+        # terminal (`auto`), or as asked.
+        "log": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"level": {"enum": ["debug", "info", "warning", "error"]},
+                           "format": {"enum": ["auto", "json", "console"]}},
+        },
+        # SIGTERM: /readyz turns unready at once; the agent port keeps accepting for
+        # `delay_ms` (for load balancers that poll readiness), then stops accepting and
+        # lets calls in flight finish for up to `drain_ms` before the process exits.
+        "shutdown": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"delay_ms": {"type": "integer", "minimum": 0, "maximum": 300_000},
+                           "drain_ms": {"type": "integer", "minimum": 0, "maximum": 600_000}},
+        },
         "idempotency": {
             "type": "object", "additionalProperties": False,
             "properties": {"retention_hours": {"type": "number", "exclusiveMinimum": 0},

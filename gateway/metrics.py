@@ -9,17 +9,42 @@ Under `toolgate serve --workers N` the supervisor gives every worker one directo
 when it is imported, then keeps every value in a memory-mapped file of that directory, and
 `/metrics` (served by worker 1) adds up the files of every worker. Without the variable,
 values live in this process and the registry alone is exposed.
+
+Beside the gateway's own series, `/metrics` has `toolgate_build_info{version,python,aiohttp,
+uvloop} 1` and prometheus_client's process and Python collectors: `process_*` (CPU, memory,
+open files, start time) and `python_info`, `python_gc_*`. In multiprocess mode, where
+prometheus_client offers none of these, they are read when scraped (`RunProcesses`):
+`process_*` of every process of the run with a `worker` label (`1` … `N`, and `supervisor`),
+read from `/proc/<pid>` — each process leaves its pid in the run's directory
+(`register_process`) — and `python_gc_*` of the worker that serves `/metrics`, labelled the
+same way.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import re
+from collections.abc import Iterable, Iterator
+from importlib.metadata import version
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
+from gateway import __version__
 from gateway.core.stage import Stage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -41,6 +66,11 @@ class Metrics:
         self.multiproc_dir = os.environ.get(MULTIPROC_ENV) if shared else None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(BuildInfo())
+        if self.multiproc_dir is None:   # else read when scraped, for every process
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.calls = Counter("toolgate_calls", "Tool calls by tool, action and error code",
                              ["tool", "action", "code"], registry=r)
         # The autonomy ramp's share: calls the policy let run although they were over a
@@ -73,6 +103,10 @@ class Metrics:
                                        "Time from a call being held to its decision",
                                        ["outcome"], buckets=(1, 10, 60, 300, 900, 3600, 14400,
                                                              86400), registry=r)
+        # How each approved call ended (`gateway.approvals.executor`).
+        self.approved_calls = Counter(
+            "toolgate_approved_calls", "Approved calls by how they ended: executed, not sent "
+            "or failed", ["tool", "status", "code"], registry=r)
         self.connections_turned_away = Counter(
             "toolgate_connections_turned_away", "Connections answered 503 at the port's cap",
             ["port"], registry=r)
@@ -99,4 +133,76 @@ class Metrics:
         every = CollectorRegistry()
         # prometheus_client leaves this constructor unannotated.
         MultiProcessCollector(every, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        every.register(BuildInfo())
+        every.register(RunProcesses(Path(self.multiproc_dir)))
+        PlatformCollector(registry=every)
         return generate_latest(every)
+
+
+class BuildInfo(Collector):
+    """`toolgate_build_info{version,python,aiohttp,uvloop} 1`: what this gateway runs."""
+
+    def __init__(self) -> None:
+        self._labels = [__version__, platform.python_version(), version("aiohttp"),
+                        version("uvloop")]
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily("toolgate_build_info", "The gateway's version and the "
+                                 "versions it runs on", labels=["version", "python",
+                                                                "aiohttp", "uvloop"])
+        info.add_metric(self._labels, 1)
+        return [info]
+
+
+PID_FILE = re.compile(r"(worker-[0-9]{1,4}|supervisor)\.pid")
+
+
+def register_process(directory: str | Path | None, name: str) -> None:
+    """Leave this process's pid in the run's metrics directory as `<name>.pid` (`worker-3`,
+    `supervisor`), for `RunProcesses` to read its `/proc` entry. Nothing without one."""
+    if directory is None:
+        return
+    path = Path(directory) / f"{name}.pid"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(str(os.getpid()), encoding="ascii")
+    temporary.replace(path)   # whole or absent: a reader never sees half a pid
+
+
+class RunProcesses(Collector):
+    """`process_*` of every process of a `--workers N` run, labelled `worker` (`1` … `N`,
+    `supervisor`), from `/proc/<pid>` when scraped; and `python_gc_*` of this process, with
+    its own label. A process that is gone (or a platform without `/proc`) adds nothing."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def _pids(self) -> dict[str, int]:
+        pids: dict[str, int] = {}
+        for path in self._directory.glob("*.pid"):
+            if PID_FILE.fullmatch(path.name) is None:
+                continue
+            try:
+                pid = int(path.read_text(encoding="ascii"))
+            except (OSError, ValueError):
+                continue
+            pids[path.stem.removeprefix("worker-")] = pid
+        return pids
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        pids = self._pids()
+        for label, pid in sorted(pids.items()):
+            _relabel(families, ProcessCollector(pid=lambda pid=pid: pid,  # type: ignore[misc]
+                                                registry=None).collect(), label)
+            if pid == os.getpid():
+                _relabel(families, GCCollector(registry=CollectorRegistry()).collect(), label)
+        yield from families.values()
+
+
+def _relabel(families: dict[str, Metric], metrics: Iterable[Metric], worker: str) -> None:
+    """Add each metric's samples to `families` with the label `worker`."""
+    for metric in metrics:
+        family = families.setdefault(metric.name, Metric(metric.name, metric.documentation,
+                                                         metric.type))
+        for sample in metric.samples:
+            family.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value)

@@ -9,12 +9,20 @@ port has a per-client cap: the agent port's one client is the agent.
 Before it starts, `gateway.open_files` makes room for the connection caps under the
 process's open-file limit, or refuses to start; while it runs, it watches what is left.
 
-Under `toolgate serve --workers N` this runs in each worker (`gateway.workers`): the agent
-port is bound with SO_REUSEPORT, the admin port by worker 1 only, and each log line names
-its worker.
+**Starting.** Whatever stops the gateway before it serves — a port in use, a store or an
+audit log that cannot be opened — is one `StartupError` line (`gateway.startup`), never a
+traceback. **Stopping.** SIGTERM or SIGINT drains the process (`gateway.listener.drain`):
+`/readyz` turns 503 `draining` at once, the agent port accepts for `shutdown.delay_s`, calls
+in flight have `shutdown.drain_s` to finish, what is left is cancelled, background work gets
+what is left of the window, and the audit log ends with its `closed` record. A second
+SIGINT (Ctrl-C again) cuts the drain short.
 
-Logs go to stderr through `SafeFormatter`: an exception is logged as its types and frames,
-never its message, since a message can quote what a client sent (a token, a body).
+Under `toolgate serve --workers N` this runs in each worker (`gateway.workers`): the agent
+port is bound with SO_REUSEPORT, the admin port by worker 1 only, each log line names its
+worker, and a start-up failure is told to the supervisor, which prints it once.
+
+Logs go to stderr through `gateway.logs`: one line per record, JSON or console, and an
+exception as its types and frames, never its message.
 """
 
 from __future__ import annotations
@@ -23,11 +31,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
-import traceback
 import uuid
 from collections.abc import Mapping
-from types import TracebackType
 
 import uvloop
 from aiohttp import web
@@ -44,12 +49,20 @@ from gateway.core.call import Entrance, RequestFacts
 from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
 from gateway.listener import ConnectionLimits, Listener, Refused
+from gateway.listener.drain import CANCEL_GRACE_S, DRAIN, Drain, stop_serving
+from gateway.logs import configure_logging
+from gateway.metrics import MULTIPROC_ENV, register_process
+from gateway.startup import ONE_LINE, StartupError, bind_error, starting
 from gateway.tasks import stop as stop_task
 from gateway.web import RUNTIME
 from gateway.workers import Worker
 
+__all__ = ["StartupError", "configure_logging", "serve"]
+
 log = logging.getLogger("toolgate")
-SHUTDOWN_TIMEOUT_S = 10
+# aiohttp's own shutdown of what is still open after the drain (it waits this for a
+# request, cancels it, and waits this again): by then the drain has closed everything.
+SHUTDOWN_TIMEOUT_S = CANCEL_GRACE_S
 
 
 def connection_limits(settings: Settings, max_connections: int,
@@ -87,48 +100,53 @@ def admin_port_refusals(app: web.Application) -> Refused:
 async def _serve(settings: Settings, environ: Mapping[str, str],
                  ready: asyncio.Event | None = None,
                  stop: asyncio.Event | None = None, worker: Worker | None = None) -> None:
-    """Serve until `stop`. As a worker of `--workers N` (`gateway.workers`): the agent port
-    with SO_REUSEPORT, the admin port only on worker 1 (opened once the supervisor says
-    every worker listens), and reloads passed on between workers."""
+    """Serve until `stop` (or SIGTERM/SIGINT), then drain. As a worker of `--workers N`
+    (`gateway.workers`): the agent port with SO_REUSEPORT, the admin port only on worker 1
+    (opened once the supervisor says every worker listens), and reloads passed on between
+    workers. Raises `StartupError` (or a config, key or credential error) if it cannot
+    start."""
     # The watch's baseline comes first: a change while the bundle is built is not missed.
     baseline = bundle_watch.fingerprint(bundle_watch.watched(settings)) \
         if settings.policy.watch_ms else frozenset()
-    app, admin = build_apps(settings, environ)
+    with starting(settings):
+        app, admin = build_apps(settings, environ)
+    draining, hurry = Drain(), asyncio.Event()
+    for served in (app, admin):
+        served.on_response_prepare.append(draining.on_response_prepare)
+    admin[DRAIN] = draining
     runners = _runners(app, admin, worker)
     serves_admin = len(runners) > 1
     listeners: list[Listener] = []
+    started: list[Listener] = []
     tasks: list[asyncio.Task[None]] = []
     stop = stop or asyncio.Event()
     every_worker_listens = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # SIGHUP reloads the tool specs, policies and data (`gateway.bundle.reload`).
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_on_signal(app, "sighup"))
+    _on_signals(app, draining, stop, hurry)
     if worker is not None:
         tasks += _as_worker(worker, app, every_worker_listens, stop)
     try:
-        for runner in runners:
-            await runner.setup()
-        listeners = _listeners(settings, app, runners, reuse_port=worker is not None)
-        await listeners[0].start()
+        with starting(settings):
+            for runner in runners:
+                await runner.setup()
+            listeners = _listeners(settings, app, runners, reuse_port=worker is not None)
+        await _listen(listeners[0], "listen", settings.listen)
+        started.append(listeners[0])
         if worker is not None:
             worker.tell("listening")
-            if serves_admin and not await _first(every_worker_listens, stop):
-                return
-        for listener in listeners[1:]:
-            await listener.start()
-        tasks.append(asyncio.create_task(open_files.watch(), name="open-files"))
-        if settings.policy.watch_ms:
-            tasks.append(asyncio.create_task(bundle_watch.watch(
-                app[RUNTIME].reloader, bundle_watch.watched(settings),
-                settings.policy.watch_ms / 1000, baseline), name="bundle-watch"))
-        log.info("toolgate listening on http://%s (%s), audit log %s", settings.listen,
-                 f"admin http://{settings.admin_listen}" if serves_admin
-                 else "admin port on worker 1", settings.audit.file or "stdout")
-        if ready is not None:
-            ready.set()
-        await stop.wait()
+        if not serves_admin or worker is None or await _first(every_worker_listens, stop):
+            for listener in listeners[1:]:
+                await _listen(listener, "admin_listen", settings.admin_listen)
+                started.append(listener)
+            tasks += _watches(settings, app, baseline)
+            log.info("toolgate listening on http://%s (%s), audit log %s", settings.listen,
+                     f"admin http://{settings.admin_listen}" if serves_admin
+                     else "admin port on worker 1", settings.audit.file or "stdout")
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        rt = app.get(RUNTIME)
+        await stop_serving(settings.shutdown, draining, started, hurry,
+                           rt.background if rt is not None else None)
     finally:
         for task in reversed(tasks):
             await stop_task(task)
@@ -136,6 +154,45 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+def _on_signals(app: web.Application, draining: Drain, stop: asyncio.Event,
+                hurry: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop_signal, sig, draining, stop, hurry)
+    # SIGHUP reloads the tool specs, policies and data (`gateway.bundle.reload`).
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_on_signal(app, "sighup"))
+
+
+def _watches(settings: Settings, app: web.Application,
+             baseline: bundle_watch.Fingerprint) -> list[asyncio.Task[None]]:
+    """What runs while the gateway serves: the open-file watch, and the file watch that
+    reloads the bundle (`policy.watch_ms`)."""
+    tasks = [asyncio.create_task(open_files.watch(), name="open-files")]
+    if settings.policy.watch_ms:
+        tasks.append(asyncio.create_task(bundle_watch.watch(
+            app[RUNTIME].reloader, bundle_watch.watched(settings),
+            settings.policy.watch_ms / 1000, baseline), name="bundle-watch"))
+    return tasks
+
+
+def _stop_signal(signum: int, draining: Drain, stop: asyncio.Event,
+                 hurry: asyncio.Event) -> None:
+    """SIGTERM/SIGINT: unready at once, then the drain; a second SIGINT cuts it short (a
+    person pressing Ctrl-C again). A SIGTERM after a SIGINT does not: under `--workers`, a
+    terminal's Ctrl-C reaches each worker, and then the supervisor's SIGTERM too."""
+    if stop.is_set() and signum == signal.SIGINT:
+        hurry.set()
+    draining.begin()
+    stop.set()
+
+
+async def _listen(listener: Listener, key: str, address: Address) -> None:
+    try:
+        await listener.start()
+    except OSError as exc:
+        raise bind_error(key, address, exc) from None
 
 
 def _runners(app: web.Application, admin: web.Application,
@@ -146,7 +203,9 @@ def _runners(app: web.Application, admin: web.Application,
     if worker is None or worker.serves_admin:
         apps.append(admin)
     if worker is not None and worker.serves_admin:
-        admin[RELOAD_OTHERS] = lambda: worker.tell("reload")
+        def reload_others() -> None:
+            worker.tell("reload")
+        admin[RELOAD_OTHERS] = reload_others
     return [web.AppRunner(a, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             for a in apps]
 
@@ -216,50 +275,38 @@ async def _reload(reloader: Reloader, trigger: str) -> None:
         await reloader.reload(trigger)
 
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-
-
-class SafeFormatter(logging.Formatter):
-    """SECURITY: exceptions as their types and frames only. An exception's message can
-    quote client input — aiohttp's parser errors quote the raw request, `Authorization`
-    header included — and no log line may carry a token, a credential or a body."""
-
-    def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:  # noqa: N802
-        _, exc, tb = ei
-        if exc is None:
-            return ""
-        lines = ["Traceback (exception messages are not logged):"]
-        lines += [f"  {frame.filename}:{frame.lineno} in {frame.name}"
-                  for frame in traceback.extract_tb(tb)]
-        chain: list[str] = []
-        seen: BaseException | None = exc
-        while seen is not None and len(chain) < 10:
-            chain.append(type(seen).__name__)
-            seen = seen.__cause__ or seen.__context__
-        lines.append("  " + " <- ".join(chain))
-        return "\n".join(lines)
-
-
-def configure_logging(process: str | None = None) -> None:
-    """Log lines to stderr; under `--workers N`, each names its process (`worker=2`,
-    `supervisor`)."""
-    name = "%(name)s" if process is None else f"%(name)s {process}"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def serve(settings: Settings, environ: Mapping[str, str], worker: Worker | None = None
-          ) -> None:
+          ) -> int:
     """One gateway process: the whole gateway, or worker `worker` of `--workers N`, which
-    writes its own audit chain (`Worker.settings`)."""
-    configure_logging(None if worker is None else f"worker={worker.index}")
+    writes its own audit chain (`Worker.settings`). Returns the exit code: 0 after a clean
+    stop. Raises `StartupError`, `LoadErrors`, `KeyConfigError` or `CredentialError` (one
+    line each) if it cannot start — except in a worker, which tells its supervisor instead
+    (the supervisor prints it, once for all workers) and returns 1."""
+    configure_logging(settings.log, worker=None if worker is None else worker.index)
     if worker is not None:
         settings = worker.settings(settings)
+        # Its pid, for the process metrics of every worker (`gateway.metrics`).
+        register_process(environ.get(MULTIPROC_ENV), f"worker-{worker.index}")
     # A file size limit (RLIMIT_FSIZE) reached by the audit file is a failed write — calls
     # are refused and the gateway recovers when the limit is raised — not a dead process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    open_files.fit_open_files(settings)
-    uvloop.run(_serve(settings, environ, worker=worker))
+    try:
+        open_files.fit_open_files(settings)
+        uvloop.run(_serve(settings, environ, worker=worker))
+    except ONE_LINE as exc:
+        if worker is not None and worker.tell(f"failed {_line(exc)}"):
+            return 1
+        raise
+    except Exception:
+        # After it served: the stop itself failed. One log line (types and frames), exit 1.
+        log.exception("the gateway did not stop cleanly")
+        return 1
+    return 0
+
+
+def _line(exc: BaseException) -> str:
+    """A start-up failure as one line for the supervisor's pipe (a write under PIPE_BUF
+    arrives whole)."""
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
+    return " ".join(text.split())[:3000]

@@ -18,7 +18,10 @@ async def stop(task: asyncio.Task[Any] | None) -> None:
         await task
 
 
-CLOSE_WAIT_S = 60
+# How long `close` waits by default, inside Kubernetes' 30 s grace with the drain before it;
+# `gateway.serve` first gives the work what is left of the drain window.
+CLOSE_WAIT_S = 5.0
+CANCEL_WAIT_S = 1.0
 
 
 class Background:
@@ -33,6 +36,13 @@ class Background:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Wait up to `timeout_s` for the work to finish, then cancel what is left (as a
+        crash would end it) and give it `CANCEL_WAIT_S` to unwind."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT_S)
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, timeout_s))
+        left = set(self._tasks)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=CANCEL_WAIT_S)

@@ -1,111 +1,127 @@
-"""`gateway.serve.SafeFormatter`: what `toolgate serve` logs of an exception is its types
-and frames, never its message — a message can quote a client's token or body (THREAT_MODEL
-U5)."""
+"""`gateway.serve`: a gateway that cannot start says why in one line (`StartupError`), a
+worker tells its supervisor instead of printing, and a stop drains the process — here in
+process, on real sockets, with a real runtime. The whole `toolgate serve` on SIGTERM is in
+tests/e2e/test_drain.py, its start-up failures in tests/e2e/test_startup_errors.py."""
 
 from __future__ import annotations
 
-import io
-import logging
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 
-from gateway import serve
-from gateway.serve import SafeFormatter
+from gateway import logs, serve
+from gateway.devtokens import DevKey
+from gateway.serve import StartupError, _serve
+from tests.support import UPSTREAM_SECRET, Recorder, config
 
-TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzdmMtYWdlbnQifQ.c2lnbmF0dXJl"
-SECRET = "upstream-secret-9f8e7d6c5b4a"
+ENV = {"UPSTREAM_TOKEN": UPSTREAM_SECRET}
+WAIT_S = 15
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
-def logged() -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """A logger whose one handler formats with SafeFormatter into a string."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("toolgate.test_serve")
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield logger, out
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
+def taken() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
 
 
-class ParseError(Exception):
-    """Stands for aiohttp's parser errors, whose message quotes the raw request."""
+def audit(directory: Path) -> list[dict[str, object]]:
+    path = directory / "audit" / "toolgate.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def parse(raw: str) -> None:
-    raise ParseError(f"bad request line: {raw!r}")
+def test_demo_finds_the_logging_setup_where_it_was() -> None:
+    assert serve.configure_logging is logs.configure_logging
 
 
-def handle(raw: str) -> None:
-    try:
-        parse(raw)
-    except ParseError as exc:
-        raise RuntimeError(f"while handling Authorization: Bearer {TOKEN}") from exc
+async def test_a_port_in_use_is_one_line_naming_the_key_and_the_fix(
+        tmp_path: Path, dev_key: DevKey, taken: int) -> None:
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9", listen=f"127.0.0.1:{taken}",
+                      admin_listen=f"127.0.0.1:{free_port()}")
+    with pytest.raises(StartupError) as caught:
+        await _serve(settings, ENV)
+    assert str(caught.value).startswith(f"listen: 127.0.0.1:{taken}: the port is already in "
+                                        "use by another process: stop that process")
+    assert "\n" not in str(caught.value)
+    last = audit(tmp_path)[-1]
+    assert (last["kind"], last["event"]) == ("audit", "closed"), "what opened is closed"
 
 
-def test_an_exception_is_logged_as_its_type_and_frames_never_its_message(
-        logged: tuple[logging.Logger, io.StringIO]) -> None:
-    logger, out = logged
-    try:
-        parse(f"GET / HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n")
-    except ParseError:
-        logger.exception("request refused")
-    text = out.getvalue()
-    assert text.startswith("ERROR toolgate.test_serve: request refused\n")
-    assert "ParseError" in text
-    assert f"{__file__}:" in text and " in parse" in text, "the frames are there"
-    assert TOKEN not in text
-    assert "eyJ" not in text
-    assert "bad request line" not in text, "no part of the message"
+async def test_the_admin_port_in_use_names_admin_listen(tmp_path: Path, dev_key: DevKey,
+                                                        taken: int) -> None:
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9",
+                      listen=f"127.0.0.1:{free_port()}", admin_listen=f"127.0.0.1:{taken}")
+    with pytest.raises(StartupError, match=rf"^admin_listen: 127\.0\.0\.1:{taken}: the port"):
+        await _serve(settings, ENV)
 
 
-@pytest.mark.parametrize("link", ["cause", "context"])
-def test_every_exception_of_a_chain_is_named_and_none_is_quoted(
-        logged: tuple[logging.Logger, io.StringIO], link: str) -> None:
-    """`raise ... from` (cause) and an exception raised while handling another (context):
-    each message in the chain may hold the secret; only their types are written."""
-    logger, out = logged
-    try:
-        if link == "cause":
-            handle(SECRET)
-        else:
-            try:
-                parse(SECRET)
-            except ParseError:
-                {}[f"Bearer {TOKEN}"]  # a KeyError quoting its key, raised while handling
-    except (RuntimeError, KeyError):
-        logger.error("call failed", exc_info=True)
-    text = out.getvalue()
-    outer = "RuntimeError" if link == "cause" else "KeyError"
-    assert f"{outer} <- ParseError" in text
-    assert TOKEN not in text and SECRET not in text
-    assert "eyJ" not in text
+def test_a_worker_that_cannot_start_tells_its_supervisor_and_prints_nothing(
+        tmp_path: Path, dev_key: DevKey, taken: int) -> None:
+    """`--worker I/N` as the supervisor starts it, with this test as the supervisor: the
+    failure comes over the control pipe, for the supervisor to print once."""
+    config(tmp_path, dev_key, "http://127.0.0.1:9", listen=f"127.0.0.1:{taken}",
+           admin_listen=f"127.0.0.1:{free_port()}")
+    read, write = os.pipe()
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "toolgate.yaml"),
+         "--worker", "1/1", "--worker-parent", str(os.getpid()),
+         "--worker-control-fd", str(write)],
+        pass_fds=(write,), capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **ENV})
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        told = pipe.read().decode()
+    assert done.returncode == 1
+    assert "error:" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert told.startswith(f"1 failed listen: 127.0.0.1:{taken}: the port is already in use")
+    assert told.endswith("\n") and told.count("\n") == 1
 
 
-def test_the_standard_formatter_would_have_leaked(logged: tuple[logging.Logger, io.StringIO]
-                                                  ) -> None:
-    """The control: the same exception through logging's own formatter shows the token —
-    what the tests above prove SafeFormatter prevents."""
-    logger, out = logged
-    logger.handlers[0].setFormatter(logging.Formatter("%(message)s"))
-    try:
-        handle(SECRET)
-    except RuntimeError:
-        logger.exception("call failed")
-    assert TOKEN in out.getvalue() and SECRET in out.getvalue()
-
-
-def test_serve_logs_through_the_safe_formatter() -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        serve.configure_logging()
-        assert [type(h.formatter) for h in root.handlers] == [SafeFormatter]
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+async def test_a_call_still_in_flight_when_the_window_ends_is_cancelled_and_recorded(
+        tmp_path: Path, dev_key: DevKey, recorder: tuple[Recorder, str]) -> None:
+    """`shutdown.drain_ms: 0`: the stop cancels the call held at the upstream; its
+    decision record stands, its outcome says `cancelled`, the log ends `closed`."""
+    upstream, url = recorder
+    port, admin_port = free_port(), free_port()
+    settings = config(tmp_path, dev_key, url, listen=f"127.0.0.1:{port}",
+                      admin_listen=f"127.0.0.1:{admin_port}", shutdown={"drain_ms": 0})
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(_serve(settings, ENV, ready, stop))
+    await asyncio.wait_for(ready.wait(), WAIT_S)
+    token = dev_key.token("svc-agent", tenant="acme", scopes=["echo:write"])
+    async with aiohttp.ClientSession() as session:
+        call = asyncio.create_task(session.post(
+            f"http://127.0.0.1:{port}/state/slow", json={"n": 1},
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "drain-cut",
+                     "X-Gate": "held"}))
+        deadline = time.monotonic() + WAIT_S
+        while not upstream.seen:
+            assert time.monotonic() < deadline, "the call never reached the upstream"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(serving, WAIT_S)
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await call
+    request_id = upstream.seen[0].headers["X-Request-Id"]
+    mine = [r for r in audit(tmp_path) if r["decision_id"] == request_id]
+    assert [r["kind"] for r in mine] == ["decision", "outcome"]
+    assert mine[1]["error"] == "cancelled"
+    last = audit(tmp_path)[-1]
+    assert (last["kind"], last["event"]) == ("audit", "closed")

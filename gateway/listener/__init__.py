@@ -25,14 +25,19 @@ slow and hostile clients, on both ports.
   (`bad_request`) and passed to `refused`, which audits them (the agent port: one decision
   record each) or aggregates them (the admin port). What the client sent is never logged.
 
+**Draining** (`gateway.listener.drain`): on SIGTERM the socket stops accepting, idle
+connections are closed, calls in flight finish within the window, and what is left is
+cancelled.
+
 With `reuse_port`, several processes (`toolgate serve --workers N`) listen on one port and
 the kernel spreads the connections across them; each process's caps are its own.
 
 aiohttp's own `TCPSite` has none of these, so the socket is opened here and each
 connection gets a `gateway.listener.connection.Connection`: aiohttp's `RequestHandler`,
 plus the timers and the JSON refusal. It reads aiohttp's private fields `_request_count`,
-`_messages`, `_upgraded`, `_reading_paused`, `_max_msg_queue_size`, `_close` and
-`_force_close`; the pinned aiohttp release and the tests keep that honest.
+`_messages`, `_upgraded`, `_reading_paused`, `_max_msg_queue_size`, `_close`,
+`_force_close`, `_waiter` and `_task_handler`; the pinned aiohttp release and the tests
+keep that honest.
 """
 
 from __future__ import annotations
@@ -171,6 +176,16 @@ class Listener:
         self._server = await asyncio.get_running_loop().create_server(
             self._connection, self._address.host, self._address.port, reuse_address=True,
             reuse_port=self.reuse_port or None)
+
+    def connections(self) -> list[Connection]:
+        """The connections open now (a copy)."""
+        return list(self._open)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket: a new connection is refused; open ones go on
+        (`gateway.listener.drain`)."""
+        if self._server is not None:
+            self._server.close()
 
     async def stop(self) -> None:
         if self._server is not None:

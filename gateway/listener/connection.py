@@ -74,6 +74,19 @@ class Connection(RequestHandler):
         transport.set_write_buffer_limits(high=0)
         super().connection_made(transport)
 
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request: none queued, none being handled (aiohttp's own test before
+        it closes a kept-alive connection). A head that has begun to arrive counts as idle:
+        its request has not started."""
+        return self._waiter is not None and not self._waiter.done() and not self._messages
+
+    @property
+    def handler(self) -> asyncio.Task[None] | None:
+        """aiohttp's task serving this connection's requests; cancelling it cancels the
+        request being handled (`gateway.listener.drain.cut`)."""
+        return self._task_handler
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
         self._stop_send_timer()

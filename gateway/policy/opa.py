@@ -53,7 +53,12 @@ def decision_path(query: str) -> str:
 
 def server_address(url: str) -> tuple[bool, str, int]:
     """(TLS, host, port) of `policy.opa_url`; the Data API lives at its root."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port   # noqa: B018 (raises for a port that is not a number from 0 to 65535)
+    except ValueError as exc:   # urllib's own words name neither the key nor the fix
+        raise ValueError(f"policy.opa_url must be http(s)://host:port, got {url!r} ({exc})"
+                         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"policy.opa_url must be http(s)://host:port, got {url!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:

@@ -20,17 +20,27 @@ these differences (`gateway.serve`):
   and removes). A reload by `POST /v1/policy/reload` is passed on to every other worker
   (their records say `trigger: worker`); SIGHUP to the supervisor reaches every worker.
   Kill switches set there reach the others by the store, within `killswitch.poll_ms`.
-- **Logs** name the worker (`worker=2`).
+- **Logs** name the worker (`"worker": 2` in JSON, `worker=2` on a console); the
+  supervisor's say `supervisor` (`gateway.logs`).
+- **Metrics** of every process: `process_*{worker="1"…"N"|"supervisor"}`, read from each
+  one's `/proc` when worker 1 is scraped (each leaves its pid in the run's directory).
 
-Workers talk to the supervisor over one pipe (`I listening`, `1 reload`); the supervisor
-talks to them by signals: SIGTERM (stop), SIGHUP (reload), SIGUSR1 (reload: another worker
-did), SIGUSR2 (worker 1: every worker listens, open the admin port).
+Workers talk to the supervisor over one pipe (`I listening`, `1 reload`, `I failed <error>`);
+the supervisor talks to them by signals: SIGTERM (stop), SIGINT (a second Ctrl-C: cut the
+drain short), SIGHUP (reload), SIGUSR1 (reload: another worker did), SIGUSR2 (worker 1:
+every worker listens, open the admin port).
 
-**Stopping.** SIGTERM or SIGINT to the supervisor is passed to every worker, which stops as
-one gateway does (its chain ends with `closed`); a worker still running `STOP_TIMEOUT_S`
-later is killed. **A worker that dies** stops the others the same way and the supervisor
-exits 1: fail closed, and let what runs the gateway (Kubernetes, systemd) restart it whole,
-rather than run on at part capacity with a crash nobody sees. A worker started by a
+**Starting.** A worker that cannot start (a port, the store, its audit file) says why on the
+pipe and exits 1; the supervisor prints that `error:` line once, however many workers fail
+alike, stops the others and exits 1.
+
+**Stopping.** SIGTERM or SIGINT to the supervisor is passed to every worker, which drains
+as one gateway does (`gateway.listener.drain`: unready at once, calls in flight finish
+within `shutdown.drain_ms`) and stops (its chain ends with `closed`); a worker still running
+`shutdown.delay_ms + drain_ms` plus `TEARDOWN_S` (10 s) later is killed. **A worker that
+dies** stops the others the same way and the supervisor exits 1: fail closed, and let what
+runs the gateway (Kubernetes, systemd) restart it whole, rather than run on at part
+capacity with a crash nobody sees. A worker started by a
 supervisor that is then killed gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`), or sees
 its parent gone, and stops: no orphans. The exit code is 0 only when every worker stopped
 cleanly after a stop was asked for.

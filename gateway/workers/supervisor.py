@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Settings
+from gateway.logs import configure_logging
 
 log = logging.getLogger("toolgate")
-STOP_TIMEOUT_S = 25.0   # under Kubernetes' default 30 s grace: our SIGKILL comes first
+# After SIGTERM, a worker has its drain window (`shutdown.delay_ms + drain_ms`) and this much
+# more to close (cancelled calls, background work, the audit log) before it is killed. With
+# the defaults, 25 s: under Kubernetes' default 30 s grace, so our SIGKILL comes first.
+TEARDOWN_S = 10.0
+STOP_TIMEOUT_S = 15.0 + TEARDOWN_S
 RELAY_CHUNK = 65_536
 DRAIN_S = 5.0   # after the last worker exited, how long its stdout may still be read
 
@@ -43,6 +48,7 @@ class _Child:
     listening: bool = False  # said so: its signal handlers are in place
     pending: int | None = None   # a reload signal for when it listens
     relay: bytes = b""       # a line of its stdout not yet whole (with `relay_stdout`)
+    failed_start: bool = False   # said it could not start (and why: printed once)
 
     @property
     def running(self) -> bool:
@@ -62,12 +68,20 @@ class Supervisor:
         self.children: list[_Child] = []
         self._stopping_since: float | None = None
         self._failed = False      # a worker died unasked, or did not stop cleanly
+        self._start_failure: str | None = None   # the first worker's that could not start
         self._control = b""
 
     def run(self) -> int:
-        from gateway.metrics import MULTIPROC_ENV  # noqa: PLC0415 (prometheus_client)
+        """Start the workers and supervise them until they have all exited. 0 only if every
+        one stopped cleanly when asked to; a worker that could not start has its `error:`
+        line printed on stderr, once, whichever workers failed."""
+        from gateway.metrics import (  # noqa: PLC0415 (prometheus_client)
+            MULTIPROC_ENV,
+            register_process,
+        )
 
         metrics_dir = tempfile.mkdtemp(prefix="toolgate-metrics-")
+        register_process(metrics_dir, "supervisor")   # its process metrics, too
         wake_r, wake_w = os.pipe()
         control_r, control_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -120,7 +134,9 @@ class Supervisor:
             ready, _, _ = select.select(watched, [], [], timeout)
             if wake_r in ready:
                 self._signals(os.read(wake_r, 512))
-            if control_r in ready:
+            # Read before reaping (also when a worker exited since `select`): what a worker
+            # said before it exited (`failed …`) is known when its exit is.
+            if control_r >= 0 and (control_r in ready or _readable(control_r)):
                 news = os.read(control_r, 4096)
                 self._news(news)
                 if not news:   # every worker has closed it: they are exiting
@@ -135,7 +151,10 @@ class Supervisor:
 
     def _signals(self, received: bytes) -> None:
         for signum in received:
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGINT and self._stopping_since is not None:
+                # Ctrl-C again: each worker cuts its drain short (`gateway.serve`).
+                self._signal(signal.SIGINT, self.children)
+            elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.stop(f"signal {signal.Signals(signum).name}")
             elif signum == signal.SIGHUP and self._stopping_since is None:
                 log.info("SIGHUP: every worker reloads")
@@ -159,6 +178,18 @@ class Supervisor:
                     self._signal(signal.SIGUSR2, self.children[:1])
             elif event == "reload" and self._stopping_since is None:
                 self._reload(signal.SIGUSR1, [c for c in self.children if c is not child])
+            elif event.startswith("failed "):
+                self._could_not_start(child, event.removeprefix("failed "))
+
+    def _could_not_start(self, child: _Child, error: str) -> None:
+        """A worker could not start (a port, the store, its audit file): the gateway cannot
+        either. Its one line is printed once, however many workers fail alike."""
+        child.failed_start = True
+        self._failed = True
+        if self._start_failure is None:
+            self._start_failure = error
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        self.stop(f"worker {child.index} could not start")
 
     def _reload(self, signum: int, children: Sequence[_Child]) -> None:
         """A reload signal to each worker that listens; one still starting gets it when it
@@ -190,7 +221,10 @@ class Supervisor:
         for child in self.children:
             if child.running and child.proc.poll() is not None:
                 code = child.proc.returncode
-                if self._stopping_since is None:
+                if child.failed_start or (self._start_failure is not None and code != 0):
+                    # Said already; the others were stopped while they started, too.
+                    self._failed = True
+                elif self._stopping_since is None:
                     log.error("worker %d (pid %d) exited %s unasked; stopping the others",
                               child.index, child.proc.pid, code)
                     self._failed = True
@@ -223,6 +257,10 @@ class Supervisor:
                     child.proc.send_signal(signum)
 
 
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 def _noop(signum: int, frame: object) -> None:
     """Signals are read from the wakeup pipe (`signal.set_wakeup_fd`); this only catches
     them."""
@@ -241,8 +279,8 @@ def _write_out(data: bytes) -> None:
 
 def supervise(config: Path, settings: Settings, environ: Mapping[str, str],
               count: int) -> int:
-    from gateway.serve import configure_logging  # noqa: PLC0415 (aiohttp, uvloop)
-
-    configure_logging("supervisor")
+    configure_logging(settings.log, supervisor=True)
+    # SIGTERM's drain in each worker, then its teardown, before the supervisor kills it.
+    stop_timeout_s = settings.shutdown.delay_s + settings.shutdown.drain_s + TEARDOWN_S
     return Supervisor(worker_command(config, count), count, environ,
-                      relay_stdout=settings.audit.stdout).run()
+                      relay_stdout=settings.audit.stdout, stop_timeout_s=stop_timeout_s).run()

@@ -64,11 +64,14 @@ class Worker:
         return replace(settings, audit=replace(
             settings.audit, file=worker_file(settings.audit.file, self.index)))
 
-    def tell(self, event: str) -> None:
-        """One line to the supervisor (`listening`, `reload`): a write under PIPE_BUF is
-        whole, whichever workers write at once."""
-        with contextlib.suppress(OSError):   # the supervisor is gone: we are stopping
-            os.write(self.control_fd, f"{self.index} {event}\n".encode())
+    def tell(self, event: str) -> bool:
+        """One line to the supervisor (`listening`, `reload`, `failed <error>`): a write
+        under PIPE_BUF is whole, whichever workers write at once. False if it is gone."""
+        line = f"{self.index} {event}\n".encode()
+        try:
+            return os.write(self.control_fd, line) == len(line)
+        except OSError:   # the supervisor is gone: we are stopping
+            return False
 
     def die_with_parent(self) -> bool:
         """Ask the kernel for SIGTERM when the supervisor dies (Linux); False when the

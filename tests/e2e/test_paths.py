@@ -36,7 +36,7 @@ TRICKS = [
     "/echo/./items/x",
 ]
 DECLARED = re.compile(r"^/v1/(items/[^/]+|items|status/[^/]+|slow|slow/refunds|slow/notes|"
-                      r"anything|shadow|refunds|customers/[^/]+|orders/[^/]+|"
+                      r"slow/keyed|anything|shadow|refunds|customers/[^/]+|orders/[^/]+|"
                       r"tickets/[^/]+/notes|employees/[^/]+/bank-account)(\?.*)?$"
                       r"|^/hooks/approvals$")  # the approval tests' webhook receiver
 

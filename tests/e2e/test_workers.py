@@ -55,6 +55,12 @@ def answered_by(gw: Gateway, replies: list[Reply]) -> dict[int, int]:
             for worker, path in chain_files(gw).items()}
 
 
+def logged(gw: Gateway) -> list[dict[str, Any]]:
+    """The gateway's log lines (JSON on stderr: `gateway.logs`), not its audit records."""
+    return [json.loads(line) for line in gw.log().splitlines()
+            if line.startswith('{"timestamp":')]
+
+
 def workers_gateway(directory: Path, dev_key: DevKey, upstream: Upstream,
                     policies: Path | None = None) -> Gateway:
     gw = state_gateway(directory, dev_key, upstream)
@@ -99,10 +105,10 @@ def test_both_workers_answer_and_each_call_is_recorded_once(gw: Gateway,
     counts = answered_by(gw, replies)
     assert counts[1] > 0 and counts[2] > 0, counts
     assert counts[1] + counts[2] == 60, "one decision record per call, in one chain"
-    log = gw.log()
-    assert re.search(r"INFO toolgate worker=1: toolgate listening on .* \(admin http", log)
-    assert re.search(r"INFO toolgate worker=2: toolgate listening on .* \(admin port on "
-                     r"worker 1\)", log)
+    listening = {r.get("worker"): r["message"] for r in logged(gw)
+                 if r["message"].startswith("toolgate listening on ")}
+    assert "(admin http" in listening[1]
+    assert "(admin port on worker 1)" in listening[2]
 
 
 def test_one_key_sent_to_both_workers_at_once_is_forwarded_once(
@@ -277,8 +283,9 @@ def test_a_dead_worker_stops_the_gateway_and_each_chain_resumes_with_any_n(
     assert gw.proc.wait(30) == 1
     assert (records(files[1])[-1]["kind"], records(files[1])[-1]["event"]) == \
         ("audit", "closed")
-    assert re.search(r"ERROR toolgate supervisor: worker 2 \(pid \d+\) exited -9 unasked",
-                     gw.log())
+    assert any(r["level"] == "error" and r.get("process") == "supervisor"
+               and re.fullmatch(r"worker 2 \(pid \d+\) exited -9 unasked; stopping the others",
+                                r["message"]) for r in logged(gw))
     seqs = {w: records(path)[-1]["seq"] for w, path in files.items()}
 
     gw.start()

@@ -5,6 +5,7 @@ The whole of `toolgate serve --workers 2` is in tests/e2e/test_workers.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,3 +126,31 @@ def test_every_line_a_worker_wrote_is_relayed_whole_after_it_exits(tmp_path: Pat
     records = [orjson.loads(line) for line in lines if not line.startswith(b"torn")]
     assert sorted((r["w"], r["i"]) for r in records) == [
         (w, i) for w in (1, 2) for i in range(3000)]
+
+
+def test_a_start_failure_is_printed_once_however_many_workers_fail(tmp_path: Path) -> None:
+    """Workers 1 and 2 cannot start (each says why on the control pipe, as `gateway.serve`
+    does); worker 3 starts. stderr holds one `error:` line and nothing else — no log line
+    about the exits, no traceback — worker 3 is stopped, and the supervisor exits 1."""
+    stand_in = ("import os, signal, sys, time",
+                "index, fd = int(sys.argv[1]), int(sys.argv[2])",
+                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))",
+                "signal.signal(signal.SIGUSR2, signal.SIG_IGN)",
+                "if index < 3:",
+                "    os.write(fd, b'%d failed audit: cannot write /x/w%d.jsonl: fix it\\n'"
+                " % (index, index))",
+                "    sys.exit(1)",
+                "os.write(fd, b'3 listening\\n')",
+                "time.sleep(60)")
+    supervise = ("import os, sys",
+                 "from gateway.workers import Supervisor",
+                 f"script = {chr(10).join(stand_in)!r}",
+                 "def command(index, fd):",
+                 "    return [sys.executable, '-c', script, str(index), str(fd)]",
+                 "sys.exit(Supervisor(command, 3, dict(os.environ)).run())")
+    done = subprocess.run(_script(*supervise), capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.fullmatch(r"error: audit: cannot write /x/w[12]\.jsonl: fix it", lines[0])
