@@ -4,13 +4,19 @@ RFC 8725 practice, enforced here rather than left to the library's defaults:
 - the algorithm allow-list comes from config and never contains `none`;
 - every key is pinned to the algorithms of its own key type (`gateway.keys`), so the token
   header cannot make an RSA public key act as an HMAC secret;
-- `kid` is only a lookup key; an unknown `kid` is a 401, never a fallback to another key;
+- `kid` is only a lookup key; an unknown `kid` is a 401, never a fallback to another key
+  (with a key source that can fetch newer keys, `auth.jwks_url`, the verifier first raises
+  `KeyMiss`, whose `retry` waits for the source's coalesced, rate-limited fetch and then
+  verifies again or refuses);
 - `iss`, `aud`, `exp`, `sub` are required; `exp`/`nbf` are checked with the configured
   leeway, and a date (`exp`, `nbf`, `iat`) that is not a finite number is refused.
 Every claim the principal is made of is typed, and its names bounded (`_CLAIMS`): one that
 is present but not usable as it is makes the token a 401 naming it, never a claim dropped
 or replaced.
-Verified tokens are cached, but a cache entry never outlives the token's own `exp`.
+Verified tokens are cached, but a cache entry never outlives the token's own `exp`, nor
+the key set it was verified with: the cache is emptied whenever the source's set changes.
+Verification is synchronous and takes no lock: the set is one attribute read, and only a
+`KeyMiss` awaits anything.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import orjson
 
 from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
-from gateway.keys import VerificationKey
+from gateway.keys import KeySet, KeySource, StaticKeys, VerificationKey
 
 MAX_RUN_ID = 128
 # `sub`, `tenant`, `agent`: roomy for any identity provider's names (a Kubernetes service
@@ -135,18 +141,44 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         run_id=claims.get("run_id"), claims=dict(claims))
 
 
+class KeyMiss(Unauthenticated):
+    """The token names a `kid` its key source does not hold, and the source can fetch
+    newer keys. It is the 401 the token gets if nobody waits (so a caller that does not
+    handle it fails closed); `await miss.retry()` waits for the source's fetch (coalesced,
+    rate-limited: `gateway.jwks.source`) and returns the principal or raises the final
+    `Unauthenticated`. The token is held only for that retry, never shown."""
+
+    def __init__(self, refusal: Unauthenticated, verifier: TokenVerifier, token: str) -> None:
+        super().__init__(refusal.message, headers=refusal.headers)
+        self._verifier = verifier
+        self._token = token
+
+    async def retry(self) -> Principal:
+        await self._verifier.keys.refresh_for_miss()
+        return self._verifier.verify(self._token, refresh=False)
+
+
 class TokenVerifier:
     """Verifies bearer tokens against pinned keys; keeps a bounded cache of results."""
 
-    def __init__(self, settings: AuthSettings, keys: list[VerificationKey]) -> None:
+    def __init__(self, settings: AuthSettings,
+                 keys: list[VerificationKey] | KeySource) -> None:
         self._settings = settings
-        self._keys = keys
-        self._by_kid = {k.kid: k for k in keys if k.kid is not None}
+        self.keys: KeySource = StaticKeys(keys) if isinstance(keys, list) else keys
+        self._keyset = self.keys.current
         self._cache: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
-    def verify(self, token: str, now: float | None = None) -> Principal:
-        """The token's principal, or `Unauthenticated` with an RFC 6750 description."""
+    def verify(self, token: str, now: float | None = None, *,
+               refresh: bool = True) -> Principal:
+        """The token's principal, or `Unauthenticated` with an RFC 6750 description
+        (`KeyMiss` when `refresh` and the source may yet fetch the token's key)."""
         now = time.time() if now is None else now
+        keyset = self.keys.current
+        if keyset is not self._keyset:
+            # SECURITY: a verification holds only with the set that made it: a key removed
+            # at the IdP must stop its cached tokens too.
+            self._keyset = keyset
+            self._cache.clear()
         hit = self._cache.get(token)
         if hit is not None:
             principal, valid_from, exp = hit
@@ -156,7 +188,7 @@ class TokenVerifier:
                 self._cache.move_to_end(token)
                 return principal
             del self._cache[token]
-        claims = self._decode(token, now)
+        claims = self._decode(token, now, keyset, refresh)
         principal = principal_from_claims(claims)
         exp = float(claims["exp"])
         nbf = claims.get("nbf")
@@ -168,21 +200,52 @@ class TokenVerifier:
                 self._cache.popitem(last=False)
         return principal
 
-    def _select_key(self, kid: Any) -> VerificationKey:
+    @staticmethod
+    def _select_key(kid: Any, keyset: KeySet) -> VerificationKey:
         """The key for a token; `kid` is only ever a lookup key (RFC 8725)."""
-        if len(self._keys) == 1 and (self._keys[0].kid is None or kid is None):
+        keys = keyset.keys
+        if not keyset.kid_required and len(keys) == 1 and (keys[0].kid is None or kid is None):
             # One configured key with no id (a PEM file, an HMAC secret) has nothing to look
             # up, so a `kid` in the token header selects nothing and is ignored; a token
             # without a kid can only mean the one key there is.
-            return self._keys[0]
+            return keys[0]
         if kid is None:
             raise _unauthenticated("token has no key id")
-        key = self._by_kid.get(kid) if isinstance(kid, str) else None
+        key = keyset.by_kid.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise _unauthenticated("unknown key id")
+            raise _unauthenticated("unknown key id" if keys else
+                                   "no verification keys loaded yet")
         return key
 
-    def _decode(self, token: str, now: float) -> dict[str, Any]:
+    def _key_for(self, token: str, kid: Any, keyset: KeySet, now: float,
+                 refresh: bool) -> VerificationKey:
+        """`_select_key`, with `KeyMiss` for a key the source may yet fetch."""
+        try:
+            return self._select_key(kid, keyset)
+        except Unauthenticated as refusal:
+            if refresh and self._worth_a_fetch(token, kid, now):
+                raise KeyMiss(refusal, self, token) from None
+            raise
+
+    def _worth_a_fetch(self, token: str, kid: Any, now: float) -> bool:
+        """Whether a token with an unknown `kid` may make the source fetch: a string kid,
+        and, read without verification, this gateway's issuer and not expired. Anything
+        else would be refused whatever the key, and must not spend the rate limit that a
+        real rotation needs."""
+        if not isinstance(kid, str) or not self.keys.refreshable:
+            return False
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return False
+        exp = claims.get("exp")
+        # No float conversion: an `exp` of 10**400 compares, it does not overflow.
+        return (claims.get("iss") == self._settings.issuer
+                and isinstance(exp, int | float) and not isinstance(exp, bool)
+                and now < exp + self._settings.leeway_s)
+
+    def _decode(self, token: str, now: float, keyset: KeySet,
+                refresh: bool) -> dict[str, Any]:
         # A JWT is base64url and dots: anything else (a lone surrogate, which the library
         # would fail to encode) is malformed, not an internal error.
         if not token.isascii():
@@ -195,7 +258,7 @@ class TokenVerifier:
         # SECURITY: the allow-list is checked before any key is touched; "none" is never in it.
         if not isinstance(alg, str) or alg not in self._settings.algorithms:
             raise _unauthenticated("token algorithm not allowed")
-        key = self._select_key(header.get("kid"))
+        key = self._key_for(token, header.get("kid"), keyset, now, refresh)
         # SECURITY: the key decides which algorithms it verifies, not the token header.
         if alg not in key.algorithms:
             raise _unauthenticated("token algorithm does not match its key")
@@ -234,9 +297,21 @@ class TokenVerifier:
 
 
 def bearer_principal(authorization: str | None, verifier: TokenVerifier) -> Principal:
-    """The principal of an `Authorization: Bearer <JWT>` header value, or `Unauthenticated`."""
+    """The principal of an `Authorization: Bearer <JWT>` header value, or `Unauthenticated`
+    (`KeyMiss` for a key the source may yet fetch: see `authenticate_bearer`). Synchronous:
+    the agent port's hot path calls it and awaits only on a `KeyMiss`."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("a bearer token is required",
                               headers={"WWW-Authenticate": 'Bearer realm="toolgate"'})
     return verifier.verify(token.strip())
+
+
+async def authenticate_bearer(authorization: str | None, verifier: TokenVerifier) -> Principal:
+    """`bearer_principal`, waiting for the key source's fetch when the token names a key it
+    may yet fetch (`KeyMiss`). For paths off the hot one (the admin port, the agent's
+    poll); the pipeline's `authenticate` stage does the same inline."""
+    try:
+        return bearer_principal(authorization, verifier)
+    except KeyMiss as miss:
+        return await miss.retry()

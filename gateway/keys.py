@@ -1,20 +1,24 @@
-"""Verification keys for agent tokens, from a JWKS file, a PEM public key or an HMAC secret
-in the environment.
+"""Verification keys for agent tokens, from a JWKS file, a PEM public key, an HMAC secret
+in the environment, or an identity provider's JWKS URL (`gateway.jwks`).
 
 Each key is pinned to the algorithms of its own key type (and to its JWK `alg`), narrowed by
 the configured allow-list, so a token's header cannot make an RSA public key act as an HMAC
 secret. A key too weak to trust (an HMAC secret under 32 bytes, an RSA key under 2048 bits)
-is refused at start, whatever its source. Identity providers publish encryption keys in the
-same set; only signing keys this library understands are kept.
+is refused, whatever its source. Identity providers publish encryption keys in the same
+set; only signing keys this library understands are kept. `jwk_key` is that rule for one
+JWK, shared by the file and the URL.
+
+The verifier reads its keys through a `KeySource`: `StaticKeys` for what is read once at
+start, `gateway.jwks.RemoteKeys` for a URL, whose `current` set is replaced while it runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -43,27 +47,124 @@ class KeyConfigError(Exception):
     """The configured key material cannot be used."""
 
 
+class WeakKey(ValueError):
+    """A key a forger could guess or factor; the text says why."""
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The keys a token may be verified with, as one value: a source swaps whole sets.
+    `kid_required`: a token must name its key even when the set holds one (a set that
+    changes under the gateway must not let a kid-less token mean "whichever key is alone
+    today"). `revision` names the set's content (a URL's set), without showing it."""
+
+    keys: tuple[VerificationKey, ...]
+    kid_required: bool = False
+    revision: str | None = None
+    by_kid: Mapping[str, VerificationKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_kid", {k.kid: k for k in self.keys if k.kid is not None})
+
+
+class KeySource(Protocol):
+    """Where the verifier's keys come from. `current` is read on every verification and
+    must be a plain attribute read; a source that can fetch newer keys says so with
+    `refreshable`, and `refresh_for_miss` then fetches (coalesced, rate-limited) for a
+    token whose `kid` is not in `current`."""
+
+    @property
+    def current(self) -> KeySet: ...
+
+    @property
+    def refreshable(self) -> bool: ...
+
+    async def refresh_for_miss(self) -> None: ...
+
+    def problem(self) -> str | None:
+        """Why no token can be verified now (for `/readyz`), or None."""
+
+    def status(self) -> dict[str, Any]:
+        """What `/readyz` shows of the keys: the source and how many, never the keys."""
+
+    async def close(self) -> None: ...
+
+
+class StaticKeys:
+    """Keys read once at start (`jwks_file`, `public_key_file`, `hs256_secret_env`)."""
+
+    refreshable = False
+
+    def __init__(self, keys: list[VerificationKey], source: str = "static") -> None:
+        self.current = KeySet(tuple(keys))
+        self._source = source
+
+    async def refresh_for_miss(self) -> None:
+        return
+
+    def problem(self) -> str | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"source": self._source, "keys": len(self.current.keys)}
+
+    async def close(self) -> None:
+        return
+
+
+def source_name(settings: AuthSettings) -> str:
+    """The config key the keys come from, for `/readyz` and messages."""
+    for name in ("jwks_url", "jwks_file", "public_key_file", "hs256_secret_env"):
+        if getattr(settings, name) is not None:
+            return name
+    return "none"
+
+
+def jwk_key(raw: Mapping[str, Any], allowed: frozenset[str]) -> VerificationKey | None:
+    """The verification key of one JWK, pinned to the algorithms of its type, its `alg` and
+    `allowed`; None for a key that cannot verify tokens here (an encryption key, a type or
+    curve this library does not know, material it cannot read, or no allowed algorithm).
+    Raises `WeakKey` for a key it could use but must not trust."""
+    # Identity providers publish encryption keys in the same set; only signing keys
+    # (no `use`, or `use: sig`) that this library understands can verify tokens.
+    alg = raw.get("alg")
+    if raw.get("use", "sig") != "sig" or not isinstance(alg, str | None):
+        return None
+    try:
+        jwk = jwt.PyJWK(dict(raw))
+    except jwt.PyJWTError:   # its text quotes the key: never passed on
+        return None
+    family = FAMILIES.get(str(raw.get("kty")), frozenset())
+    if alg:
+        family = family & {alg}
+    weak = _weakness(jwk.key)
+    if weak:
+        raise WeakKey(weak)
+    usable = family & allowed
+    return VerificationKey(jwk.key_id, jwk.key, usable) if usable else None
+
+
 def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[VerificationKey]:
+    """The keys of a file or environment key source, read now; for `jwks_url`, the set the
+    URL serves now, fetched once (what `toolgate check` reports; a gateway keeps a
+    `gateway.jwks.RemoteKeys` instead). Raises `KeyConfigError`."""
     allowed = frozenset(settings.algorithms)
     keys: list[VerificationKey] = []
+    if settings.jwks_url is not None:
+        from gateway.jwks import fetch_key_set  # noqa: PLC0415 (aiohttp, only for a URL)
+
+        return list(fetch_key_set(settings).keys)
     if settings.jwks_file is not None:
-        for raw in _jwks_entries(settings.jwks_file):
-            # Identity providers publish encryption keys in the same set; only signing keys
-            # (no `use`, or `use: sig`) that this library understands can verify tokens.
-            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
+        for position, raw in enumerate(_jwks_entries(settings.jwks_file), 1):
+            if not isinstance(raw, dict):
                 continue
             try:
-                jwk = jwt.PyJWK(raw)
-            except jwt.PyJWTError:
-                continue
-            family = FAMILIES.get(str(raw.get("kty")), frozenset())
-            if raw.get("alg"):
-                family = family & {raw["alg"]}
-            weak = _weakness(jwk.key)
-            if weak:
-                raise KeyConfigError(f"{settings.jwks_file}: key {jwk.key_id or '(no kid)'}: "
-                                     f"{weak}")
-            keys.append(VerificationKey(jwk.key_id, jwk.key, family & allowed))
+                key = jwk_key(raw, allowed)
+            except WeakKey as exc:
+                raise KeyConfigError(f"{settings.jwks_file}: key {raw.get('kid') or position}"
+                                     f": {exc}") from None
+            if key is not None:
+                keys.append(key)
     elif settings.public_key_file is not None:
         try:
             pem = settings.public_key_file.read_bytes()

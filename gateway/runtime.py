@@ -1,6 +1,7 @@
 """The runtime: everything long-lived a gateway process uses, built once and closed once.
 
-`open_runtime` is the composition root: it builds the store, the upstream pools, the audit
+`open_runtime` is the composition root: it builds the token verifier and its key source
+(for `auth.jwks_url`, with its background refresh), the store, the upstream pools, the audit
 log and its redactor, the kill switches, the approval queue (service, executor, sweeper,
 notifications) and the background tasks around a loaded bundle, and closes them in reverse
 order. No module keeps mutable state of its own: all of it hangs off the `Runtime`.
@@ -29,7 +30,8 @@ from gateway.bundle import Bundle, BundleRef
 from gateway.bundle.reload import Reloader
 from gateway.config import Settings
 from gateway.core.clock import Clock
-from gateway.keys import load_keys
+from gateway.jwks import RemoteKeys
+from gateway.keys import KeySource, StaticKeys, load_keys, source_name
 from gateway.metrics import Metrics
 from gateway.state.killswitch import KillSwitches
 from gateway.state.retention import Retention
@@ -73,7 +75,19 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         stack.push_async_callback(tracing.close)  # opened first, closed last: the last spans
         bundles = BundleRef(bundle)
         stack.push_async_callback(bundles.close)
-        verifier = TokenVerifier(settings.auth, load_keys(settings.auth, environ))
+        metrics = Metrics()
+        if settings.auth.jwks_url is None:
+            # Read now: a key that cannot be used stops the start.
+            keys: KeySource = StaticKeys(load_keys(settings.auth, environ),
+                                         source_name(settings.auth))
+        else:
+            # Fetched now and kept current in the background; a failed first fetch does not
+            # stop the start: calls are refused and /readyz is unready until one succeeds.
+            remote = RemoteKeys(settings.auth, clock, registry=metrics.registry)
+            stack.push_async_callback(remote.close)
+            await remote.start()
+            keys = remote
+        verifier = TokenVerifier(settings.auth, keys)
         upstreams = Upstreams(settings.upstreams, environ, settings.max_response_bytes)
         try:
             redactor = Redactor.from_settings(settings.audit, environ)
@@ -85,14 +99,14 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         stack.push_async_callback(store.close)
         await upstreams.start()
         stack.push_async_callback(upstreams.close)
-        metrics = Metrics()
         notifier = Notifier(settings.webhook, metrics.webhook_failures, redactor)
         await notifier.start()
         stack.push_async_callback(notifier.close)
         kills = KillSwitches(store.kill_list, settings.killswitch_poll_s)
         executor = Executor(store=store, upstreams=upstreams, audit=audit, bundles=bundles,
                             kills=kills, budgets=settings.budgets, notifier=notifier,
-                            instance=instance_id(), clock=clock)
+                            instance=instance_id(), clock=clock,
+                            outcomes=metrics.approved_calls)
         stack.push_async_callback(executor.close)
         approvals = ApprovalService(store=store, audit=audit, executor=executor,
                                     notifier=notifier, wait_time=metrics.approval_wait,

@@ -17,11 +17,17 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from gateway.auth import Principal, TokenVerifier, principal_from_claims
+from gateway.auth import (
+    KeyMiss,
+    Principal,
+    TokenVerifier,
+    authenticate_bearer,
+    principal_from_claims,
+)
 from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
-from gateway.keys import KeyConfigError, load_keys
+from gateway.keys import KeyConfigError, StaticKeys, load_keys
 
 Verifier = Callable[..., TokenVerifier]
 
@@ -593,3 +599,28 @@ def test_a_weak_rsa_public_key_file_is_refused_at_start(tmp_path: Path) -> None:
                                        serialization.PublicFormat.SubjectPublicKeyInfo))
     with pytest.raises(KeyConfigError, match="at least 2048 bits"):
         load_keys(_settings(public_key_file=pem), {})
+
+
+# ---- Key sources (the JWKS URL's own tests: tests/jwks/) -----------------------------------
+
+def test_an_unknown_kid_of_keys_read_at_start_is_a_plain_401(verifier: TokenVerifier) -> None:
+    """Only a source that can fetch newer keys makes a token wait (`KeyMiss`)."""
+    other = DevKey.generate(kid="other")
+    error = _rejects(verifier, other.token("svc"), "unknown key id")
+    assert not isinstance(error, KeyMiss)
+    assert not verifier.keys.refreshable
+
+
+async def test_authenticate_bearer_is_bearer_principal_that_can_wait(
+        verifier: TokenVerifier, dev_key: DevKey) -> None:
+    principal = await authenticate_bearer(f"Bearer {dev_key.token('svc')}", verifier)
+    assert principal.sub == "svc"
+    with pytest.raises(Unauthenticated, match="a bearer token is required"):
+        await authenticate_bearer("Basic c3ZjOnB3", verifier)
+
+
+def test_keys_read_at_start_show_their_source(jwks_file: Path) -> None:
+    settings = _settings(jwks_file=jwks_file)
+    keys = StaticKeys(load_keys(settings, {}), "jwks_file")
+    assert keys.status() == {"source": "jwks_file", "keys": 1}
+    assert keys.problem() is None

@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.act.answers import Reply
 from gateway.act.handle import handle, refuse
 from gateway.approvals.rules import may_read
-from gateway.auth import bearer_principal
+from gateway.auth import authenticate_bearer
 from gateway.bundle import Bundle
 from gateway.bundle.routes import decode_params
 from gateway.bundle.specs import ToolSpec
@@ -198,7 +198,7 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
 async def poll_approval(request: web.Request) -> web.StreamResponse:
     """The agent polls its held call; only the principal that made it may read it."""
     rt = request.app[RUNTIME]
-    principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
+    principal = await authenticate_bearer(request.headers.get("Authorization"), rt.verifier)
     approval = await rt.store.get_approval(request.match_info["approval_id"])
     # SECURITY: another principal's call looks exactly like a missing one.
     if approval is None or not may_read(approval, principal, rt.settings.auth.approver_scope):

@@ -7,14 +7,15 @@ signed; the hint is used only when the token has no claim). Refuses: 401
 not-yet-valid, wrongly signed or wrongly addressed token, and for a claim that is present
 but not usable as it is — a `run_id` claim too, never replaced by the hint; 400
 `invalid_arguments` for a hint (read only when there is no claim) that is not a run id by
-the same rule as the claim: 1 to 128 printable characters.
+the same rule as the claim: 1 to 128 printable characters. Awaits only for a token
+naming a key `auth.jwks_url` may yet serve (one shared, rate-limited fetch).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.auth import MAX_RUN_ID, bearer_principal, is_run_id
+from gateway.auth import MAX_RUN_ID, KeyMiss, bearer_principal, is_run_id
 from gateway.core.context import CallContext
 from gateway.core.errors import InvalidArguments
 
@@ -23,7 +24,12 @@ if TYPE_CHECKING:
 
 
 async def authenticate(ctx: CallContext, rt: Runtime) -> None:
-    ctx.principal = bearer_principal(ctx.call.authorization, rt.verifier)
+    try:
+        ctx.principal = bearer_principal(ctx.call.authorization, rt.verifier)
+    except KeyMiss as miss:
+        # A key the source may yet fetch (`auth.jwks_url` after a rotation): wait for its
+        # fetch. Inline, not `authenticate_bearer`: the common path awaits nothing.
+        ctx.principal = await miss.retry()
     if ctx.principal.run_id is not None:
         ctx.run_id = ctx.principal.run_id
         return

@@ -10,13 +10,15 @@ from collections.abc import Mapping
 from gateway.audit.log import AuditStartError
 from gateway.audit.settings import AuditKeyError, chain_key, redaction_key
 from gateway.config import Settings
-from gateway.core.errors import LoadError, LoadErrors, StoreUnavailable
+from gateway.core.errors import LoadError, LoadErrors
+from gateway.startup import bind_error, starting
 
 
 def preflight(settings: Settings, environ: Mapping[str, str], count: int) -> None:
     """What a gateway refuses at start, checked once by the supervisor so a bad config fails
     before any worker starts, with the error `toolgate serve` prints for it. Raises
-    `LoadErrors`, `KeyConfigError`, `CredentialError` or `AuditStartError`."""
+    `LoadErrors`, `KeyConfigError`, `CredentialError`, `AuditStartError` or `StartupError`
+    (`gateway.startup`: a port in use, a store that cannot be opened)."""
     from gateway import open_files  # noqa: PLC0415 (what serve imports, only when serving)
     from gateway.bundle import load_bundle  # noqa: PLC0415
     from gateway.keys import load_keys  # noqa: PLC0415
@@ -38,7 +40,10 @@ def preflight(settings: Settings, environ: Mapping[str, str], count: int) -> Non
     bundle = load_bundle(settings)
     if bundle.policies is None:   # an OPA engine holds a client session
         asyncio.run(bundle.close())
-    load_keys(settings.auth, environ)
+    if settings.auth.jwks_url is None:
+        load_keys(settings.auth, environ)
+    # A JWKS URL is not fetched here: each worker fetches its own at start, and an IdP out
+    # of reach stops no gateway (it starts unready and refuses calls until a fetch works).
     for upstream in settings.upstreams.values():
         read_credential(upstream, environ)
     try:
@@ -47,11 +52,9 @@ def preflight(settings: Settings, environ: Mapping[str, str], count: int) -> Non
     except AuditKeyError as exc:
         raise AuditStartError(str(exc)) from None
     open_files.fit_open_files(settings)
-    _port_free(settings, where, count)
-    try:
+    _port_free(settings)
+    with starting(settings):
         asyncio.run(_migrate(settings))
-    except StoreUnavailable as exc:
-        raise LoadErrors([LoadError(where, None, f"store: {exc.message}")]) from None
 
 
 async def _migrate(settings: Settings) -> None:
@@ -63,7 +66,7 @@ async def _migrate(settings: Settings) -> None:
     await store.close()
 
 
-def _port_free(settings: Settings, where: str, count: int) -> None:
+def _port_free(settings: Settings) -> None:
     """The agent port must be free: bound without SO_REUSEPORT, it is refused while anyone
     listens on it, another `--workers` gateway included (SO_REUSEPORT would let ours join
     its group and share its connections)."""
@@ -76,6 +79,4 @@ def _port_free(settings: Settings, where: str, count: int) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(sockaddr)
     except OSError as exc:
-        raise LoadErrors([LoadError(where, None, f"listen: {address}: "
-                                    f"{exc.strerror or exc} (needed by {count} workers)")]
-                         ) from None
+        raise bind_error("listen", address, exc) from None
