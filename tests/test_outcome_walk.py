@@ -375,6 +375,15 @@ async def _killed(w: World) -> Outcome:
     return await w.call("echo_item", {"item_id": "abc"})
 
 
+@scenario(ReasonCode.UNKNOWN_SCOPE, 422)
+async def _kill_a_typo(w: World) -> Outcome:
+    """A kill switch for a tool that is not loaded would stop nothing: refused, recorded."""
+    resp = await w.admin.request("POST", "/v1/killswitch",
+                                 json={"scope": "tool:echo_itme", "reason": "incident"},
+                                 headers={"Authorization": f"Bearer {w.approver('ops')}"})
+    return await _outcome(resp, None)
+
+
 @scenario(ReasonCode.OUTCOME_UNKNOWN, 502)
 async def _outcome_unknown(w: World) -> Outcome:
     approval_id = await w.hold()

@@ -14,14 +14,21 @@ from gateway.core.decision import Action, Verdict
 from gateway.core.errors import (
     BudgetExceeded,
     GatewayError,
+    InternalError,
     Killed,
     OutcomeUnknown,
     PolicyDenied,
+    ToolNotAllowed,
     UpstreamError,
 )
 from gateway.state.idempotency import KeyState
 
 JSON = "application/json"
+# The answer to a call that was approved and not sent, by the code it was stopped with
+# (`gateway.approvals.executor`); any other (a call held by an earlier version) is a 500.
+NOT_SENT_ANSWERS: dict[str, type[GatewayError]] = {
+    "killed": Killed, "budget_exceeded": BudgetExceeded, "upstream_error": UpstreamError,
+    "tool_not_allowed": ToolNotAllowed, "internal_error": InternalError}
 
 
 @dataclass
@@ -71,10 +78,16 @@ def from_held(held: Approval, request_id: str, now: float) -> Reply:
                                reasons=["approval_expired"], approval_id=held.id,
                                fallback="route_to_human")
     elif status is ApprovalStatus.FAILED:
-        # Not sent for a reason of the gateway's own: answer as the call itself would be.
-        failed: type[GatewayError] = {"killed": Killed, "budget_exceeded": BudgetExceeded}.get(
-            held.error or "", UpstreamError)
-        refusal = failed(f"the approved call failed: {held.reason}", approval_id=held.id)
+        # Sent, and no answer came back: it may have run.
+        refusal = UpstreamError(f"the approved call failed: {held.reason}",
+                                approval_id=held.id, approval_status=str(status))
+    elif status is ApprovalStatus.NOT_SENT:
+        # The gateway did not send it, so it did not run: answered with the refusal's own
+        # code, as the call itself would have been, and `sent: false` to say so.
+        unsent = NOT_SENT_ANSWERS.get(held.error or "", InternalError)
+        why = (held.reason or "").removeprefix("not sent: ")
+        refusal = unsent(f"the approved call was not sent: {why}", approval_id=held.id,
+                         approval_status=str(status), sent=False, fallback="route_to_human")
     elif status is ApprovalStatus.OUTCOME_UNKNOWN:
         refusal = OutcomeUnknown("the approved call may or may not have run; a person must "
                                  "check", approval_id=held.id, fallback="route_to_human")

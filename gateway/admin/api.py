@@ -1,5 +1,5 @@
 """The admin API (DESIGN §8) on its own port: health, metrics, the approval queue and the
-kill switches.
+kill switches (their handlers: `gateway.admin.killswitch`).
 
 Approval endpoints need a JWT with `auth.approver_scope`; a refusal of any kind (no token,
 wrong scope, self-approval, wrong role, a call already decided or expired) is a JSON error
@@ -10,17 +10,18 @@ probes and scrapers call them, and they reveal no call data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.admin.openapi import ADMIN_OPENAPI
 from gateway.approvals.model import Approval, ApprovalStatus
-from gateway.audit import records
-from gateway.auth import Principal, bearer_principal
+from gateway.auth import Principal, authenticate_bearer, bearer_principal
 from gateway.core.errors import (
     GatewayError,
     InsufficientScope,
@@ -29,9 +30,9 @@ from gateway.core.errors import (
     RateLimited,
     RequestTimeout,
 )
+from gateway.listener.drain import DRAIN
 from gateway.metrics import CONTENT_TYPE
 from gateway.runtime import Runtime
-from gateway.state.killswitch import KillSwitch, check_scope
 
 MAX_LIST = 500
 MAX_TEXT = 2000
@@ -52,6 +53,19 @@ def runtime_of(request: web.Request) -> Runtime:
         raise web.HTTPServiceUnavailable(text='{"status": "starting"}',
                                          content_type="application/json")
     return rt
+
+
+@web.middleware
+async def token_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A token naming a key the gateway may yet fetch (`auth.jwks_url` after an IdP
+    rotation) waits here for that fetch, so `approver`, which verifies synchronously as the
+    agent port does, finds the key. Refusals are left to `approver` (counted there)."""
+    rt = request.app[RUNTIME_OF]()
+    authorization = request.headers.get("Authorization")
+    if rt is not None and authorization is not None and rt.verifier.keys.refreshable:
+        with contextlib.suppress(GatewayError):
+            await authenticate_bearer(authorization, rt.verifier)
+    return await handler(request)
 
 
 def approver(request: web.Request, rt: Runtime) -> Principal:
@@ -84,7 +98,7 @@ def _refused(request: web.Request, rt: Runtime, exc: GatewayError,
                           headers={"Retry-After": "1"})
 
 
-async def _body(request: web.Request, rt: Runtime) -> dict[str, Any]:
+async def read_body(request: web.Request, rt: Runtime) -> dict[str, Any]:
     try:
         async with asyncio.timeout(rt.settings.body_timeout_s):
             raw = await request.read()
@@ -101,7 +115,7 @@ async def _body(request: web.Request, rt: Runtime) -> dict[str, Any]:
     return value
 
 
-def _text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
+def text_field(body: dict[str, Any], name: str, *, required: bool) -> str | None:
     value = body.get(name)
     if value is None and not required:
         return None
@@ -116,7 +130,7 @@ def _public(rt: Runtime, approval: Approval) -> dict[str, Any]:
     return approval.public(rt.upstreams.credential_header(approval.plan.upstream))
 
 
-def _json(value: Any) -> web.Response:
+def json_answer(value: Any) -> web.Response:
     return web.json_response(value, dumps=lambda v: orjson.dumps(v).decode())
 
 
@@ -136,7 +150,7 @@ async def list_approvals(request: web.Request) -> web.StreamResponse:
         raise InvalidArguments(f"limit must be from 1 to {MAX_LIST}")
     approvals = await rt.store.list_approvals(status=status, tool=q.get("tool"),
                                               tenant=q.get("tenant"), limit=limit)
-    return _json({"approvals": [_public(rt, a) for a in approvals]})
+    return json_answer({"approvals": [_public(rt, a) for a in approvals]})
 
 
 async def show_approval(request: web.Request) -> web.StreamResponse:
@@ -145,72 +159,34 @@ async def show_approval(request: web.Request) -> web.StreamResponse:
     approval = await rt.store.get_approval(request.match_info["approval_id"])
     if approval is None:
         raise NotFound("no such approval")
-    return _json(_public(rt, approval))
+    return json_answer(_public(rt, approval))
 
 
 async def approve(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
     principal = approver(request, rt)
-    body = await _body(request, rt)
+    body = await read_body(request, rt)
     approval = await rt.approvals.approve(approval_id, principal,
-                                          _text(body, "comment", required=False))
-    return _json(_public(rt, approval))
+                                          text_field(body, "comment", required=False))
+    return json_answer(_public(rt, approval))
 
 
 async def reject(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
     principal = approver(request, rt)
-    body = await _body(request, rt)
-    reason = _text(body, "reason", required=True)
+    body = await read_body(request, rt)
+    reason = text_field(body, "reason", required=True)
     assert reason is not None
     approval = await rt.approvals.reject(approval_id, principal, reason)
-    return _json(_public(rt, approval))
+    return json_answer(_public(rt, approval))
 
 
 def operator(request: web.Request, rt: Runtime) -> Principal:
-    """Kill switches need the approver scope too: the people who may let a held call run
-    are the people who may stop calls."""
+    """Kill switches (`gateway.admin.killswitch`) and reloads need the approver scope too:
+    the people who may let a held call run are the people who may stop calls."""
     return approver(request, rt)
-
-
-def _killswitch_record(rt: Runtime, event: str, actor: Principal) -> Callable[[KillSwitch],
-                                                                            None]:
-    def record(switch: KillSwitch) -> None:
-        rt.audit.write("killswitch", records.killswitch(event, switch, records.actor(actor)))
-    return record
-
-
-async def list_killswitches(request: web.Request) -> web.StreamResponse:
-    rt = runtime_of(request)
-    operator(request, rt)
-    return web.json_response({"killswitches": [k.public() for k in
-                                               await rt.store.kill_list()]})
-
-
-async def set_killswitch(request: web.Request) -> web.StreamResponse:
-    rt = runtime_of(request)
-    actor = operator(request, rt)
-    body = await _body(request, rt)
-    scope = check_scope(body.get("scope"))
-    reason = _text(body, "reason", required=True) or ""
-    switch = await rt.store.kill_set(scope, reason, records.actor(actor), rt.clock.time(),
-                                     _killswitch_record(rt, "set", actor))
-    rt.kills.remember(switch, scope)  # this replica at once; the others within a poll
-    return web.json_response(switch.public())
-
-
-async def clear_killswitch(request: web.Request) -> web.StreamResponse:
-    rt = runtime_of(request)
-    actor = operator(request, rt)
-    scope = check_scope(request.match_info["scope"])
-    switch = await rt.store.kill_clear(scope, rt.clock.time(),
-                                       _killswitch_record(rt, "cleared", actor))
-    rt.kills.remember(None, scope)
-    if switch is None:
-        raise NotFound(f"no kill switch {scope}")
-    return web.json_response({**switch.public(), "cleared": True})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -218,9 +194,17 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
+    # The process is stopping (SIGTERM; `gateway.listener.drain`): unready at once, so the
+    # load balancer sends no more calls while the ones in flight finish.
+    draining = request.app.get(DRAIN)
+    if draining is not None and draining.draining:
+        return web.json_response({"status": "draining"}, status=503)
     rt = request.app[RUNTIME_OF]()
     if rt is None:
         return web.json_response({"status": "starting"}, status=503)
+    keys_problem = rt.verifier.keys.problem()   # `auth.jwks_url` before its first fetch
+    if keys_problem is not None:
+        return web.json_response({"status": "unready", "keys": keys_problem}, status=503)
     try:
         await rt.store.ping()
     except GatewayError as exc:
@@ -240,7 +224,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ready", "policy_revision": bundle.revision,
                               "revisions": {"specs": bundle.spec_revision,
                                             "policies": bundle.policy_revision},
-                              "tools": len(bundle.tools), "time": rt.clock.time()})
+                              "tools": len(bundle.tools), "keys": rt.verifier.keys.status(),
+                              "time": rt.clock.time()})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -264,6 +249,10 @@ async def reload_policy(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(admin: web.Application) -> None:
+    # Imported here: the kill switch handlers use this module's request helpers.
+    from gateway.admin import killswitch  # noqa: PLC0415
+
+    admin.middlewares.append(token_keys)
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
@@ -272,7 +261,7 @@ def add_routes(admin: web.Application) -> None:
     admin.router.add_get("/v1/approvals/{approval_id}", show_approval)
     admin.router.add_post("/v1/approvals/{approval_id}/approve", approve)
     admin.router.add_post("/v1/approvals/{approval_id}/reject", reject)
-    admin.router.add_get("/v1/killswitch", list_killswitches)
-    admin.router.add_post("/v1/killswitch", set_killswitch)
-    admin.router.add_delete("/v1/killswitch/{scope}", clear_killswitch)
+    admin.router.add_get("/v1/killswitch", killswitch.list_killswitches)
+    admin.router.add_post("/v1/killswitch", killswitch.set_killswitch)
+    admin.router.add_delete("/v1/killswitch/{scope}", killswitch.clear_killswitch)
     admin.router.add_post("/v1/policy/reload", reload_policy)

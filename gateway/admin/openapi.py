@@ -117,7 +117,8 @@ ADMIN_OPENAPI: dict[str, Any] = {
                                       "principal", "decision_id", "call_hash",
                                       "approvals_required", "approver_roles", "approvals",
                                       "created_at", "expires_at", "updated_at",
-                                      "idempotency_key", "run_id", "reason", "result"],
+                                      "idempotency_key", "run_id", "reason", "error_code",
+                                      "result"],
                          "properties": {
                 "id": {"type": "string"},
                 "status": _STATUS,
@@ -138,6 +139,11 @@ ADMIN_OPENAPI: dict[str, Any] = {
                 "updated_at": _DATE,
                 "idempotency_key": _NULLABLE_TEXT,
                 "reason": _NULLABLE_TEXT,
+                "error_code": {**_NULLABLE_TEXT, "description":
+                               "not_sent: the code the call was stopped with, which its agent "
+                               "is answered with (killed, budget_exceeded, upstream_error, "
+                               "tool_not_allowed, internal_error); failed: upstream_timeout "
+                               "or upstream_error"},
                 "result": {"type": ["object", "null"], "properties": {
                     "status": {"type": "integer"}, "content_type": _NULLABLE_TEXT,
                     "body": {}}},
@@ -147,7 +153,10 @@ ADMIN_OPENAPI: dict[str, Any] = {
                                "scope": _SCOPE,
                                "reason": {"type": "string"},
                                "actor": {"type": "object", "description": "who set it"},
-                               "since": _DATE}},
+                               "since": _DATE,
+                               "warning": {"type": "string", "description":
+                                           "set for an agent with no held call in the store: "
+                                           "it may stop nothing"}}},
         },
     },
     "security": [{"bearer": []}],
@@ -230,9 +239,16 @@ ADMIN_OPENAPI: dict[str, Any] = {
                          "type": "object", "required": ["scope", "reason"],
                          "properties": {
                              "scope": {**_SCOPE, "maxLength": MAX_TEXT},
-                             "reason": _TEXT}}, required=True),
+                             "reason": _TEXT,
+                             "force": {"type": "boolean", "default": False, "description":
+                                       "set it even for a tool or tenant the gateway does "
+                                       "not know"}}}, required=True),
                      "responses": {"200": _json("the switch", _ref("KillSwitch")),
-                                   **_errors(*_BODY, *_AUTH)}}},
+                                   **_errors(422, *_BODY, *_AUTH, described={
+                                       422: "The scope names a tool that is not loaded, or a "
+                                            "tenant the gateway has not seen "
+                                            "(`unknown_scope`); `force: true` sets it all "
+                                            "the same"})}}},
         "/v1/policy/reload": {"post": {
             "summary": "Reload the tool specs, policies and data from their files",
             "responses": {"200": _json("the revision now serving", {

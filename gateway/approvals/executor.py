@@ -8,6 +8,11 @@ and the call is sent by the same client as any forwarded call (`Upstreams.send`)
 stored — after its digest is checked again. Each gateway instance owns the calls it sends;
 a call another instance abandoned (`resend`) is sent again only when it carries an
 Idempotency-Key the upstream dedups on (the sweeper decides).
+
+How a call ends (`gateway.approvals.model`): `executed` with any upstream answer; `not_sent`
+when a rule stopped it or the upstream could not be connected to (it did not run, and
+nothing of it stays reserved); `failed` when it was sent and no answer came (it may have
+run; it keeps its reservation). Each end is counted in `toolgate_approved_calls_total`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
+
+from prometheus_client import Counter
 
 from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.approvals.notify import Notifier
@@ -27,6 +34,7 @@ from gateway.core.errors import (
     AuditUnavailable,
     BudgetExceeded,
     GatewayError,
+    ReasonCode,
     UpstreamUnreachable,
 )
 from gateway.state.budgets import BudgetSettings, Reservation, reservation
@@ -38,13 +46,15 @@ log = logging.getLogger("toolgate")
 APPROVED = frozenset({ApprovalStatus.APPROVED})
 EXECUTING = frozenset({ApprovalStatus.EXECUTING})
 FINISH_ATTEMPTS = 12  # about 40 s of retries
-CLOSE_WAIT_S = 10
+# At shutdown, after the drain window: the rest of the pod's grace period, no more.
+CLOSE_WAIT_S = 5
 
 
 class Executor:
     def __init__(self, *, store: StateStore, upstreams: Upstreams, audit: AuditLog,
                  bundles: BundleRef, kills: KillSwitches, budgets: BudgetSettings,
-                 notifier: Notifier, instance: str, clock: Clock) -> None:
+                 notifier: Notifier, instance: str, clock: Clock,
+                 outcomes: Counter | None = None) -> None:
         self._store = store
         self._upstreams = upstreams
         self._audit = audit
@@ -55,6 +65,13 @@ class Executor:
         self.instance = instance   # who is sending a call (the store's `owner`)
         self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._outcomes = outcomes  # toolgate_approved_calls_total{tool, status, code}
+
+    def counted(self, approval: Approval) -> None:
+        """A held call reached its end (`approval.status`): count it."""
+        if self._outcomes is not None:
+            self._outcomes.labels(approval.tool, str(approval.status),
+                                  approval.error or "").inc()
 
     def record(self, event: str, approval: Approval, **fields: Any) -> None:
         """An `approval` audit record; raises on sink failure (used write-ahead)."""
@@ -108,27 +125,28 @@ class Executor:
                                                  owner=self.instance,
                                                  abandoned_by=approval.owner))
             if again is not None:
-                await self._send(again)
+                await self._send(again, resent=True)
         except GatewayError as exc:
             log.warning("approval %s not taken over: %s", approval.id, exc.message)
 
-    async def _send(self, approval: Approval) -> None:
+    async def _send(self, approval: Approval, *, resent: bool = False) -> None:
+        """Send a claimed call, or end it `not_sent` when a rule stops it first. Each rule's
+        refusal is the code the agent is answered with (`error`). `resent`: an instance
+        that stopped may have sent it already (`_not_sent`)."""
         spec = self._bundles.current.tools.get(approval.tool)
         if spec is None or not self._upstreams.knows(approval.plan.upstream):
             # Removing a tool (or its upstream) from the config revokes its held calls.
-            await self._finish(approval, ApprovalStatus.FAILED,
-                               reason="not sent: the tool or its upstream is no longer "
-                                      "configured")
+            await self._not_sent(approval, ReasonCode.TOOL_NOT_ALLOWED,
+                                 "the tool or its upstream is no longer configured", resent)
             return
         if approval.plan.digest() != approval.call_digest:
-            await self._finish(approval, ApprovalStatus.FAILED,
-                               reason="the stored call failed its integrity check; not sent")
+            await self._not_sent(approval, ReasonCode.INTERNAL_ERROR,
+                                 "the stored call failed its integrity check", resent)
             return
         killed = self._kills.refusal(approval.tenant, approval.principal.get("agent"),
                                      approval.tool)
         if killed is not None:
-            await self._finish(approval, ApprovalStatus.FAILED, error=str(killed.code),
-                               reason=f"not sent: {killed.message}")
+            await self._not_sent(approval, killed.code, killed.message, resent)
             return
         # An approved call still counts against its run's budget, reserved now.
         reserved = reservation(self._budgets, approval.tenant, approval.run_id, approval.tool,
@@ -137,8 +155,7 @@ class Executor:
             try:
                 await self._store.commit_forward(None, reserved, self._clock.time())
             except BudgetExceeded as exc:
-                await self._finish(approval, ApprovalStatus.FAILED, error=str(exc.code),
-                                   reason=f"not sent: {exc.message}")
+                await self._not_sent(approval, exc.code, exc.message, resent)
                 return
             except GatewayError:
                 await self._hand_back(approval)
@@ -147,21 +164,37 @@ class Executor:
         try:
             resp = await self._upstreams.send(approval.plan, spec.timeout_ms)
         except GatewayError as exc:
-            # Only a call that never left the gateway is known not to have run: it gives its
-            # reservation back. A timeout or a broken answer keeps it (DESIGN §6).
-            unsent = isinstance(exc, UpstreamUnreachable)
-            if unsent:
+            latency_ms = round((self._clock.monotonic() - start) * 1000, 3)
+            if isinstance(exc, UpstreamUnreachable):
+                # Only a call that never left the gateway is known not to have run: it gives
+                # its reservation back. A timeout or a broken answer keeps it (DESIGN §6).
                 await self._give_back(reserved)
-            await self._finish(approval, ApprovalStatus.FAILED,
-                               reason=f"not sent: {exc.message}" if unsent else exc.message,
-                               error=str(exc.code), sent=not unsent,
-                               latency_ms=round((self._clock.monotonic() - start) * 1000, 3))
+                await self._not_sent(approval, exc.code, exc.message, resent,
+                                     latency_ms=latency_ms)
+                return
+            await self._finish(approval, ApprovalStatus.FAILED, reason=exc.message,
+                               error=str(exc.code), sent=True, latency_ms=latency_ms)
             return
         await self._finish(approval, ApprovalStatus.EXECUTED, upstream_status=resp.status,
                            sent=True,
                            result_status=resp.status, result_body=resp.body,
                            result_content_type=resp.headers.get("Content-Type"),
                            latency_ms=round(resp.latency_ms, 3))
+
+    async def _not_sent(self, approval: Approval, code: ReasonCode, why: str, resent: bool,
+                        latency_ms: float | None = None) -> None:
+        """End a call this attempt did not send: `not_sent`, answered with `code` — nothing
+        of it is reserved any more (it was refused before the reservation, or given back).
+        But a call taken over from an instance that stopped (`resent`) may have reached the
+        upstream the first time: it is not known not to have run, so `outcome_unknown`."""
+        if resent:
+            await self._finish(approval, ApprovalStatus.OUTCOME_UNKNOWN, error=str(code),
+                               reason=f"not sent again: {why}; the gateway that stopped may "
+                                      "have sent it: check the upstream and resolve it by hand",
+                               latency_ms=latency_ms)
+            return
+        await self._finish(approval, ApprovalStatus.NOT_SENT, error=str(code),
+                           reason=f"not sent: {why}", latency_ms=latency_ms)
 
     async def _hand_back(self, approval: Approval) -> None:
         """The store failed before anything was sent: hand the call back (approved) for the
@@ -228,6 +261,7 @@ class Executor:
                 delay = min(delay * 2, 5.0)
                 continue
             if done is not None:
+                self.counted(done)
                 self._notifier.notify(str(status), done)
             else:
                 self._record_outcome(approval, status=str(status), error=error,
@@ -241,6 +275,13 @@ class Executor:
                      "executing", approval.id, status)
 
     async def close(self) -> None:
-        """Let calls already sent finish and record their results."""
+        """Let calls already sent finish and record their results, for `CLOSE_WAIT_S`; then
+        cancel what is left. A call cut there stays `executing`, and the takeover of a
+        later start treats it as a crash would (resent with its key, or `outcome_unknown`):
+        it is never executed twice silently."""
         if self._running:
-            await asyncio.wait(list(self._running.values()), timeout=CLOSE_WAIT_S)
+            running = list(self._running.values())
+            await asyncio.wait(running, timeout=CLOSE_WAIT_S)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)

@@ -1,7 +1,15 @@
 """The held call and its state machine (DESIGN §5), as the domain owns them.
 
-pending → approved → executing → executed | failed | outcome_unknown
+pending → approved → executing → executed | failed | not_sent | outcome_unknown
 pending → rejected | expired
+
+The three ways an approved call can end without an answer say what the upstream may have
+done: `not_sent` — the gateway did not send it (a kill switch, the run's budget, a failed
+integrity check, a tool or upstream no longer configured, an upstream that could not be
+connected to), so it did not run; `failed` — it was sent and no answer came back (a
+timeout, a connection broken mid-call), so it may have run; `outcome_unknown` — the gateway
+stopped while sending it, so nobody knows. `error` holds the code of the first two: for
+`not_sent` the refusal's own, which its agent is answered with (`gateway.act.answers`).
 
 An `Approval` binds a decision to the exact call: the canonical arguments and who asked
 (`call_hash`), and the exact outbound request (`plan`, with `call_digest` over its bytes).
@@ -24,14 +32,22 @@ from gateway.core.outbound import OutboundPlan
 
 
 class ApprovalStatus(StrEnum):
+    """Where a held call is (`FINAL`: where it stays)."""
+
     PENDING = "pending"
     APPROVED = "approved"
     EXECUTING = "executing"
     EXECUTED = "executed"
-    FAILED = "failed"
+    FAILED = "failed"          # sent, no answer: it may have run
+    NOT_SENT = "not_sent"      # the gateway did not send it: it did not run
     OUTCOME_UNKNOWN = "outcome_unknown"
     REJECTED = "rejected"
     EXPIRED = "expired"
+
+
+FINAL = frozenset({ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.NOT_SENT,
+                   ApprovalStatus.OUTCOME_UNKNOWN, ApprovalStatus.REJECTED,
+                   ApprovalStatus.EXPIRED})
 
 
 def call_hash(tool: str, args: Mapping[str, Any], sub: str, tenant: str | None) -> str:
@@ -82,7 +98,7 @@ class Approval:
     result_body: bytes | None = None
     attempts: int = 0
     owner: str | None = None       # the gateway instance sending it (while executing)
-    error: str | None = None       # the code a failed call failed with
+    error: str | None = None       # why it failed, or was not sent (shown as `error_code`)
     votes: tuple[Vote, ...] = ()
 
     @property
@@ -126,5 +142,6 @@ class Approval:
             "created_at": rfc3339(self.created_at), "expires_at": rfc3339(self.expires_at),
             "updated_at": rfc3339(self.updated_at or self.created_at),
             "idempotency_key": self.idempotency_key, "run_id": self.run_id,
-            "reason": self.reason, "result": self.result(),
+            "reason": self.reason, "error_code": self.error,
+            "result": self.result(),
         }

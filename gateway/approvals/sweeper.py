@@ -57,6 +57,7 @@ class Sweeper:
                    "check the upstream and resolve it by hand",
             record=lambda after: self._executor.record("outcome_unknown", after))
         if unknown is not None:
+            self._executor.counted(unknown)
             self._service.notifier.notify("outcome_unknown", unknown)
 
     async def sweep_once(self) -> None:

@@ -2,7 +2,7 @@
 
 Kinds: `decision` (one per call, before any action), `outcome` (one per call that reached an
 upstream or whose action failed after its decision), `approval` (every event of a held
-call, refusals included), `killswitch` (set and cleared), `policy_reload` (every
+call, refusals included), `killswitch` (set, cleared, refused), `policy_reload` (every
 reload of the bundle, refused ones included). A record holds no token, no
 credential and no body; arguments are redacted (`x-pii` fields and the policy's `redact`
 pointers, by the runtime's `Redactor`: a mask or a keyed hash), and arguments that never
@@ -228,10 +228,27 @@ def admin_refusals(*, since: float, until: float, total: int, rate_limited: int,
             "counts": counts, "sample": sample}
 
 
-def killswitch(event: str, switch: KillSwitch, who: Mapping[str, Any]) -> dict[str, Any]:
-    """A kill switch set or cleared, and by whom."""
-    return {"decision_id": None, "event": event, "scope": switch.scope,
-            "reason": switch.reason, "actor": dict(who)}
+def killswitch(event: str, switch: KillSwitch, who: Mapping[str, Any], *,
+               force: bool = False, warning: str | None = None) -> dict[str, Any]:
+    """A kill switch set or cleared, and by whom; `force` when it was set although its
+    target was not known, `warning` when it was set for an agent never seen."""
+    record: dict[str, Any] = {"decision_id": None, "event": event, "scope": switch.scope,
+                              "reason": switch.reason, "actor": dict(who)}
+    if force:
+        record["force"] = True
+    if warning is not None:
+        record["warning"] = warning
+    return record
+
+
+def killswitch_refusal(scope: object, who: Principal, exc: GatewayError) -> dict[str, Any]:
+    """An approver's kill switch action refused (a `killswitch` record, event `refused`):
+    a scope that is malformed, names an unknown tool or tenant, or is not set."""
+    return {"decision_id": None, "event": "refused", "code": str(exc.code),
+            "message": exc.message,
+            # The scope is the caller's text: kept only if it is text, and bounded.
+            "scope": scope[:MAX_ID] if isinstance(scope, str) else None,
+            "actor": actor(who)}
 
 
 def policy_reload(event: str, *, trigger: str, previous: Bundle,

@@ -16,7 +16,18 @@ from gateway.audit.log import AuditStartError
 from gateway.audit.settings import AuditKeyError, chain_key, redaction_key
 from gateway.cli import approvals as cli_approvals
 from gateway.cli import audit as cli_audit
+from gateway.cli import example as cli_example
+from gateway.cli import kill as cli_kill
 from gateway.cli import replay as cli_replay
+from gateway.cli.options import (
+    Parser,
+    UsageError,
+    config_option,
+    global_options,
+    merge_globals,
+    redact,
+    secrets_in,
+)
 from gateway.config import Settings
 from gateway.config import load as load_config
 from gateway.core.errors import LoadError, LoadErrors
@@ -30,12 +41,16 @@ if TYPE_CHECKING:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toolgate", description="Tool gateway for AI agents.")
+    # SECURITY: `Parser` raises its usage errors for `main` to print redacted (no token).
+    p = Parser(prog="toolgate", description="Tool gateway for AI agents. --config, "
+                                            "--admin-url, --token and --json may also come "
+                                            "after the command.")
     p.add_argument("--version", action="version", version=f"toolgate {__version__}")
+    global_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+    config_option(serve)
     serve.add_argument("--workers", "-w", default="1", metavar="N",
                        help=f"processes serving the agent port, 1 to {MAX_WORKERS} (default 1)")
     # Set by the supervisor of `--workers N` on each worker it starts (`gateway.workers`).
@@ -44,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-control-fd", type=int, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", help="validate config, tool specs and policies")
-    check.add_argument("--config", "-c", type=Path, default=Path("toolgate.yaml"))
+    config_option(check)
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="json: one document, for CI")
     check.add_argument("--offline", action="store_true",
@@ -60,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     ptest.add_argument("--run", "-r", metavar="TEXT", help="only tests whose name contains TEXT")
 
     cli_approvals.add_parser(sub)
-    cli_approvals.add_kill_parsers(sub)
+    cli_kill.add_parsers(sub)
     cli_audit.add_parser(sub)
     cli_replay.add_parser(sub)
+    cli_example.add_parser(sub)
 
     keys = sub.add_parser("keys", help="development signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -88,8 +104,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    env = dict(os.environ if environ is None else environ)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(words, dict(os.environ if environ is None else environ))
+    except UsageError as exc:
+        # SECURITY: the command line's tokens are never repeated (`gateway.cli.options`).
+        secrets = secrets_in(words)
+        sys.stderr.write(redact(exc.usage, secrets))
+        print(f"{exc.prog}: error: {redact(exc.message, secrets)}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str], env: dict[str, str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    merge_globals(parser, args)
     if args.command == "serve":
         return _serve(args, env)
     if args.command == "check":
@@ -99,7 +128,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "approvals":
         return cli_approvals.run(args, env)
     if args.command in ("kill", "revive"):
-        return cli_approvals.run_kill(args, env)
+        return cli_kill.run(args, env)
     if args.command == "audit":
         return cli_audit.run(args, env)
     if args.command == "replay":
@@ -108,6 +137,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _keys_init(args.directory)
     if args.command == "token":
         return _token(args)
+    if args.command == "example-upstream":
+        return cli_example.run(args, env)
     if args.command == "demo":
         from gateway.demo import run_demo  # noqa: PLC0415 (demo pulls in extra modules)
         return run_demo(args.dir)
@@ -132,7 +163,9 @@ def _load(config: Path, env: Mapping[str, str]) -> Settings | int:
 def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """One gateway process; or, with `--workers N` (N > 1), the supervisor of N of them
     (`gateway.workers`), which checks the config first as one gateway would at start."""
-    from gateway.serve import serve  # noqa: PLC0415 (uvloop and aiohttp only when serving)
+    # structlog, uvloop and aiohttp only when serving:
+    from gateway.logs import configure_logging  # noqa: PLC0415
+    from gateway.serve import StartupError, serve  # noqa: PLC0415
     try:
         count = workers_count(args.workers)
         worker = None if args.worker is None else Worker.parse(
@@ -144,14 +177,14 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return settings
     try:
         if worker is None and count > 1:
+            configure_logging(settings.log, supervisor=True)   # what preflight logs, too
             preflight(settings, env, count)
             return supervise(args.config, settings, env, count)
-        serve(settings, env, worker)
+        return serve(settings, env, worker)
     except LoadErrors as exc:
         return _errors(exc.errors)
-    except (KeyConfigError, CredentialError, AuditStartError) as exc:
+    except (KeyConfigError, CredentialError, AuditStartError, StartupError) as exc:
         return _errors([str(exc)])
-    return 0
 
 
 def check_all(settings: Settings, env: Mapping[str, str], *, offline: bool = False,

@@ -48,6 +48,7 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     OVER_CAPACITY = "over_capacity"
     BUNDLE_INVALID = "bundle_invalid"
+    UNKNOWN_SCOPE = "unknown_scope"
 
 
 MAX_QUOTE = 64  # characters of a caller's text an error message may quote
@@ -99,6 +100,14 @@ class BundleInvalid(GatewayError):
 
     status = 422
     code = ReasonCode.BUNDLE_INVALID
+
+
+class UnknownScope(GatewayError):
+    """A kill switch for a tool (or tenant) the gateway does not know: a typo would stop
+    nothing. `force` sets it all the same."""
+
+    status = 422
+    code = ReasonCode.UNKNOWN_SCOPE
 
 
 class RequestTimeout(GatewayError):

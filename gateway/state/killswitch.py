@@ -6,24 +6,31 @@ every `killswitch.poll_ms` (default 500 ms), so a switch set through any replica
 calls on all of them within one poll. A switch set through this replica applies at once.
 If the store cannot be read, the last known set stays in force. `refusal` is the one rule
 both the pipeline's `killswitch` stage and the approval executor apply.
+
+A switch must name something that exists, or a typo stops nothing (`check_target`): a tool
+must be a loaded one and a tenant one the gateway knows, unless the operator forces it; an
+agent the gateway has no trace of is set with a warning, since the gateway keeps no list of
+agents (they are only a claim in their tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import tasks
 from gateway.core.canonical import rfc3339
-from gateway.core.errors import GatewayError, InvalidArguments, Killed
+from gateway.core.errors import GatewayError, InvalidArguments, Killed, UnknownScope, quote
 
 log = logging.getLogger("toolgate")
 MAX_SCOPE = 2000
 SCOPE = re.compile(r"global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+")
+MAX_NAMED = 50   # known names an answer lists at most
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,33 @@ def check_scope(scope: object) -> str:
         raise InvalidArguments("scope must be global, tenant:<tenant>, agent:<agent> or "
                                "tool:<tool name>")
     return scope
+
+
+def check_target(scope: str, *, known: bool, candidates: Collection[str],
+                 force: bool) -> str | None:
+    """The rule for what a switch names (`scope`, already well-formed): `known` is whether
+    its tool is loaded, its tenant configured or seen, its agent seen; `candidates` are the
+    names to suggest. An unknown tool or tenant raises `UnknownScope` (422) unless `force`;
+    an unknown agent is allowed, and the warning to show is returned."""
+    kind, _, name = scope.partition(":")
+    if kind == "global" or known or force:
+        return None
+    close = difflib.get_close_matches(name, list(candidates), n=3)
+    hint = f"; did you mean {', '.join(f'{kind}:{c}' for c in close)}?" if close else ""
+    if kind == "agent":
+        return (f"no held call in the state store was made by agent {quote(name)}, so the switch "
+                f"may stop nothing{hint} (the gateway keeps no list of agents; "
+                f"`revive` clears it)")
+    if kind == "tool":
+        named = sorted(candidates)
+        listed = ", ".join(named[:MAX_NAMED]) + (", …" if len(named) > MAX_NAMED else "")
+        raise UnknownScope(f"no tool {quote(name)} is loaded{hint} (loaded: {listed or 'none'}); "
+                           "a switch for it would stop nothing: check the name, or force it",
+                           known=named[:MAX_NAMED])
+    raise UnknownScope(f"tenant {quote(name)} is not in budgets.tenants and has no held call, run "
+                       f"budget or idempotency key in the state store{hint}; a switch for it "
+                       "may stop nothing: check the name, or force it",
+                       configured=sorted(candidates)[:MAX_NAMED])
 
 
 class KillSwitches:

@@ -14,7 +14,7 @@ persists them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.state.budgets import Reservation, Usage
@@ -108,5 +108,10 @@ class StateStore(Protocol):
                          record: Callable[[KillSwitch], None]) -> KillSwitch | None: ...
 
     async def kill_list(self) -> list[KillSwitch]: ...
+
+    async def seen(self, kind: Literal["tenant", "agent"], name: str) -> bool:
+        """Whether the store holds any trace of this tenant (a run budget, an idempotency
+        key or a held call) or agent (a held call it made). A kill switch's scope is checked
+        against it (`gateway.admin.killswitch`)."""
 
     async def close(self) -> None: ...

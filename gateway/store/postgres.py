@@ -22,7 +22,7 @@ import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
@@ -369,6 +369,13 @@ class PostgresStore:
         async with self._read() as conn:
             return [rows.switch_from_row(tuple(r)) for r in
                     await conn.fetch(rows.LIST_SWITCHES)]
+
+    async def seen(self, kind: Literal["tenant", "agent"], name: str) -> bool:
+        async with self._read() as conn:
+            if kind == "tenant":
+                return bool(await conn.fetchval(pg(rows.TENANT_SEEN), name, name, name))
+            return rows.agent_in([r[0] for r in await conn.fetch(rows.HELD_PRINCIPALS)],
+                                 name)
 
     async def close(self) -> None:
         await self._pool.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from gateway.approvals import model
 from gateway.approvals.model import Approval, ApprovalStatus, Vote
 from gateway.audit.redact import WHOLE
 from gateway.core.outbound import OutboundPlan
@@ -35,7 +36,7 @@ _AQ = ", ".join(f"a.{c}" for c in APPROVAL_COLUMNS)
 _K = ", ".join(KEY_COLUMNS)
 _KQ = ", ".join(f"k.{c}" for c in KEY_COLUMNS)
 _SCOPE = "tenant = ? AND tool = ? AND key = ?"
-FINAL = ("executed", "failed", "outcome_unknown", "rejected", "expired")
+FINAL = tuple(sorted(str(s) for s in model.FINAL))
 
 INSERT_APPROVAL = (f"INSERT INTO approvals ({_A}, sub, tenant, run_id) VALUES "
                    f"({', '.join('?' * (len(APPROVAL_COLUMNS) + 3))})")
@@ -85,6 +86,21 @@ PUT_SWITCH = ("INSERT INTO kill_switches (scope, reason, actor, created_at) VALU
 CLEAR_SWITCH = ("DELETE FROM kill_switches WHERE scope = ? "
                 "RETURNING scope, reason, actor, created_at")
 LIST_SWITCHES = "SELECT scope, reason, actor, created_at FROM kill_switches ORDER BY scope"
+# What the store has seen of a tenant (a run budget, an idempotency key, a held call) and of
+# an agent (the principals of held calls: no other table names agents): a kill switch's check.
+TENANT_SEEN = ("SELECT EXISTS (SELECT 1 FROM runs WHERE tenant = ?) "
+               "OR EXISTS (SELECT 1 FROM idempotency WHERE tenant = ?) "
+               "OR EXISTS (SELECT 1 FROM approvals WHERE tenant = ?)")
+HELD_PRINCIPALS = "SELECT DISTINCT principal FROM approvals"
+
+
+def agent_in(principals: Sequence[Any], agent: str) -> bool:
+    """Whether one of these stored principals (held calls') is this agent's."""
+    for raw in principals:
+        principal = orjson.loads(bytes(raw))
+        if isinstance(principal, dict) and principal.get("agent") == agent:
+            return True
+    return False
 
 
 def scope_params(scope: Scope) -> tuple[str, str, str]:

@@ -133,6 +133,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # before this keep it only in their `call` document: their runs are forgotten as before.
     ("ALTER TABLE approvals ADD COLUMN run_id TEXT",
      "CREATE INDEX approvals_run ON approvals (run_id)"),
+    # 6: `not_sent` — an approved call the gateway did not send — is its own final state;
+    # `failed` keeps "sent, and no answer came". Earlier versions ended both `failed`; the
+    # ones that were not sent said so in their reason (every such reason starts "not sent",
+    # but for the integrity check's). `error` becomes the code the agent is answered with.
+    ("""UPDATE approvals SET status = 'not_sent' WHERE status = 'failed'
+        AND (reason LIKE 'not sent%' OR reason LIKE '%integrity check; not sent')""",
+     """UPDATE approvals SET error = 'tool_not_allowed'
+        WHERE status = 'not_sent' AND error IS NULL AND reason LIKE 'not sent: the tool%'""",
+     """UPDATE approvals SET error = 'internal_error'
+        WHERE status = 'not_sent' AND (error IS NULL OR error = 'not_sent')"""),
 )
 
 

@@ -22,7 +22,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -293,6 +293,15 @@ class SqliteStore:
     async def kill_list(self) -> list[KillSwitch]:
         return await self._db.read(lambda: [rows.switch_from_row(tuple(r)) for r in
                                         self._connection().execute(rows.LIST_SWITCHES)])
+
+    async def seen(self, kind: Literal["tenant", "agent"], name: str) -> bool:
+        def look() -> bool:
+            conn = self._connection()
+            if kind == "tenant":
+                return bool(conn.execute(rows.TENANT_SEEN, (name, name, name)).fetchone()[0])
+            return rows.agent_in([r[0] for r in conn.execute(rows.HELD_PRINCIPALS)], name)
+        # On the store's thread: it may read every held call's principal.
+        return await self._db.on_thread(look)
 
     async def close(self) -> None:
         await self._db.close()

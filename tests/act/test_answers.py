@@ -52,9 +52,6 @@ def test_a_waiting_call_is_202_with_where_to_poll() -> None:
 @pytest.mark.parametrize(("changes", "status", "code"), [
     ({"status": ApprovalStatus.REJECTED, "reason": "no"}, 403, "policy_denied"),
     ({"expires_at": NOW}, 403, "policy_denied"),
-    ({"status": ApprovalStatus.FAILED, "error": "killed", "reason": "k"}, 403, "killed"),
-    ({"status": ApprovalStatus.FAILED, "error": "budget_exceeded", "reason": "b"}, 429,
-     "budget_exceeded"),
     ({"status": ApprovalStatus.FAILED, "error": "upstream_timeout", "reason": "t"}, 502,
      "upstream_error"),
     ({"status": ApprovalStatus.OUTCOME_UNKNOWN}, 502, "outcome_unknown"),
@@ -64,6 +61,23 @@ def test_a_decided_call_answers_as_the_call_would(changes: dict[str, object], st
     reply = from_held(held(**changes), "req_3", NOW)
     assert (reply.status, json.loads(reply.body)["error"]["code"]) == (status, code)
     assert reply.decision == "require_approval"
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    ("killed", 403, "killed"), ("budget_exceeded", 429, "budget_exceeded"),
+    ("upstream_error", 502, "upstream_error"), ("tool_not_allowed", 403, "tool_not_allowed"),
+    ("internal_error", 500, "internal_error"), (None, 500, "internal_error")])
+def test_a_call_not_sent_answers_with_its_refusal_and_says_so(
+        error: str | None, status: int, code: str) -> None:
+    """The refusal's own code, as the call itself would have got; `sent: false` and the
+    approval's status say it did not run."""
+    reply = from_held(held(status=ApprovalStatus.NOT_SENT, error=error,
+                           reason="not sent: stopped"), "req_5", NOW)
+    body = json.loads(reply.body)["error"]
+    assert (reply.status, body["code"]) == (status, code)
+    assert (body["sent"], body["approval_status"], body["approval_id"]) == (
+        False, "not_sent", "apr_1")
+    assert body["message"] == "the approved call was not sent: stopped"
 
 
 def test_an_executed_call_answers_with_its_result() -> None:

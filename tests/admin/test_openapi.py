@@ -59,8 +59,10 @@ CONFIG = schemathesis.Config.from_dict({
                    # ignored, as HTTP APIs do
                    "with-security-parameters": False, "allow-extra-parameters": False},
     # Valid input is answered, not refused as malformed: the queue's own refusals (no such
-    # approval, not pending, wrong role) are the only 4xx a valid request may get.
-    "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", 403, 404, 409]}},
+    # approval, not pending, wrong role) and a kill switch for a tool or tenant the gateway
+    # does not know (422 unknown_scope) are the only 4xx a valid request may get.
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", 403, 404, 409,
+                                                                  422]}},
 })
 SCHEMA = schemathesis.openapi.from_dict(ADMIN_OPENAPI, config=CONFIG)
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -177,6 +179,8 @@ def test_the_patterns_read_as_the_api_reads_them() -> None:
     ("POST", "/v1/killswitch", {"scope": "tool:Echo", "reason": "incident"}),
     ("POST", "/v1/killswitch", {"scope": "tenant:\x1f", "reason": "incident"}),
     ("POST", "/v1/killswitch", {"scope": "tool:echo_item", "reason": " \x1c\x85 "}),
+    ("POST", "/v1/killswitch", {"scope": "tool:echo_item", "reason": "x", "force": "yes"}),
+    ("POST", "/v1/killswitch", {"scope": "tool:echo_item", "reason": "x", "force": None}),
     ("DELETE", "/v1/killswitch/global%0A", None),
     ("POST", "/v1/approvals/apr_x/reject", {"reason": "\u3000"}),
     ("POST", "/v1/approvals/apr_x/approve", {"comment": ""}),

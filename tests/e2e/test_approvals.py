@@ -303,3 +303,20 @@ def test_failing_webhook_is_retried_counted_and_never_blocks(
         after = sum(1 for s in upstream.seen if s.raw_path == "/v1/status/503")
         assert after - before == 3
         assert "webhook delivery 1/3" in gw.log()
+
+
+def test_cli_options_after_the_subcommand_as_the_readme_writes_them(
+        gw: Gateway, token: str, alice: str) -> None:
+    """`toolgate approvals list [--status …] [--tool T] [--json]`, `show apr_… [--json]`,
+    with `--admin-url` and `--token` after the subcommand too."""
+    approval_id = hold(gw, token, "cli-after").json["approval_id"]
+    where = ["--admin-url", f"http://127.0.0.1:{gw.admin_port}", "--token", alice]
+    listed = run("approvals", "list", "--status", "all", "--tool", "create_refund_request",
+                 "--json", *where)
+    assert listed.returncode == 0, listed.stderr
+    assert approval_id in {a["id"] for a in json.loads(listed.stdout)["approvals"]}
+    shown = run("approvals", "show", approval_id, "--json", *where)
+    assert json.loads(shown.stdout)["id"] == approval_id
+    approved = run("approvals", "approve", approval_id, *where, "--comment", "ok")
+    assert approved.returncode == 0, approved.stderr
+    assert "status       executed" in approved.stdout

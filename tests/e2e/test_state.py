@@ -199,7 +199,7 @@ def test_an_approved_call_still_counts_against_its_run(gw: Gateway, upstream: Up
     assert held.status == 202
     alice = approver(dev_key, "alice", "billing-approver")
     done = admin(gw, "POST", f"/v1/approvals/{held.json['approval_id']}/approve", alice)
-    assert done.json["status"] == "failed"
+    assert (done.json["status"], done.json["error_code"]) == ("not_sent", "budget_exceeded")
     assert "over its cap of 100" in done.json["reason"]
     assert with_key(upstream, "rb-2") == []
 
@@ -257,7 +257,7 @@ def test_a_held_call_stopped_by_a_kill_switch_answers_killed(
                  {"scope": "tool:slow_refund", "reason": "incident 9"}).status == 200
     try:
         done = admin(gw, "POST", f"/v1/approvals/{held.json['approval_id']}/approve", ops)
-        assert done.json["status"] == "failed"
+        assert (done.json["status"], done.json["error_code"]) == ("not_sent", "killed")
         retry = post(gw, token, "/echo/slow-refunds", body, **{"Idempotency-Key": "held-kill"})
         assert (retry.status, retry.code) == (403, "killed")
     finally:

@@ -1,5 +1,6 @@
-"""Kill switches: which switch stops which call, scopes checked, and a store that cannot be
-read leaves the last known set in force."""
+"""Kill switches: which switch stops which call, scopes checked (their shape, and that they
+name something the gateway knows), and a store that cannot be read leaves the last known set
+in force."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import asyncio
 
 import pytest
 
-from gateway.core.errors import InvalidArguments, StoreUnavailable
-from gateway.state.killswitch import KillSwitch, KillSwitches, check_scope
+from gateway.core.errors import InvalidArguments, StoreUnavailable, UnknownScope
+from gateway.state.killswitch import MAX_NAMED, KillSwitch, KillSwitches, check_scope, check_target
 
 T = 1_800_000_000.0
 
@@ -80,3 +81,54 @@ def test_scopes_are_checked(scope: str) -> None:
 
 async def _list(switches: list[KillSwitch]) -> list[KillSwitch]:
     return switches
+
+
+TOOLS = ["create_refund_request", "get_order", "lookup_customer"]
+
+
+@pytest.mark.parametrize("scope", ["global", "tool:get_order", "tenant:acme", "agent:bot"])
+def test_a_known_target_passes(scope: str) -> None:
+    assert check_target(scope, known=True, candidates=TOOLS, force=False) is None
+
+
+def test_global_needs_no_target() -> None:
+    assert check_target("global", known=False, candidates=[], force=False) is None
+
+
+def test_an_unknown_tool_is_refused_naming_the_loaded_ones() -> None:
+    with pytest.raises(UnknownScope) as info:
+        check_target("tool:get_ordr", known=False, candidates=TOOLS, force=False)
+    refusal = info.value
+    assert (refusal.status, str(refusal.code)) == (422, "unknown_scope")
+    assert "no tool 'get_ordr' is loaded; did you mean tool:get_order?" in refusal.message
+    assert "(loaded: create_refund_request, get_order, lookup_customer)" in refusal.message
+    assert refusal.extra["known"] == TOOLS
+
+
+def test_an_unknown_tenant_is_refused() -> None:
+    with pytest.raises(UnknownScope) as info:
+        check_target("tenant:acne", known=False, candidates=["acme", "globex"], force=False)
+    assert "did you mean tenant:acme?" in info.value.message
+    assert info.value.extra["configured"] == ["acme", "globex"]
+
+
+@pytest.mark.parametrize("scope", ["tool:not_yet_loaded", "tenant:new-customer"])
+def test_force_sets_it_all_the_same(scope: str) -> None:
+    assert check_target(scope, known=False, candidates=TOOLS, force=True) is None
+
+
+def test_an_agent_never_seen_is_a_warning_not_a_refusal() -> None:
+    """The gateway keeps no list of agents: most never have a held call."""
+    warning = check_target("agent:supprt-bot", known=False, candidates=["support-bot"],
+                           force=False)
+    assert warning is not None
+    assert "agent 'supprt-bot'" in warning and "did you mean agent:support-bot?" in warning
+    assert check_target("agent:supprt-bot", known=False, candidates=[], force=True) is None
+
+
+def test_what_a_refusal_quotes_and_lists_is_bounded() -> None:
+    many = [f"tool_{i:03}" for i in range(MAX_NAMED * 2)]
+    with pytest.raises(UnknownScope) as info:
+        check_target("tool:" + "x" * 1000, known=False, candidates=many, force=False)
+    assert len(info.value.extra["known"]) == MAX_NAMED
+    assert len(info.value.message) < 1500

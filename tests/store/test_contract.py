@@ -356,3 +356,36 @@ async def test_a_run_is_kept_while_a_call_of_it_waits(store: StateStore) -> None
                            ApprovalStatus.REJECTED, NOW, reason="no")
     assert await store.purge_runs(NOW + 1) == 1
     assert (await store.usage("acme", "run-1")).tool_calls == 0
+
+
+async def test_a_call_not_sent_is_final(store: StateStore) -> None:
+    """`not_sent` is stored with the code it is answered with, and like every final state
+    lets its key go with retention."""
+    await hold(store, approval("apr_ns", key="kns"))
+    for to in (ApprovalStatus.APPROVED, ApprovalStatus.EXECUTING):
+        assert await store.transition("apr_ns", frozenset(ApprovalStatus), to, NOW)
+    done = await store.transition("apr_ns", frozenset({ApprovalStatus.EXECUTING}),
+                                  ApprovalStatus.NOT_SENT, NOW, error="killed",
+                                  reason="not sent: killed")
+    assert done is not None
+    assert (done.status, done.error, done.public()["error_code"]) == (
+        ApprovalStatus.NOT_SENT, "killed", "killed")
+    assert [a.id for a in await store.list_approvals(status="not_sent")] == ["apr_ns"]
+    assert await store.purge_keys(NOW + 1) == 1
+
+
+async def test_what_the_store_has_seen_of_tenants_and_agents(store: StateStore) -> None:
+    """The kill switch's check of a scope: a tenant with a run budget, a key or a held call;
+    an agent with a held call (no other table names agents)."""
+    assert not await store.seen("tenant", "acme")
+    assert not await store.seen("agent", "bot")
+    await store.commit_forward(None, Reservation("globex", "run-g", "t", {}, Limits()), NOW)
+    await store.commit_forward(claim("req_k", scope=Scope("initech", "t", "k")), None, NOW)
+    await hold(store, approval())   # tenant acme, agent bot
+    for tenant in ("acme", "globex", "initech"):
+        assert await store.seen("tenant", tenant), tenant
+    assert await store.seen("agent", "bot")
+    assert not await store.seen("agent", "acme")
+    assert not await store.seen("tenant", "bot")
+    assert not await store.seen("tenant", "acm")
+    assert not await store.seen("agent", "bo%")

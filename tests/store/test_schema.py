@@ -1,4 +1,5 @@
-"""The schema, written once, migrates a database made by Toolgate 0.1 on both stores."""
+"""The schema, written once, migrates a database made by Toolgate 0.1 on both stores; and
+one made before `not_sent` was a state of its own."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def check(approvals: dict[str, ApprovalStatus]) -> None:
     # Nothing held by 0.1 is ever sent again: it was stored without the headers an
     # approver must see, and without the Idempotency-Key an upstream dedups on.
     assert approvals == {"apr_pending": ApprovalStatus.EXPIRED,
-                         "apr_approved": ApprovalStatus.FAILED,
+                         "apr_approved": ApprovalStatus.NOT_SENT,
                          "apr_sending": ApprovalStatus.OUTCOME_UNKNOWN,
                          "apr_done": ApprovalStatus.EXECUTED}
 
@@ -105,3 +106,86 @@ async def test_postgres_from_0_1() -> None:
             await store.close()
         reopened = await PostgresStore.open(dsn)  # a second start applies nothing again
         await reopened.close()
+
+
+# Calls version 5 ended `failed`, as its executor wrote them: (id, reason, error, status now).
+FAILED_IN_5 = [
+    ("apr_killed", "not sent: calls are stopped by the kill switch global: x", "killed",
+     ApprovalStatus.NOT_SENT, "killed"),
+    ("apr_budget", "not sent: run run-1 is over its cap", "budget_exceeded",
+     ApprovalStatus.NOT_SENT, "budget_exceeded"),
+    ("apr_down", "not sent: upstream billing could not be reached: ClientConnectorError",
+     "upstream_error", ApprovalStatus.NOT_SENT, "upstream_error"),
+    ("apr_gone", "not sent: the tool or its upstream is no longer configured", None,
+     ApprovalStatus.NOT_SENT, "tool_not_allowed"),
+    ("apr_tampered", "the stored call failed its integrity check; not sent", None,
+     ApprovalStatus.NOT_SENT, "internal_error"),
+    ("apr_legacy", "not sent: held by an earlier gateway version, which did not show every "
+     "header", "not_sent", ApprovalStatus.NOT_SENT, "internal_error"),
+    ("apr_timeout", "upstream billing did not answer within 5000 ms", "upstream_timeout",
+     ApprovalStatus.FAILED, "upstream_timeout"),
+    ("apr_reset", "upstream billing failed: ServerDisconnectedError", "upstream_error",
+     ApprovalStatus.FAILED, "upstream_error"),
+]
+UPDATE_FAILED = "UPDATE approvals SET status = 'failed', reason = ?, error = ? WHERE id = ?"
+
+
+def failed_rows() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    args, principal = orjson.dumps({"amount": 250}), orjson.dumps({"sub": "agent",
+                                                                    "tenant": "acme"})
+    inserts: list[tuple[object, ...]] = [
+        (approval_id, "pending", args, principal, b'["over_limit"]', b"[]", NOW, NOW + 60, NOW,
+         LEGACY_CALL, b"{}", f"k-{approval_id}") for approval_id, *_ in FAILED_IN_5]
+    updates: list[tuple[object, ...]] = [
+        (reason, error, approval_id) for approval_id, reason, error, *_ in FAILED_IN_5]
+    return inserts, updates
+
+
+def check_failed(found: dict[str, tuple[ApprovalStatus, str | None]]) -> None:
+    assert found == {approval_id: (status, code)
+                     for approval_id, _, _, status, code in FAILED_IN_5}
+
+
+async def test_sqlite_from_5_not_sent_is_told_from_failed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in migrations(Dialect.SQLITE)[:5]:
+        for sql in step:
+            conn.execute(sql)
+    conn.execute("PRAGMA user_version = 5")
+    inserts, updates = failed_rows()
+    conn.executemany(INSERT, inserts)
+    conn.executemany(UPDATE_FAILED, updates)
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        check_failed({a.id: (a.status, a.error) for a in await store.list_approvals()})
+    finally:
+        await store.close()
+
+
+async def test_postgres_from_5_not_sent_is_told_from_failed() -> None:
+    async with fresh_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE TABLE toolgate_schema (version INTEGER NOT NULL)")
+            for number, step in enumerate(migrations(Dialect.POSTGRES)[:5], start=1):
+                for sql in step:
+                    await conn.execute(sql)
+                await conn.execute("INSERT INTO toolgate_schema (version) VALUES ($1)", number)
+            inserts, updates = failed_rows()
+            await conn.executemany(numbered(INSERT), inserts)
+            await conn.executemany(numbered(UPDATE_FAILED), updates)
+        finally:
+            await conn.close()
+        store = await PostgresStore.open(dsn)
+        try:
+            check_failed({a.id: (a.status, a.error) for a in await store.list_approvals()})
+        finally:
+            await store.close()
+
+
+def numbered(sql: str) -> str:
+    for i in range(1, sql.count("?") + 1):
+        sql = sql.replace("?", f"${i}", 1)
+    return sql
