@@ -3,13 +3,17 @@
 Everything runs in this process on 127.0.0.1 with free ports: the gateway exactly as
 `toolgate serve` runs it (in-process Rego, SQLite state, JSON-lines audit file, the shipped
 `tool_specs/` and `policies/`), plus the clearly-labelled example upstream. Tokens are minted
-with a key pair generated for this run.
+with a key pair generated for this run, and the upstream credentials are random per run.
+
+The scripted calls are written against the shipped specs and policies, so the demo always
+runs on those (`shipped_root`), wherever it is started: from a wheel they are packaged
+inside `gateway/_shipped/` (pyproject.toml maps the top-level directories there); from a
+checkout they are the repository's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shlex
 import socket
@@ -27,10 +31,12 @@ import uvloop
 import yaml
 from aiohttp import web
 
+from gateway.config import LogSettings
 from gateway.config import load as load_config
 from gateway.devtokens import DevKey
-from gateway.example_upstream import CREDENTIALS, make_app
-from gateway.serve import _serve, configure_logging
+from gateway.example_upstream import CREDENTIAL_SOURCES, Credentials, make_app
+from gateway.logs import configure_logging
+from gateway.serve import _serve
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_root() -> Path:
-    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+def shipped_root() -> Path:
+    """The directory holding the shipped `tool_specs/` and `policies/`: `gateway/_shipped`
+    in an installed wheel, else the checkout this package was imported from (an editable
+    install or PYTHONPATH). Never the current directory: the scripted calls only make sense
+    against the shipped specs and policies."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_shipped", package.parent):
         if (candidate / "tool_specs").is_dir() and (candidate / "policies").is_dir():
             return candidate
-    raise SystemExit("toolgate demo: run it from the Toolgate checkout "
-                     "(it needs tool_specs/ and policies/)")
+    raise SystemExit(f"toolgate demo: the shipped tool_specs/ and policies/ are missing "
+                     f"from this installation ({package})")
 
 
 def write_config(work: Path, root: Path, upstream_port: int) -> Path:
@@ -65,12 +76,11 @@ def write_config(work: Path, root: Path, upstream_port: int) -> Path:
         "store": "sqlite:///state/toolgate.db",
         "auth": {"issuer": "https://idp.example.com", "audience": "toolgate",
                  "algorithms": ["RS256"], "jwks_file": "keys/jwks.json"},
+        # The credentials as the shipped toolgate.yaml sends them (`CREDENTIAL_SOURCES`).
         "upstreams": {
-            "crm": {"url": up, "credential": {"header": "Authorization", "prefix": "Bearer ",
-                                              "env": "CRM_TOKEN"}},
-            "billing": {"url": up, "credential": {"header": "Authorization",
-                                                  "prefix": "Bearer ", "env": "BILLING_TOKEN"}},
-            "hr": {"url": up, "credential": {"header": "X-Api-Key", "env": "HR_TOKEN"}},
+            api: {"url": up, "credential": {"header": s.header, "prefix": s.prefix,
+                                            "env": s.env}}
+            for api, s in CREDENTIAL_SOURCES.items()
         },
         "audit": {"file": "audit/toolgate.jsonl"},
     }
@@ -147,15 +157,15 @@ def detail(body: Any) -> str:
 
 
 async def _run(work: Path, root: Path) -> int:
-    upstream = web.AppRunner(make_app(), access_log=None)
+    credentials = Credentials.generate()
+    upstream = web.AppRunner(make_app(credentials), access_log=None)
     await upstream.setup()
     upstream_port = _free_port()
     await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
     key = DevKey.generate()
     key.save(work / "keys")
     config_path = write_config(work, root, upstream_port)
-    environ = {"CRM_TOKEN": CREDENTIALS["crm"], "BILLING_TOKEN": CREDENTIALS["billing"],
-               "HR_TOKEN": CREDENTIALS["hr"]}
+    environ = credentials.environ()
     settings = load_config(config_path, environ)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(_serve(settings, environ, ready, stop))
@@ -246,7 +256,7 @@ async def _approve_and_fetch(client: aiohttp.ClientSession, *, base: str, settin
 
 def run_demo(directory: Path | None = None) -> int:
     """Run the demo; its config, keys, state and audit log stay in `directory` afterwards."""
-    root = find_root()
+    root = shipped_root()
     if directory is None:
         work = Path(tempfile.mkdtemp(prefix="toolgate-demo-"))
     else:
@@ -254,8 +264,7 @@ def run_demo(directory: Path | None = None) -> int:
         if work.exists() and any(work.iterdir()):
             raise SystemExit(f"toolgate demo: {work} is not empty")
         work.mkdir(parents=True, exist_ok=True)
-    # The gateway's own log, as `serve` writes it (no exception message, so no token), kept
-    # to warnings so the demo's table reads cleanly.
-    configure_logging()
-    logging.getLogger().setLevel(logging.WARNING)
+    # The gateway's own log, as `serve` writes it (no exception message, so no token), on
+    # one console line each and kept to warnings, so the demo's table reads cleanly.
+    configure_logging(LogSettings(level="warning", format="console"))
     return uvloop.run(_run(work, root))

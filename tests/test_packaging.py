@@ -46,3 +46,20 @@ def test_the_build_backend_is_pinned_and_locked() -> None:
         [clause] = list(req.specifier)
         assert clause.operator == "==", f"{spec}: the build backend is pinned exactly"
         assert lock[canonicalize_name(req.name)][0] == clause.version
+
+
+def test_every_gateway_package_is_listed_for_the_wheel() -> None:
+    """pyproject.toml lists the packages (the shipped specs and policies are mapped in, and
+    setuptools cannot mix that with `find`): a package missing there is missing from the
+    wheel and the image, while an editable install would still import it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
+        "tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "gateway").rglob("__init__.py")}
+    missing = sorted(found - listed)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
+    assert setuptools["package-dir"] == {"gateway._shipped.tool_specs": "tool_specs",
+                                         "gateway._shipped.policies": "policies"}
+    assert listed - found == set(setuptools["package-dir"])
+    assert "py.typed" in setuptools["package-data"]["gateway"]
