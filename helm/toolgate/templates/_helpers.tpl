@@ -20,6 +20,7 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Deployment's selector: unchanged since 0.1 (a selector cannot change in place). */}}
 {{- define "toolgate.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "toolgate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -30,6 +31,7 @@ helm.sh/chart: {{ include "toolgate.chart" . }}
 {{ include "toolgate.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: {{ ternary "gateway" "agent" (eq .Values.mode "standalone") }}
 {{- end -}}
 
 {{/* The Secret the gateway's secretEnv variables are read from. */}}
@@ -37,116 +39,97 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-upstreams" (include "toolgate.fullname" .)) .Values.secret.name -}}
 {{- end -}}
 
-{{- define "toolgate.gatewayImage" -}}
-{{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) -}}
-{{- end -}}
-
-{{/*
-Checks that stop a release that could not start: the gateway would refuse the same config
-at start (unknown keys, no tool specs, no policy, a missing key file), but only after the
-pod is scheduled. Included by configmap.yaml.
-*/}}
-{{- define "toolgate.validate" -}}
-{{- $name := "^[a-z0-9][a-z0-9_.-]*$" -}}
-{{- range $key := list "listen" "admin_listen" "tool_specs" "policies" -}}
-{{- if hasKey $.Values.config $key -}}
-{{- fail (printf "config.%s is set by the chart (sidecar ports, mounted specs and policies); remove it from your values" $key) -}}
-{{- end -}}
-{{- end -}}
-{{- if not .Values.config.upstreams -}}
-{{- fail "config.upstreams is empty: name every upstream your tool specs use" -}}
-{{- end -}}
-{{- if not .Values.toolSpecs -}}
-{{- fail "toolSpecs is empty: add tool specs, e.g. --set-file toolSpecs.get_order=tool_specs/get_order.yaml" -}}
-{{- end -}}
-{{- if not .Values.policies.rego -}}
-{{- fail "policies.rego is empty: add the policy, e.g. --set-file policies.rego.toolgate=policies/toolgate.rego" -}}
-{{- end -}}
-{{- range $file, $_ := .Values.toolSpecs -}}
-{{- if not (regexMatch $name $file) -}}
-{{- fail (printf "toolSpecs.%s: names are [a-z0-9_.-] (the file becomes tool_specs/<name>.yaml)" $file) -}}
-{{- end -}}
-{{- end -}}
-{{- range $file, $_ := .Values.policies.rego -}}
-{{- if not (regexMatch $name $file) -}}
-{{- fail (printf "policies.rego.%s: names are [a-z0-9_.-] (the file becomes policies/<name>.rego)" $file) -}}
-{{- end -}}
-{{- end -}}
-{{- $auth := .Values.config.auth | default dict -}}
-{{- if and (eq (toString (get $auth "jwks_file")) "/etc/toolgate/keys/jwks.json") (not .Values.authKeys.jwks) -}}
-{{- fail "config.auth.jwks_file is the chart's mounted JWKS but authKeys.jwks is empty: --set-file authKeys.jwks=path/to/jwks.json" -}}
-{{- end -}}
-{{- if and (eq (toString (get $auth "public_key_file")) "/etc/toolgate/keys/public.pem") (not .Values.authKeys.publicKeyPem) -}}
-{{- fail "config.auth.public_key_file is the chart's mounted key but authKeys.publicKeyPem is empty" -}}
-{{- end -}}
-{{- if not .Values.agent.image.repository -}}
-{{- fail "agent.image.repository is required: the image of the agent that uses the gateway" -}}
-{{- end -}}
-{{- if and .Values.persistence.enabled (not .Values.persistence.existingClaim) -}}
-{{- fail "persistence.enabled needs persistence.existingClaim (a ReadWriteOnce PVC)" -}}
-{{- end -}}
-{{- if and .Values.secretEnv (not .Values.secret.create) (not .Values.secret.name) -}}
-{{- fail "secretEnv needs a Secret: set secret.name (an existing Secret) or secret.create=true" -}}
+{{/* An image reference from {repository, tag, digest}; the digest wins when set. */}}
+{{- define "toolgate.imageRef" -}}
+{{- $image := index . 0 -}}
+{{- $defaultTag := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default $defaultTag $image.tag) -}}
 {{- end -}}
 {{- end -}}
 
-{{/* The gateway container; rendered under containers or, as a native sidecar, initContainers. */}}
-{{- define "toolgate.gatewayContainer" -}}
-- name: {{ .Values.gateway.name }}
-  image: {{ include "toolgate.gatewayImage" . | quote }}
-  imagePullPolicy: {{ .Values.gateway.image.pullPolicy }}
-  {{- if .Values.gateway.nativeSidecar }}
-  restartPolicy: Always
-  {{- end }}
-  args: ["serve", "--config", "/etc/toolgate/toolgate.yaml"]
-  ports:
-    # The agent-facing port (8080) listens on 127.0.0.1 only and is not declared here.
-    - name: admin
-      containerPort: {{ .Values.gateway.ports.admin | int }}
-      protocol: TCP
-  {{- if or .Values.secretEnv .Values.gateway.env }}
-  # SECURITY: upstream credentials exist only in this container's environment, never the agent's.
-  env:
-    {{- range $var, $key := .Values.secretEnv }}
-    - name: {{ $var }}
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "toolgate.secretName" $ }}
-          key: {{ $key | quote }}
-    {{- end }}
-    {{- with .Values.gateway.env }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  {{- end }}
-  {{- with .Values.gateway.startupProbe }}
-  startupProbe:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.gateway.livenessProbe }}
-  livenessProbe:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.gateway.readinessProbe }}
-  readinessProbe:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.gateway.resources }}
-  resources:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.gateway.securityContext }}
-  securityContext:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  volumeMounts:
-    - name: config
-      mountPath: /etc/toolgate
-      readOnly: true
-    - name: state
-      mountPath: /var/lib/toolgate
-    - name: gateway-tmp
-      mountPath: /tmp
-    {{- with .Values.gateway.extraVolumeMounts }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+{{/* Labels of the agent pods of a standalone gateway (a YAML map). */}}
+{{- define "toolgate.agentPodLabels" -}}
+{{- if .Values.agents.podLabels -}}
+{{- toYaml .Values.agents.podLabels -}}
+{{- else -}}
+toolgate.io/gateway: {{ include "toolgate.fullname" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when every replica shares one PostgreSQL store; "" for per-pod SQLite. */}}
+{{- define "toolgate.sharedStore" -}}
+{{- if or (hasPrefix "postgres" (toString .Values.config.store)) .Values.postgresql.dsnSecret.name (hasKey .Values.secretEnv "TOOLGATE_STORE") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the gateway runs as a native sidecar (an init container that keeps running). */}}
+{{- define "toolgate.native" -}}
+{{- if and (eq .Values.mode "sidecar") .Values.gateway.nativeSidecar -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The replicas the Deployment may run (for the shared-state checks): HPA max or replicaCount. */}}
+{{- define "toolgate.maxReplicas" -}}
+{{- if and (eq .Values.mode "standalone") .Values.autoscaling.enabled -}}
+{{- .Values.autoscaling.maxReplicas | int -}}
+{{- else -}}
+{{- .Values.replicaCount | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Shutdown arithmetic, in whole seconds. */}}
+{{- define "toolgate.preStopSeconds" -}}
+{{- if kindIs "invalid" .Values.gateway.preStopSleepSeconds -}}
+{{- ternary 0 5 (eq (include "toolgate.native" .) "true") -}}
+{{- else -}}
+{{- .Values.gateway.preStopSleepSeconds | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* SIGTERM to exit: shutdown.delay_ms + shutdown.drain_ms, rounded up (gateway defaults 0 and 15000). */}}
+{{- define "toolgate.drainSeconds" -}}
+{{- $shutdown := .Values.config.shutdown | default dict -}}
+{{- $delay := ternary (get $shutdown "delay_ms") 0 (hasKey $shutdown "delay_ms") | int -}}
+{{- $drain := ternary (get $shutdown "drain_ms") 15000 (hasKey $shutdown "drain_ms") | int -}}
+{{- div (add $delay $drain 999) 1000 -}}
+{{- end -}}
+
+{{/* What the grace period must cover: preStop, then the gateway's drain, plus 10 s to exit (background work and held calls being sent get 5 s each). */}}
+{{- define "toolgate.requiredGraceSeconds" -}}
+{{- add (include "toolgate.preStopSeconds" . | int) (include "toolgate.drainSeconds" . | int) 10 -}}
+{{- end -}}
+
+{{- define "toolgate.graceSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
+{{- max 30 (include "toolgate.requiredGraceSeconds" . | int) -}}
+{{- else -}}
+{{- .Values.terminationGracePeriodSeconds | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The decision rule's Data API path as a Rego array: data.toolgate.decision → ["v1", "data", "toolgate", "decision"]. */}}
+{{- define "toolgate.opaDecisionPath" -}}
+{{- $query := dig "policy" "query" "data.toolgate.decision" .Values.config -}}
+{{- concat (list "v1" "data") (splitList "." (trimPrefix "data." $query)) | toJson -}}
+{{- end -}}
+
+{{/* The pod checksums: a change rolls the pods. Specs and policies are left out when the pods
+reload them live (config.policy.watch_ms > 0; with OPA, OPA's policies still roll them). */}}
+{{- define "toolgate.checksums" -}}
+checksum/config: {{ include "toolgate.configData" . | sha256sum }}
+{{- $watch := dig "policy" "watch_ms" 0 .Values.config | int }}
+{{- if eq $watch 0 }}
+checksum/tool-specs: {{ toJson .Values.toolSpecs | sha256sum }}
+{{- end }}
+{{- if or (eq $watch 0) .Values.opa.enabled }}
+checksum/policies: {{ toJson .Values.policies | sha256sum }}
+{{- end }}
+{{- if .Values.secret.create }}
+checksum/secret: {{ toJson .Values.secret.stringData | sha256sum }}
+{{- end }}
 {{- end -}}
