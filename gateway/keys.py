@@ -4,9 +4,10 @@ in the environment, or an identity provider's JWKS URL (`gateway.jwks`).
 Each key is pinned to the algorithms of its own key type (and to its JWK `alg`), narrowed by
 the configured allow-list, so a token's header cannot make an RSA public key act as an HMAC
 secret. A key too weak to trust (an HMAC secret under 32 bytes, an RSA key under 2048 bits)
-is refused, whatever its source. Identity providers publish encryption keys in the same
-set; only signing keys this library understands are kept. `jwk_key` is that rule for one
-JWK, shared by the file and the URL.
+is refused, whatever its source, when an allowed algorithm could use it; in a JWKS, a weak
+key no allowed algorithm can use is ignored like any other unusable key. Identity providers
+publish encryption keys in the same set; only signing keys this library understands are
+kept. `jwk_key` is that rule for one JWK, shared by the file and the URL.
 
 The verifier reads its keys through a `KeySource`: `StaticKeys` for what is read once at
 start, `gateway.jwks.RemoteKeys` for a URL, whose `current` set is replaced while it runs.
@@ -123,8 +124,9 @@ def source_name(settings: AuthSettings) -> str:
 def jwk_key(raw: Mapping[str, Any], allowed: frozenset[str]) -> VerificationKey | None:
     """The verification key of one JWK, pinned to the algorithms of its type, its `alg` and
     `allowed`; None for a key that cannot verify tokens here (an encryption key, a type or
-    curve this library does not know, material it cannot read, or no allowed algorithm).
-    Raises `WeakKey` for a key it could use but must not trust."""
+    curve this library does not know, material it cannot read, or no allowed algorithm),
+    weak or not. Raises `WeakKey` for a key an allowed algorithm could use but that must
+    not be trusted."""
     # Identity providers publish encryption keys in the same set; only signing keys
     # (no `use`, or `use: sig`) that this library understands can verify tokens.
     alg = raw.get("alg")
@@ -137,11 +139,17 @@ def jwk_key(raw: Mapping[str, Any], allowed: frozenset[str]) -> VerificationKey 
     family = FAMILIES.get(str(raw.get("kty")), frozenset())
     if alg:
         family = family & {alg}
+    usable = family & allowed
+    if not usable:
+        # A key no allowed algorithm can use verifies nothing here, however weak: it is
+        # ignored, never a reason to refuse the keys beside it (a 1024-bit RSA key left in
+        # an IdP's set does not matter to a gateway that only allows ES256).
+        return None
+    # SECURITY: checked only now, for a key a token could be verified with.
     weak = _weakness(jwk.key)
     if weak:
         raise WeakKey(weak)
-    usable = family & allowed
-    return VerificationKey(jwk.key_id, jwk.key, usable) if usable else None
+    return VerificationKey(jwk.key_id, jwk.key, usable)
 
 
 def load_keys(settings: AuthSettings, environ: Mapping[str, str]) -> list[VerificationKey]:

@@ -591,6 +591,40 @@ def test_a_weak_key_in_a_jwks_is_refused_at_start(tmp_path: Path, jwk: dict[str,
         load_keys(_settings(jwks_file=path, algorithms=("RS256", "HS256")), {})
 
 
+def _weak_rsa_jwk(kid: str, **extra: str) -> dict[str, Any]:
+    weak = 1024   # on purpose
+    small = rsa.generate_private_key(public_exponent=65537, key_size=weak).public_key()
+    return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small)), "kid": kid, **extra}
+
+
+@pytest.mark.parametrize(("weak_jwk", "algorithms"), [
+    ("rsa", ("ES256",)),             # no RSA algorithm is allowed
+    ("rsa-ps256", ("ES256", "RS256")),   # pinned by its `alg` to one that is not allowed
+    ("oct", ("ES256",)),             # no HMAC algorithm is allowed
+])
+def test_a_weak_key_no_allowed_algorithm_can_use_is_ignored(
+        tmp_path: Path, weak_jwk: str, algorithms: tuple[str, ...]) -> None:
+    """A weak key the gateway could never verify with is no reason to refuse the file:
+    IdPs leave old keys in their sets."""
+    weak = {"kty": "oct", "kid": "short", "k": _b64(b"s" * 16)} if weak_jwk == "oct" else \
+        _weak_rsa_jwk("small", **({"alg": "PS256"} if weak_jwk == "rsa-ps256" else {}))
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    good = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public)), "kid": "ec-1"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [weak, good]}), encoding="utf-8")
+    keys = load_keys(_settings(jwks_file=path, algorithms=algorithms), {})
+    assert [(k.kid, k.algorithms) for k in keys] == [("ec-1", frozenset({"ES256"}))]
+
+
+def test_a_weak_usable_key_beside_a_good_one_refuses_the_file(tmp_path: Path,
+                                                             dev_key: DevKey) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [*dev_key.jwks["keys"], _weak_rsa_jwk("small")]}),
+                    encoding="utf-8")
+    with pytest.raises(KeyConfigError, match="key small: an RSA key needs at least 2048 bits"):
+        load_keys(_settings(jwks_file=path, algorithms=("RS256", "ES256")), {})
+
+
 def test_a_weak_rsa_public_key_file_is_refused_at_start(tmp_path: Path) -> None:
     weak = 1024   # on purpose
     small = rsa.generate_private_key(public_exponent=65537, key_size=weak).public_key()

@@ -120,5 +120,5 @@ async def test_the_readyz_document_names_no_key_material(
             ports(tmp_path, dev_key, recorder[1], idp, clock) as (_agent, admin):
         raw = await (await admin.get("/readyz")).read()
     keys = orjson.loads(raw)["keys"]
-    assert set(keys) == {"source", "keys", "revision", "age_s", "failures", "last_error"}
+    assert set(keys) == {"source", "keys", "revision", "age_s", "stale", "failures", "last_error"}
     assert dev_key.jwks["keys"][0]["n"][:20].encode() not in raw

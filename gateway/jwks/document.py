@@ -1,8 +1,9 @@
 """A JWKS document served at `auth.jwks_url`, read into a `KeySet` — or refused whole.
 
 The rules for one key are the file's (`gateway.keys.jwk_key`: pinned to its type, its
-`alg` and the allow-list; weak keys refused); what a URL adds, because its bytes come from
-the network and change while the gateway runs:
+`alg` and the allow-list; a weak key refused when an allowed algorithm could use it, else
+ignored); what a URL adds, because its bytes come from the network and change while the
+gateway runs:
 - SECURITY: the document is refused as a whole (and the last good set kept) when it is not
   a JSON object with a `keys` list of at most `MAX_KEYS` objects, when a member a key is
   chosen by (`kty`, `kid`, `use`, `alg`) is not a string, when a usable key is weak, when
@@ -11,8 +12,9 @@ the network and change while the gateway runs:
 - keys without a `kid` are ignored: a token must name its key (`KeySet.kid_required`), as
   a set that changes under the gateway cannot make "the only key" mean one key;
 - `oct` keys are ignored: an HMAC secret published at a URL is no secret;
-- encryption keys, unknown types and curves, and material the library cannot read are
-  ignored, as in a file: a token naming one gets 401 "unknown key id".
+- encryption keys, unknown types and curves, material the library cannot read, and keys
+  no allowed algorithm can use (weak or not) are ignored, as in a file: a token naming one
+  gets 401 "unknown key id".
 No message quotes the document: keys are named by their position (`key #2`).
 """
 

@@ -6,15 +6,25 @@
   `auth.jwks_url` and the last error.
 - In the background, a fetch every `jwks_refresh_s` after the last success (a kid-miss
   fetch counts: the set is never older than that). After a failure, retries back off from
-  1 s, doubling, up to `min(jwks_miss_refresh_s, jwks_refresh_s)`. `Cache-Control` is
-  ignored: the operator's interval is the one that holds.
+  1 s, doubling, up to `min(jwks_miss_refresh_s, jwks_refresh_s)`, however many failures
+  in a row. `Cache-Control` is ignored: the operator's interval is the one that holds.
+- The background loop outlives its own bugs: an unexpected exception in one turn (or a
+  `CancelledError` a fetch raises without being cancelled) is logged by its type alone and
+  the loop goes on after the retry cap. Only `close` stops it; `close` never raises for
+  what the loop or a fetch ended with, and always closes the session.
 - A token naming a `kid` the set does not hold calls `refresh_for_miss`: if a fetch is in
   flight it waits for that one; otherwise it starts one, unless a kid-miss fetch started
   less than `jwks_miss_refresh_s` ago — then it returns at once and the token is refused.
   Whoever holds tokens with made-up kids can cause at most one fetch per interval.
 - SECURITY: a failed or refused fetch never changes `current`: the last good set stays,
   however old, and the failure is logged, counted and shown by `/readyz`. A set is
-  replaced only by another usable set (`gateway.jwks.document`).
+  replaced only by another usable set (`gateway.jwks.document`). Keeping old keys is the
+  lesser harm: failing closed would take every agent down whenever the IdP is. But an old
+  set still trusts keys the IdP has retired, so once the last success is older than
+  `STALE_AFTER_REFRESHES` (3) times `jwks_refresh_s` the set is *stale*: an ERROR is logged
+  once per `jwks_refresh_s` while it stays so, `/readyz` shows `"stale": true` beside
+  `age_s` (and stays ready), and `toolgate_jwks_last_success_timestamp_seconds` — the
+  metric to alert on — stops moving (it is 0 until the first success).
 - One fetch at a time: every trigger (start, background, kid miss) joins the fetch in
   flight. Waiters are shielded: a request that goes away does not cancel the fetch.
 Verification never awaits this object: it reads `current`, one attribute.
@@ -23,44 +33,31 @@ Verification never awaits this object: it reads `current`, one attribute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from gateway.config import AuthSettings
 from gateway.core.clock import Clock
 from gateway.jwks.document import JwksInvalid, parse_jwks
 from gateway.jwks.fetch import JwksFetchError, fetch_jwks, new_session
+from gateway.jwks.metrics import JwksMetrics
 from gateway.jwks.url import shown
 from gateway.keys import KeySet
 
 log = logging.getLogger("toolgate")
 EMPTY = KeySet((), kid_required=True)
 FIRST_RETRY_S = 1.0
+# 2 ** 32 s is past any retry cap the config allows; without a bound, 2.0 ** n overflows
+# after ~1,025 failures in a row (an IdP down for a few hours) and would end the loop.
+MAX_DOUBLINGS = 32
+STALE_AFTER_REFRESHES = 3
 
 Fetch = Callable[[], Awaitable[bytes]]
 Sleep = Callable[[float], Awaitable[object]]
-
-
-class JwksMetrics:
-    """`toolgate_jwks_fetches_total{trigger,result}`, `toolgate_jwks_kid_misses_total
-    {outcome}` and `toolgate_jwks_last_success_timestamp_seconds` (the stalest worker's,
-    under `--workers`), on the runtime's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.fetches = Counter("toolgate_jwks_fetches", "Fetches of auth.jwks_url by trigger "
-                               "(start, refresh, kid_miss) and result (ok, error)",
-                               ["trigger", "result"], registry=registry)
-        self.misses = Counter("toolgate_jwks_kid_misses", "Tokens naming a kid the key set "
-                              "does not hold, by outcome (fetched, joined, rate_limited)",
-                              ["outcome"], registry=registry)
-        self.last_success = Gauge("toolgate_jwks_last_success_timestamp_seconds",
-                                  "When auth.jwks_url last gave a usable key set",
-                                  registry=registry, multiprocess_mode="min")
 
 
 class RemoteKeys:
@@ -78,6 +75,7 @@ class RemoteKeys:
         self._allowed = frozenset(settings.algorithms)
         self._refresh_s = settings.jwks_refresh_s
         self._miss_s = settings.jwks_miss_refresh_s
+        self._retry_cap_s = min(self._miss_s, self._refresh_s)
         self._timeout_s = settings.jwks_timeout_s
         self._clock = clock
         self._metrics = JwksMetrics(registry if registry is not None else CollectorRegistry())
@@ -86,7 +84,9 @@ class RemoteKeys:
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._started: float | None = None         # monotonic
         self._last_success: float | None = None    # monotonic
+        self._stale_logged: float | None = None    # monotonic: the last ERROR saying so
         self._last_failure = 0.0                   # monotonic
         self._last_miss: float | None = None       # monotonic start of the last miss fetch
         self._failures = 0                         # in a row
@@ -97,17 +97,26 @@ class RemoteKeys:
         if self._fetch is None:
             session = self._session = new_session()
             self._fetch = lambda: fetch_jwks(session, self._url, self._timeout_s)
+        self._started = self._clock.monotonic()
         await self.refresh("start")
         self._loop = asyncio.create_task(self._run(), name="jwks-refresh")
+        self._loop.add_done_callback(self._loop_ended)
 
     async def close(self) -> None:
-        for task in (self._loop, self._inflight):
-            if task is not None:
+        """Stop the loop and the fetch in flight, then close the session. Never raises for
+        what those tasks ended with (`_loop_ended` has logged it)."""
+        try:
+            tasks = [t for t in (self._loop, self._inflight) if t is not None]
+            for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._session is not None:
-            await self._session.close()
+            if tasks:
+                await asyncio.wait(tasks)   # returns when they end, raises nothing of theirs
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()        # retrieved: asyncio would log it again at exit
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
     async def refresh(self, trigger: str) -> None:
         """Fetch now, or wait for the fetch in flight. Never raises for a failed fetch."""
@@ -138,8 +147,8 @@ class RemoteKeys:
         """Seconds until the background's next fetch is due."""
         now = self._clock.monotonic()
         if self._failures:
-            backoff = min(FIRST_RETRY_S * 2.0 ** (self._failures - 1), self._miss_s,
-                          self._refresh_s)
+            doublings = min(self._failures - 1, MAX_DOUBLINGS)
+            backoff = min(FIRST_RETRY_S * 2.0 ** doublings, self._retry_cap_s)
             due = self._last_failure + backoff
         else:
             due = (now if self._last_success is None else self._last_success) + self._refresh_s
@@ -152,19 +161,39 @@ class RemoteKeys:
                 f"({self._last_error or 'not fetched yet'})")
 
     def status(self) -> dict[str, Any]:
-        age = None if self._last_success is None else self._clock.monotonic() - self._last_success
+        now = self._clock.monotonic()
+        age = None if self._last_success is None else now - self._last_success
         return {"source": "jwks_url", "keys": len(self.current.keys),
                 "revision": self.current.revision,
                 "age_s": None if age is None else round(age, 1),
+                "stale": self._stale_for(now) is not None,
                 "failures": self._failures, "last_error": self._last_error}
 
     async def _run(self) -> None:
         while True:
-            delay = self.next_delay()
-            if delay > 0:
-                await self._sleep(delay)
-                continue   # a kid-miss fetch meanwhile may have moved the next one on
-            await self.refresh("refresh")
+            try:
+                await self._turn()
+            except Exception as exc:  # noqa: BLE001 (a bug must not stop the refreshes)
+                # Only the type, no traceback (hence not `log.exception`, TRY400): an
+                # exception's text could quote the document.
+                log.error("auth.jwks_url %s: the background refresh failed unexpectedly "  # noqa: TRY400
+                          "(%s); trying again in %g s", shown(self._url), type(exc).__name__,
+                          self._retry_cap_s)
+                await self._sleep(self._retry_cap_s)
+
+    async def _turn(self) -> None:
+        delay = self.next_delay()
+        if delay > 0:
+            await self._sleep(delay)
+            return   # a kid-miss fetch meanwhile may have moved the next one on
+        await self.refresh("refresh")
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        # Only what `_run` cannot catch (a BaseException) ends it before `close`.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("auth.jwks_url %s: the background refresh stopped (%s); the keys are "
+                      "no longer refreshed", shown(self._url),
+                      type(task.exception()).__name__)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         if self._inflight is task:
@@ -176,6 +205,14 @@ class RemoteKeys:
             keyset, ignored = parse_jwks(await self._fetch(), self._allowed)
         except (JwksFetchError, JwksInvalid) as exc:
             self._failed(trigger, str(exc))
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise                        # `close`: this fetch is to stop
+            # Raised by a library, not by a cancel: a failed fetch, not the end of the loop
+            # (nor a cancel of the requests waiting for it).
+            self._failed(trigger, "unexpected CancelledError")
             return
         except Exception as exc:  # noqa: BLE001 (a bug must not stop the refreshes)
             # Only the type: an exception's text could quote the document.
@@ -199,6 +236,7 @@ class RemoteKeys:
                      "unchanged", shown(self._url), self._failures)
         self._failures = 0
         self._last_error = None
+        self._stale_logged = None
 
     def _failed(self, trigger: str, reason: str) -> None:
         self._metrics.fetches.labels(trigger, "error").inc()
@@ -214,3 +252,31 @@ class RemoteKeys:
             log.warning("auth.jwks_url %s: %s fetch failed: %s; no keys yet: every token "
                         "is refused (401) and /readyz is unready until a fetch succeeds",
                         shown(self._url), trigger, reason)
+        self._log_if_stale(self._last_failure)
+
+    def _stale_for(self, now: float) -> float | None:
+        """Seconds since the last success (since the start, before one) when that is more
+        than `STALE_AFTER_REFRESHES` intervals; else None."""
+        since = self._last_success if self._last_success is not None else self._started
+        if since is None or now - since <= STALE_AFTER_REFRESHES * self._refresh_s:
+            return None
+        return now - since
+
+    def _log_if_stale(self, now: float) -> None:
+        # Retries come at least once per interval while the IdP fails, so this runs often
+        # enough; the ERROR itself comes once per interval, not once per retry.
+        age = self._stale_for(now)
+        if age is None or (self._stale_logged is not None
+                           and now - self._stale_logged < self._refresh_s):
+            return
+        self._stale_logged = now
+        if self.current.keys:
+            log.error("auth.jwks_url %s: no usable key set for %.0f s (more than %d x "
+                      "auth.jwks_refresh_s); still verifying with the last good keys "
+                      "(revision %s), which trust any key the IdP retired since and no key "
+                      "it added", shown(self._url), age, STALE_AFTER_REFRESHES,
+                      self.current.revision)
+        else:
+            log.error("auth.jwks_url %s: no usable key set for %.0f s since start (more "
+                      "than %d x auth.jwks_refresh_s); every token is refused (401)",
+                      shown(self._url), age, STALE_AFTER_REFRESHES)

@@ -24,15 +24,16 @@ def jwks(*keys: DevKey) -> dict[str, Any]:
 
 @dataclass
 class FakeIdp:
-    """Answers each fetch with `document` (a dict, raw bytes, or an exception to raise);
+    """Answers each fetch with `document` (a dict, raw bytes, or an exception to raise —
+    a `CancelledError` too, as a library's bug might raise one);
     with a `script`, the next fetches take its answers in order (the last one stays). With
     `gate` set, a fetch waits for it: a test holds a fetch in flight on an event."""
 
-    document: dict[str, Any] | bytes | Exception
+    document: dict[str, Any] | bytes | BaseException
     calls: int = 0
     gate: asyncio.Event | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    script: list[dict[str, Any] | bytes | Exception] = field(default_factory=list)
+    script: list[dict[str, Any] | bytes | BaseException] = field(default_factory=list)
 
     async def fetch(self) -> bytes:
         self.calls += 1
@@ -42,7 +43,7 @@ class FakeIdp:
         if self.script:
             self.document = self.script.pop(0)
         answer = self.document
-        if isinstance(answer, Exception):
+        if isinstance(answer, BaseException):
             raise answer
         return answer if isinstance(answer, bytes) else orjson.dumps(answer)
 

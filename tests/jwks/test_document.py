@@ -113,12 +113,33 @@ def test_two_keys_with_one_kid_are_refused(rsa_jwk: dict[str, Any]) -> None:
         parse_jwks(doc(rsa_jwk, twin), RS256)
 
 
-def test_a_weak_key_refuses_the_set(rsa_jwk: dict[str, Any]) -> None:
+def weak_rsa_jwk(kid: str, **extra: str) -> dict[str, Any]:
     weak = 1024   # on purpose
     small = rsa.generate_private_key(public_exponent=65537, key_size=weak).public_key()
-    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small)), "kid": "small"}
-    with pytest.raises(JwksInvalid, match="key #2: an RSA key needs at least 2048 bits"):
-        parse_jwks(doc(rsa_jwk, jwk), RS256)
+    return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small)), "kid": kid, **extra}
+
+
+@pytest.mark.parametrize("allowed", [RS256, frozenset({"RS256", "ES256"})],
+                         ids=["rsa", "rsa-and-ec"])
+def test_a_weak_usable_key_refuses_the_set(rsa_jwk: dict[str, Any],
+                                           allowed: frozenset[str]) -> None:
+    """SECURITY: whatever good keys sit beside it."""
+    with pytest.raises(JwksInvalid, match="key #3: an RSA key needs at least 2048 bits"):
+        parse_jwks(doc(rsa_jwk, ec_jwk("ec-1"), weak_rsa_jwk("small")), allowed)
+
+
+@pytest.mark.parametrize(("extra", "allowed"), [
+    ({}, frozenset({"ES256"})),                        # no RSA algorithm is allowed
+    ({"alg": "PS256"}, frozenset({"RS256", "ES256"})),  # its `alg` is not allowed
+    ({"use": "enc"}, frozenset({"RS256", "ES256"})),    # not a signing key
+], ids=["type-not-allowed", "alg-not-allowed", "encryption"])
+def test_a_weak_key_no_allowed_algorithm_can_use_is_ignored(
+        extra: dict[str, str], allowed: frozenset[str]) -> None:
+    """A key the gateway could never verify with cannot forge anything here: an IdP's old
+    1024-bit RSA key left in its set must not refuse the set of an ES256 gateway."""
+    keyset, ignored = parse_jwks(doc(weak_rsa_jwk("small", **extra), ec_jwk("ec-1")), allowed)
+    assert [(k.kid, k.algorithms) for k in keyset.keys] == [("ec-1", frozenset({"ES256"}))]
+    assert ignored == 1
 
 
 def test_too_many_keys_are_refused(rsa_jwk: dict[str, Any]) -> None:

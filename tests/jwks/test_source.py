@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -19,7 +20,8 @@ from gateway.config import AuthSettings
 from gateway.core.errors import Unauthenticated
 from gateway.devtokens import DEV_AUDIENCE, DEV_ISSUER, DevKey
 from gateway.jwks import JwksFetchError, RemoteKeys
-from tests.jwks.idp import FakeIdp, jwks
+from gateway.jwks.url import shown
+from tests.jwks.idp import FakeIdp, idp_server, jwks
 from tests.support import FakeClock
 
 URL = "https://idp.example.com/.well-known/jwks.json"
@@ -410,3 +412,232 @@ async def test_failures_are_logged_without_the_document(key_a: DevKey, clock: Fa
     assert canary not in caplog.text
     assert canary not in str(keys.source.problem())
     assert canary not in str(keys.source.status())
+
+
+# ---- the loop outlives its bugs -----------------------------------------------------------
+
+CANARY = "jwks-canary-91c2"
+
+
+class Loop:
+    """A `RemoteKeys` whose background loop runs, with a sleep that moves the clock at once
+    (or raises the next of `raises`); `done` is set once `until(source)` holds after one."""
+
+    def __init__(self, idp: FakeIdp, clock: FakeClock, until: Callable[[RemoteKeys], bool],
+                 raises: tuple[BaseException, ...] = ()) -> None:
+        self.slept: list[float] = []
+        self.done = asyncio.Event()
+        self.registry = CollectorRegistry()
+        self.source = RemoteKeys(settings(), clock, registry=self.registry, fetch=idp.fetch,
+                                 sleep=self.sleep)
+        self._clock = clock
+        self._until = until
+        self._raises = list(raises)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if self._raises:
+            raise self._raises.pop(0)
+        self._clock.advance(seconds)
+        if self._until(self.source):
+            self.done.set()
+        await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        """Start, wait until `until` holds, close. The deadline only turns a loop that died
+        into a failure instead of a hang; a live loop gets there in milliseconds."""
+        await self.source.start()
+        try:
+            async with asyncio.timeout(60):
+                await self.done.wait()
+        finally:
+            await self.source.close()
+
+    def fetches(self, trigger: str, result: str) -> float:
+        return sample(self.registry, "toolgate_jwks_fetches_total", trigger=trigger,
+                      result=result)
+
+
+def holds_b(source: RemoteKeys) -> bool:
+    return "key-b" in source.current.by_kid
+
+
+async def test_the_retry_delay_stays_capped_after_thousands_of_failures(
+        key_a: DevKey, clock: FakeClock) -> None:
+    """2.0 ** (failures - 1) overflowed after ~1,025 failures in a row."""
+    idp = FakeIdp(jwks(key_a))
+    keys = await started(idp, clock)
+    try:
+        idp.down()
+        for _ in range(2_000):
+            await keys.source.refresh("refresh")
+        assert keys.source.status()["failures"] == 2_000
+        assert keys.source.next_delay() == MISS_S
+    finally:
+        await keys.source.close()
+
+
+async def test_the_loop_survives_thousands_of_failures(key_a: DevKey, key_b: DevKey,
+                                                       clock: FakeClock,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """An IdP down for ~9 hours (1,100 retries 30 s apart), then back with a new key."""
+    idp = FakeIdp(jwks(key_a))
+    idp.script = [jwks(key_a), *[JwksFetchError("answered 503")] * 1_100, jwks(key_b)]
+    loop = Loop(idp, clock, holds_b)
+    with caplog.at_level(logging.WARNING, logger="toolgate"):
+        await loop.run()
+    assert loop.slept[:1_102] == [REFRESH_S, 1, 2, 4, 8, 16, *[MISS_S] * 1_095, REFRESH_S]
+    assert loop.fetches("refresh", "error") == 1_100
+    assert "unexpectedly" not in caplog.text
+
+
+async def test_an_unexpected_exception_in_a_turn_is_logged_and_the_loop_goes_on(
+        key_a: DevKey, key_b: DevKey, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    idp = FakeIdp(jwks(key_a))
+    idp.script = [jwks(key_a), jwks(key_b)]
+    loop = Loop(idp, clock, holds_b, raises=(RuntimeError(CANARY),))
+    with caplog.at_level(logging.INFO, logger="toolgate"):
+        await loop.run()
+    # the sleep that raised, the back-off (the retry cap), the rest of the interval, and the
+    # interval after the fetch that got key B
+    assert loop.slept[:4] == [REFRESH_S, MISS_S, REFRESH_S - MISS_S, REFRESH_S]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"auth.jwks_url {URL}: the background refresh failed unexpectedly "
+                      f"(RuntimeError); trying again in {MISS_S:g} s"]
+    assert CANARY not in caplog.text    # the type only: an exception's text is not logged
+
+
+@pytest.mark.parametrize("error", [RuntimeError(CANARY), asyncio.CancelledError(CANARY)],
+                         ids=["RuntimeError", "CancelledError"])
+async def test_a_fetch_that_raises_unexpectedly_is_a_failed_fetch(
+        key_a: DevKey, key_b: DevKey, clock: FakeClock, error: BaseException,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A `CancelledError` no one asked for (a library's bug) must not end the loop as if
+    `close` had been called."""
+    idp = FakeIdp(jwks(key_a))
+    idp.script = [jwks(key_a), error, jwks(key_b)]
+    loop = Loop(idp, clock, holds_b)
+    with caplog.at_level(logging.INFO, logger="toolgate"):
+        await loop.run()
+    assert loop.slept[:3] == [REFRESH_S, 1, REFRESH_S]
+    assert loop.fetches("refresh", "error") == 1
+    assert f"refresh fetch failed: unexpected {type(error).__name__}; keeping" in caplog.text
+    assert CANARY not in caplog.text
+
+
+async def test_a_fetch_that_raises_cancelled_does_not_cancel_its_waiters(
+        key_a: DevKey, key_b: DevKey, clock: FakeClock) -> None:
+    idp = FakeIdp(jwks(key_a))
+    keys = await started(idp, clock)
+    try:
+        idp.document = asyncio.CancelledError()
+        # The agent's request gets its 401, not a cancel of its handler.
+        with pytest.raises(Unauthenticated, match="unknown key id"):
+            await verify(keys, key_b.token("svc-b"))
+        assert keys.fetches("kid_miss", "error") == 1
+    finally:
+        await keys.source.close()
+
+
+async def test_close_never_raises_and_always_closes_the_session(
+        key_a: DevKey, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A loop ended by what it cannot catch (a BaseException) is logged when it ends; `close`
+    then stops what is left and closes the session without raising it."""
+
+    class Escaped(BaseException):
+        pass
+
+    ended = asyncio.Event()
+
+    async def sleep(_: float) -> None:
+        ended.set()
+        raise Escaped
+
+    async with idp_server(jwks(key_a)) as idp:   # a real session, on loopback
+        source = RemoteKeys(settings(jwks_url=idp.url), clock, sleep=sleep)
+        with caplog.at_level(logging.INFO, logger="toolgate"):
+            await source.start()
+            await ended.wait()
+            await source.close()
+        assert [k.kid for k in source.current.keys] == ["key-a"]
+        session = source._session   # what `close` must have closed
+        assert session is not None
+        assert session.closed
+    assert f"auth.jwks_url {shown(idp.url)}: the background refresh stopped (Escaped)" \
+        in caplog.text
+
+
+# ---- a stale set -----------------------------------------------------------------------
+
+def stale_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.ERROR and "no usable key set for" in r.getMessage()]
+
+
+async def test_a_stale_set_is_kept_and_logged_once_per_interval(
+        key_a: DevKey, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The last good keys keep serving (an IdP outage must not take every agent down), but
+    once the last success is older than 3 intervals an ERROR says so, once per interval."""
+    idp = FakeIdp(jwks(key_a))
+    keys = await started(idp, clock)
+    try:
+        token = key_a.token("svc-a")
+        idp.down()
+        caplog.set_level(logging.WARNING, logger="toolgate")
+
+        async def retry_after(seconds: float) -> None:
+            clock.advance(seconds)
+            await keys.source.refresh("refresh")
+
+        for _ in range(30):                  # 3 intervals, retried every 30 s: not yet
+            await retry_after(MISS_S)
+        assert stale_errors(caplog) == []
+        assert keys.source.status()["stale"] is False
+        await retry_after(1)                 # 901 s
+        assert stale_errors(caplog) == [
+            f"auth.jwks_url {URL}: no usable key set for 901 s (more than 3 x "
+            f"auth.jwks_refresh_s); still verifying with the last good keys (revision "
+            f"{keys.source.current.revision}), which trust any key the IdP retired since "
+            "and no key it added"]
+        for _ in range(9):                   # 270 s more: within the interval, no repeat
+            await retry_after(MISS_S)
+        await retry_after(MISS_S - 1)
+        assert len(stale_errors(caplog)) == 1
+        await retry_after(1)                 # one interval since the last ERROR
+        assert len(stale_errors(caplog)) == 2
+        assert "no usable key set for 1201 s" in stale_errors(caplog)[1]
+        # Still serving, still ready; /readyz's `keys` says how stale.
+        assert keys.verifier.verify(token).sub == "svc-a"
+        assert keys.source.problem() is None
+        status = keys.source.status()
+        assert status["stale"] is True
+        assert status["age_s"] == 1201.0
+        # The IdP is back: fresh again, and the next failure is a warning only.
+        idp.document = jwks(key_a)
+        await retry_after(MISS_S)
+        assert keys.source.status()["stale"] is False
+        idp.down()
+        await retry_after(REFRESH_S)
+        assert len(stale_errors(caplog)) == 2
+    finally:
+        await keys.source.close()
+
+
+async def test_no_set_for_three_intervals_since_start_is_an_error(
+        key_a: DevKey, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    idp = FakeIdp(JwksFetchError("answered 503"))
+    keys = await started(idp, clock)
+    try:
+        caplog.set_level(logging.WARNING, logger="toolgate")
+        clock.advance(3 * REFRESH_S)
+        await keys.source.refresh("refresh")
+        assert stale_errors(caplog) == []
+        clock.advance(1)
+        await keys.source.refresh("refresh")
+        assert stale_errors(caplog) == [
+            f"auth.jwks_url {URL}: no usable key set for 901 s since start (more than 3 x "
+            "auth.jwks_refresh_s); every token is refused (401)"]
+    finally:
+        await keys.source.close()
