@@ -17,12 +17,17 @@ root logger's level, so it applies to aiohttp's loggers too.
 SECURITY: an exception is logged as its types and frames only, never its message. aiohttp's
 parser errors quote the raw request — `Authorization` header included — and other messages
 can quote a body or a credential. Control characters in a message are escaped, so no log
-line can be split in two or forged by what a message quotes.
+line can be split in two or forged by what a message quotes. asyncio's own report of an
+error nobody handled ("Task exception was never retrieved", "Exception in callback …")
+writes `repr()`s — of the exception, the task, a callback's arguments — into the message
+itself, so `toolgate serve` replaces it (`loop_exception`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
@@ -43,6 +48,9 @@ MAX_FRAMES = 30   # innermost frames kept
 # C0 controls and DEL, escaped in console lines (JSON escapes them itself).
 _ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
 FIRST_KEYS = ("timestamp", "level", "logger", "message", "process", "worker")
+# Where a `repr()` starts in asyncio's messages ("Exception in callback f('a secret')").
+_REPR = re.compile(r"""[(<{\['"=]""")
+MAX_LOOP_TEXT = 200
 
 EventDict = MutableMapping[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -177,3 +185,28 @@ def configure_logging(settings: LogSettings | None = None, *, worker: int | None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(settings.level, logging.INFO))
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler (`loop.set_exception_handler`; `gateway.serve`).
+
+    SECURITY: asyncio's default handler logs the context's values as `repr()`s — the
+    exception's message and a callback's arguments among them — in the log message itself,
+    where `SafeFormatter` cannot take them out. This one logs asyncio's message up to the
+    first `repr()` in it, the task's name, and the exception through the formatter: its
+    types and frames only."""
+    def plain(value: object) -> str:
+        return " ".join(_REPR.split(str(value), maxsplit=1)[0].split())
+
+    try:
+        text = plain(context.get("message") or "")
+        task = context.get("task") or context.get("future")
+        if isinstance(task, asyncio.Task):
+            text += f" (task {plain(task.get_name())})"
+        exc = context.get("exception")
+        logging.getLogger("asyncio").error(
+            "%s", text[:MAX_LOOP_TEXT] or "an error in the event loop",
+            exc_info=exc if isinstance(exc, BaseException) else None)
+    except Exception:   # asyncio would report this one with the context's reprs
+        logging.getLogger("asyncio").exception("an error in the event loop could not be "
+                                               "logged")

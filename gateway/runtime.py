@@ -60,6 +60,7 @@ class Runtime:
     redactor: Redactor     # how every copy of the arguments that leaves the store is redacted
     tracing: Tracing       # OpenTelemetry export of calls; off unless tracing.otlp_endpoint
     reloader: Reloader     # builds, checks, records and swaps in a new bundle
+    sweeper: Sweeper       # told when the process starts draining (`gateway.serve`)
 
 
 def instance_id() -> str:
@@ -132,4 +133,4 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str], bundle: B
         stack.push_async_callback(refusals.close)
         yield Runtime(settings, bundles, verifier, store, upstreams, audit, metrics, kills,
                       approvals, background, clock, refusals, redactor, tracing,
-                      Reloader(settings, bundles, audit, clock))
+                      Reloader(settings, bundles, audit, clock), sweeper)

@@ -22,7 +22,8 @@ port is bound with SO_REUSEPORT, the admin port by worker 1 only, each log line 
 worker, and a start-up failure is told to the supervisor, which prints it once.
 
 Logs go to stderr through `gateway.logs`: one line per record, JSON or console, and an
-exception as its types and frames, never its message.
+exception as its types and frames, never its message — asyncio's reports of errors nobody
+handled included (`gateway.logs.loop_exception`, the loop's exception handler).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from gateway.core.errors import GatewayError
 from gateway.core.stage import Stage
 from gateway.listener import ConnectionLimits, Listener, Refused
 from gateway.listener.drain import CANCEL_GRACE_S, DRAIN, Drain, stop_serving
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, loop_exception
 from gateway.metrics import MULTIPROC_ENV, register_process
 from gateway.startup import ONE_LINE, StartupError, bind_error, starting
 from gateway.tasks import stop as stop_task
@@ -63,6 +64,9 @@ log = logging.getLogger("toolgate")
 # aiohttp's own shutdown of what is still open after the drain (it waits this for a
 # request, cancels it, and waits this again): by then the drain has closed everything.
 SHUTDOWN_TIMEOUT_S = CANCEL_GRACE_S
+# A worker's start-up failure, in UTF-8 bytes: with its prefix the whole line stays under
+# PIPE_BUF (4,096 bytes on Linux), so it reaches the supervisor whole, never interleaved.
+MAX_LINE_BYTES = 3000
 
 
 def connection_limits(settings: Settings, max_connections: int,
@@ -105,6 +109,8 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
     (opened once the supervisor says every worker listens), and reloads passed on between
     workers. Raises `StartupError` (or a config, key or credential error) if it cannot
     start."""
+    # SECURITY: asyncio's own reports would put exception messages in the log.
+    asyncio.get_running_loop().set_exception_handler(loop_exception)
     # The watch's baseline comes first: a change while the bundle is built is not missed.
     baseline = bundle_watch.fingerprint(bundle_watch.watched(settings)) \
         if settings.policy.watch_ms else frozenset()
@@ -129,6 +135,8 @@ async def _serve(settings: Settings, environ: Mapping[str, str],
             for runner in runners:
                 await runner.setup()
             listeners = _listeners(settings, app, runners, reuse_port=worker is not None)
+        # Once draining, the approval sweeper starts no call the drain could cut.
+        draining.when_draining(app[RUNTIME].sweeper.drain)
         await _listen(listeners[0], "listen", settings.listen)
         started.append(listeners[0])
         if worker is not None:
@@ -306,7 +314,9 @@ def serve(settings: Settings, environ: Mapping[str, str], worker: Worker | None 
 
 def _line(exc: BaseException) -> str:
     """A start-up failure as one line for the supervisor's pipe (a write under PIPE_BUF
-    arrives whole)."""
+    arrives whole): at most `MAX_LINE_BYTES` of UTF-8, cut on a character boundary."""
     errors = getattr(exc, "errors", None)
     text = "; ".join(str(e) for e in errors) if errors else str(exc)
-    return " ".join(text.split())[:3000]
+    # A lone surrogate (an undecodable file name) is escaped: the line must encode.
+    data = " ".join(text.split()).encode("utf-8", "backslashreplace")[:MAX_LINE_BYTES]
+    return data.decode("utf-8", "ignore")   # drops only a character the cut split

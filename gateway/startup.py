@@ -9,8 +9,10 @@ port that cannot be bound, a state store that cannot be opened, an audit log tha
 written, and, as a last resort, any other exception by its type.
 
 SECURITY: a line never holds a DSN's password — a PostgreSQL failure names the host, port,
-database and user only — and an unknown exception's message is masked where it could hold a
-URL's credentials.
+database and user only, and a DSN the driver cannot parse is said to be so, never quoted —
+and never the message of an exception it does not know: any exception's message can quote a
+secret (asyncpg's DSN errors quote the password). Of those it says the type and where it
+was raised; only the gateway's own messages and the OS's error text are shown.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import re
 import socket
 import sqlite3
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -100,6 +103,8 @@ def store_error(settings: Settings, exc: BaseException) -> StartupError:
 def _postgres_error(dsn: str, exc: BaseException) -> StartupError:
     import asyncpg  # noqa: PLC0415 (only for a PostgreSQL store)
 
+    from gateway.store.postgres import DSN_UNPARSABLE  # noqa: PLC0415 (asyncpg on demand)
+
     parts = urlsplit(dsn)
     try:
         host, port = parts.hostname or "localhost", parts.port or 5432
@@ -109,7 +114,10 @@ def _postgres_error(dsn: str, exc: BaseException) -> StartupError:
     database = unquote(parts.path.lstrip("/")) or user
     server = f"PostgreSQL at {host}:{port}"
     cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
-    if isinstance(cause, asyncpg.InvalidCatalogNameError):
+    if isinstance(cause, (ValueError, asyncpg.ClientConfigurationError)):
+        # SECURITY: its message quotes the DSN, password included (`gateway.store.postgres`).
+        line = DSN_UNPARSABLE
+    elif isinstance(cause, asyncpg.InvalidCatalogNameError):
         line = (f'database "{database}" does not exist on {server}: create it '
                 f"(`createdb -h {host} -p {port} -U {user} {database}`) or name an existing "
                 "one in `store`")
@@ -181,7 +189,25 @@ def describe(settings: Settings, exc: BaseException) -> StartupError:
         return store_error(settings, exc)
     if isinstance(exc, AuditStartError):
         return audit_error(settings, exc)
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    message = _CREDENTIALS.sub(r"\1***@", message)[:MAX_LINE]
-    return StartupError(f"the gateway could not start: {type(exc).__name__}"
-                        + (f": {message}" if message else ""))
+    return StartupError(f"the gateway could not start: {_what(exc)}")
+
+
+def _what(exc: BaseException) -> str:
+    """SECURITY: an exception as a line may show it — its type, and its text only where the
+    text is known to hold no secret: the gateway's own message (`GatewayError`, URL
+    credentials masked all the same) or the OS's error text and file name (`OSError`).
+    Any other type's message may quote a password, a token or a key: in its place, where
+    the exception was raised."""
+    name = type(exc).__name__
+    if isinstance(exc, GatewayError):
+        text = exc.message
+    elif isinstance(exc, OSError) and exc.strerror:
+        named = exc.filename
+        text = exc.strerror + (f": {os.fsdecode(named)}" if isinstance(named, (str, bytes))
+                               else "")
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        return f"{name} at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" \
+            if frames else name
+    text = " ".join(_CREDENTIALS.sub(r"\1***@", text).split())[:MAX_LINE]
+    return f"{name}: {text}" if text else name

@@ -5,18 +5,21 @@ or body (THREAT_MODEL U5)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from gateway.config import LogSettings
-from gateway.logs import SafeFormatter, configure_logging
+from gateway.logs import SafeFormatter, configure_logging, loop_exception
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzdmMtYWdlbnQifQ.c2lnbmF0dXJl"
 SECRET = "upstream-secret-9f8e7d6c5b4a"
@@ -206,3 +209,58 @@ def test_a_record_that_cannot_be_formatted_is_one_line_without_its_arguments() -
     assert record["level"] == "error"
     assert record["message"].startswith("a log record could not be formatted (at ")
     assert TOKEN not in line
+
+
+PASSWORD = "pw:hunter2"   # short: asyncio's repr of an argument shows it whole
+
+
+def fail(argument: str) -> None:
+    raise ValueError(f"rejected {argument}")
+
+
+def unhandled(new_loop: Callable[[], asyncio.AbstractEventLoop], handled: bool) -> None:
+    """Two errors nobody handles, each holding a secret in its message and, for the
+    callback, in its argument: asyncio reports them to the loop's exception handler."""
+    async def task_fails() -> None:
+        raise RuntimeError(f"upstream said {SECRET}")
+
+    async def main() -> None:
+        if handled:
+            asyncio.get_running_loop().set_exception_handler(loop_exception)
+        asyncio.get_running_loop().call_soon(fail, PASSWORD)
+        task = asyncio.create_task(task_fails(), name="settle req_1")
+        await asyncio.wait({task})   # done, its exception never retrieved
+        del task
+        gc.collect()                 # "Task exception was never retrieved"
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
+
+
+LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"),
+         pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_the_loops_reports_of_unhandled_errors_never_hold_a_message(
+        new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """`toolgate serve` installs `loop_exception`: asyncio's message up to its first
+    `repr()`, the task's name, and the exception's types and frames. The control: asyncio's
+    own handler puts the exception's and the argument's `repr()` in the message itself,
+    past any formatter."""
+    out = configured("json")
+    unhandled(new_loop, handled=False)
+    assert SECRET in out.getvalue(), "the default leaks"
+    assert (PASSWORD in out.getvalue()) is (new_loop is asyncio.new_event_loop)
+
+    out = configured("json")
+    unhandled(new_loop, handled=True)
+    assert SECRET not in out.getvalue() and "hunter2" not in out.getvalue()
+    assert "rejected" not in out.getvalue() and "upstream said" not in out.getvalue()
+    callback, task = (json.loads(line) for line in lines(out))
+    assert callback["logger"] == "asyncio" and callback["level"] == "error"
+    assert callback["message"].startswith("Exception in callback")
+    assert callback["exception"]["types"] == ["ValueError"]
+    assert callback["exception"]["frames"][-1].endswith(" in fail")
+    assert task["message"] == "Task exception was never retrieved (task settle req_1)"
+    assert task["exception"]["types"] == ["RuntimeError"]

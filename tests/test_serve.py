@@ -8,19 +8,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway import logs, serve
+from gateway.app import build_apps
 from gateway.devtokens import DevKey
-from gateway.serve import StartupError, _serve
+from gateway.listener.drain import DRAIN
+from gateway.logs import loop_exception
+from gateway.serve import MAX_LINE_BYTES, StartupError, _line, _serve
+from gateway.web import RUNTIME
 from tests.support import UPSTREAM_SECRET, Recorder, config
 
 ENV = {"UPSTREAM_TOKEN": UPSTREAM_SECRET}
@@ -125,3 +132,62 @@ async def test_a_call_still_in_flight_when_the_window_ends_is_cancelled_and_reco
     assert mine[1]["error"] == "cancelled"
     last = audit(tmp_path)[-1]
     assert (last["kind"], last["event"]) == ("audit", "closed")
+
+    # It may have run: the agent's retry with its key, on the restarted gateway, is
+    # answered the 504 its key kept, and never sent again.
+    upstream.release.set()   # a call sent again would be answered at once
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(_serve(settings, ENV, ready, stop))
+    await asyncio.wait_for(ready.wait(), WAIT_S)
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/state/slow", json={"n": 1},
+                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "drain-cut",
+                         "X-Gate": "held"}) as retry:
+            assert (retry.status, retry.headers.get("Idempotent-Replayed")) == (504, "true")
+            error = (await retry.json())["error"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, WAIT_S)
+    assert (error["code"], error["request_id"]) == ("upstream_timeout", request_id)
+    assert "may have run" in error["message"]
+    assert len(upstream.seen) == 1, "sent once"
+
+
+async def test_the_stop_tells_the_approval_sweeper_and_the_loop_logs_safely(
+        tmp_path: Path, dev_key: DevKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once draining, the sweeper starts no call the drain could cut; and while serving,
+    asyncio's reports of unhandled errors go through `gateway.logs.loop_exception`."""
+    built: list[tuple[web.Application, web.Application]] = []
+
+    def keep(*args: Any, **kwargs: Any) -> tuple[web.Application, web.Application]:
+        built.append(build_apps(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(serve, "build_apps", keep)
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9",
+                      listen=f"127.0.0.1:{free_port()}",
+                      admin_listen=f"127.0.0.1:{free_port()}")
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(_serve(settings, ENV, ready, stop))
+    await asyncio.wait_for(ready.wait(), WAIT_S)
+    assert asyncio.get_running_loop().get_exception_handler() is loop_exception
+    [(app, admin)] = built
+    sweeper = app[RUNTIME].sweeper
+    assert not sweeper.draining and not admin[DRAIN].draining
+    stop.set()
+    await asyncio.wait_for(serving, WAIT_S)
+    assert sweeper.draining and admin[DRAIN].draining
+
+
+def test_a_start_up_line_fits_one_pipe_write_in_bytes_not_characters() -> None:
+    """A write under PIPE_BUF reaches the supervisor whole: 3,000 characters of Cyrillic
+    are 6,000 bytes, so the line is cut in bytes — on a character boundary."""
+    for text in ("ж" * 3000, "a" + "€" * 2000, "x" * 5000, "名" * 1001):
+        line = _line(StartupError(text))
+        assert MAX_LINE_BYTES - 3 < len(line.encode()) <= MAX_LINE_BYTES < select.PIPE_BUF
+        assert len(f"99 failed {line}\n".encode()) <= select.PIPE_BUF
+        assert text.startswith(line), "whole characters only"
+    # An undecodable file name's lone surrogate is escaped: the line must encode.
+    assert _line(StartupError("cannot read /etc/\udcff.pem")) == "cannot read /etc/\\udcff.pem"
+    assert _line(StartupError("a  b\nc")) == "a b c"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 
 from gateway.audit.log import AuditStartError
 from gateway.config import Address
-from gateway.core.errors import LoadErrors, StoreUnavailable
+from gateway.core.errors import BundleInvalid, LoadErrors, StoreUnavailable
 from gateway.devtokens import DevKey
 from gateway.startup import StartupError, bind_error, describe, starting
+from gateway.store.postgres import PostgresStore
 from tests.support import config
 
 ADDRESS = Address("127.0.0.1", 8080)
@@ -94,13 +96,32 @@ def test_an_audit_directory_that_cannot_be_made(tmp_path: Path, dev_key: DevKey)
                     f"{os.getuid()}) can create and write")
 
 
-def test_anything_else_is_its_type_and_first_line_with_credentials_masked(
+def test_anything_else_is_its_type_and_where_it_was_raised_never_its_message(
         tmp_path: Path, dev_key: DevKey) -> None:
+    """Any exception's message may quote a secret: an unknown type is named with the
+    frame that raised it; only the gateway's own messages (URL credentials masked all the
+    same) and the OS's error text are shown."""
     settings = config(tmp_path, dev_key, "http://127.0.0.1:9")
-    line = str(describe(settings, RuntimeError(
+    made = str(describe(settings, RuntimeError("token hunter2-secret")))
+    assert made == "the gateway could not start: RuntimeError"
+
+    def parse(dsn: str) -> None:
+        raise ValueError(f"invalid literal for int() with base 10: {dsn!r}")
+
+    try:
+        parse("q8Zk")
+    except ValueError as exc:
+        raised = str(describe(settings, exc))
+    assert re.fullmatch(r"the gateway could not start: ValueError at .*/tests/test_startup\.py"
+                        r":\d+ in parse", raised), raised
+    own = str(describe(settings, BundleInvalid(
         "cannot reach https://svc:s3cr3t@idp.example.com/keys\n  second line")))
-    assert line == ("the gateway could not start: RuntimeError: cannot reach "
-                    "https://svc:***@idp.example.com/keys")
+    assert own == ("the gateway could not start: BundleInvalid: cannot reach "
+                   "https://svc:***@idp.example.com/keys second line")
+    denied = str(describe(settings, PermissionError(errno.EACCES, "Permission denied",
+                                                    "/etc/toolgate/key.pem")))
+    assert denied == ("the gateway could not start: PermissionError: Permission denied: "
+                      "/etc/toolgate/key.pem")
 
 
 def test_starting_passes_one_line_errors_through_and_describes_the_rest(
@@ -108,6 +129,40 @@ def test_starting_passes_one_line_errors_through_and_describes_the_rest(
     settings = config(tmp_path, dev_key, "http://127.0.0.1:9")
     with pytest.raises(LoadErrors), starting(settings):
         raise LoadErrors([])
-    with pytest.raises(StartupError, match=r"^the gateway could not start: ValueError$"), \
+    with pytest.raises(StartupError, match=r"^the gateway could not start: ValueError at "
+                                           r"\S+test_startup\.py:\d+ in test_starting"), \
             starting(settings):
-        raise ValueError
+        raise ValueError("hunter2")
+
+
+@pytest.mark.parametrize("password", ["q8Zk/3v+Lm==", "q8Zk?3v+Lm==", "q8Zk#3v+Lm=="])
+async def test_a_dsn_that_cannot_be_parsed_is_said_so_never_quoted(
+        tmp_path: Path, dev_key: DevKey, password: str) -> None:
+    """asyncpg reads a piece of a password with an unencoded `/`, `?` or `#` as the port or
+    a query parameter, and its error quotes it: from the real store's `open`, the line says
+    the DSN cannot be parsed and how to fix it — and nothing the driver said."""
+    dsn = f"postgresql://toolgate:{password}@db/tg"
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9", store=dsn)
+    with pytest.raises(StartupError) as caught, starting(settings):
+        await PostgresStore.open(dsn)
+    assert str(caught.value) == ("store: the PostgreSQL DSN cannot be parsed; "
+                                 "percent-encode special characters in the password")
+    for exc in (caught.value, caught.value.__cause__, caught.value.__context__):
+        chained = exc
+        while chained is not None:   # not even a chained exception keeps the text
+            assert "q8Zk" not in str(chained) and "3v+Lm" not in str(chained)
+            chained = chained.__cause__ or chained.__context__
+    raw = str(describe(settings, ValueError("invalid literal for int() with base 10: "
+                                            "'q8Zk'")))
+    assert "q8Zk" not in raw, "a raw parse error is never quoted either"
+
+
+def test_a_driver_parse_error_behind_the_store_error_is_never_quoted(
+        tmp_path: Path, dev_key: DevKey) -> None:
+    settings = config(tmp_path, dev_key, "http://127.0.0.1:9",
+                      store="postgresql://toolgate:q8Zk/3v+Lm==@db/tg")
+    for cause in (ValueError("invalid literal for int() with base 10: 'q8Zk'"),
+                  asyncpg.ClientConfigurationError("bad query field: 'q8Zk'")):
+        line = str(describe(settings, _unavailable(cause)))
+        assert line == ("store: the PostgreSQL DSN cannot be parsed; percent-encode special "
+                        "characters in the password")

@@ -27,6 +27,7 @@ from gateway.core.errors import (
     InsufficientScope,
     InvalidArguments,
     NotFound,
+    OverCapacity,
     RateLimited,
     RequestTimeout,
 )
@@ -167,6 +168,16 @@ async def approve(request: web.Request) -> web.StreamResponse:
     approval_id = request.match_info["approval_id"]
     principal = approver(request, rt)
     body = await read_body(request, rt)
+    draining = request.app.get(DRAIN)
+    if draining is not None and draining.draining:
+        # The process is stopping: a call approved now could be cut mid-send by the drain.
+        # The vote is not recorded; another replica, or this one restarted, takes it.
+        # (A rejection sends nothing: it is still taken.)
+        stopping = OverCapacity("this gateway is stopping (draining) and takes no approval; "
+                                "nothing was recorded: approve again on another replica or "
+                                "once it has restarted", headers={"Retry-After": "1"})
+        rt.approvals.refused(approval_id, principal, stopping)
+        raise stopping
     approval = await rt.approvals.approve(approval_id, principal,
                                           text_field(body, "comment", required=False))
     return json_answer(_public(rt, approval))

@@ -180,9 +180,10 @@ ADMIN_OPENAPI: dict[str, Any] = {
                                                      "policies": {"type": "string"}}},
                         "tools": {"type": "integer", "minimum": 0},
                         "time": {"type": "number", "description": "Unix time, seconds"}}}),
-                "503": _json("not ready: starting, or the store is unreachable", {
+                "503": _json("not ready: starting, the store is unreachable, or the "
+                             "process is stopping (draining)", {
                     "type": "object", "required": ["status"],
-                    "properties": {"status": {"enum": ["starting", "unready"]},
+                    "properties": {"status": {"enum": ["starting", "unready", "draining"]},
                                    "store": {"type": "string"}}})}}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics", "security": [],
@@ -219,7 +220,10 @@ ADMIN_OPENAPI: dict[str, Any] = {
                             "description": f"{_TEXT['description']}; null is no comment"}}},
                 required=False),
             "responses": {"200": _approval_response("the approval after the vote"),
-                          **_errors(404, 409, *_BODY, *_AUTH)}}},
+                          **_errors(404, 409, *_BODY, *_AUTH, described={
+                              503: f"{_ERROR_TEXT[503]}; or over_capacity: this gateway is "
+                                   "stopping (draining) and records no vote, approve on "
+                                   "another replica or once it has restarted"})}}},
         "/v1/approvals/{approval_id}/reject": {"post": {
             "summary": "Reject with a reason; the agent sees policy_denied with it",
             "parameters": [_ID],

@@ -9,6 +9,11 @@ Every `approvals.sweep_interval_ms` it
   live instance is still sending is never taken over;
 - expires pending calls past their TTL (fail closed);
 - starts approved calls nobody is sending yet (an approval answered before a crash).
+
+Once the gateway is stopping (`drain`, from `gateway.listener.drain`) it starts no call and
+takes none over — the drain could cut it mid-send — and leaves them to another replica or
+to the next start; it still heartbeats, so the calls this instance is sending are not taken
+over while they finish, and still expires pending calls (that sends nothing).
 """
 
 from __future__ import annotations
@@ -38,10 +43,23 @@ class Sweeper:
         self._takeover_after = takeover_after_s
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._draining = False
+
+    def drain(self) -> None:
+        """The gateway is stopping: from now on start no call and take none over."""
+        self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     async def recover(self) -> None:
         """Settle calls abandoned mid-send by an instance that stopped."""
+        if self._draining:
+            return
         for approval in await self._store.abandoned(self._clock.time(), self._takeover_after):
+            if self._draining:   # it began while the store was asked
+                return
             if approval.resend_safe:
                 # The upstream gets the same Idempotency-Key again and dedups on it.
                 self._executor.resend(approval)
@@ -62,7 +80,11 @@ class Sweeper:
 
     async def sweep_once(self) -> None:
         await self._service.expire_due()
+        if self._draining:
+            return
         for approval in await self._store.in_states(APPROVED):
+            if self._draining:   # it began while the store was asked
+                return
             self._executor.start(approval.id)
 
     async def _run(self) -> None:

@@ -44,7 +44,7 @@ EXIT_TEXT = """exit status of approve (and reject):
      (any HTTP status: see `result`); reject: the call is rejected
   1  refused: the vote was not recorded (self_approval, approver_role_required,
      approval_not_pending, approval_expired, already_approved_by_you, not_found, a token
-     refused); nothing changed
+     refused, over_capacity: the gateway is stopping); nothing changed
   2  usage error, no token, or no usable answer from the admin API (unreachable, 5xx):
      whether the vote counted is not known; look with `toolgate approvals show ID`
   3  the vote was recorded and the call waits for more approvals (N of M); nothing was

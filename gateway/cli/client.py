@@ -35,9 +35,10 @@ class ApiError(Exception):
 
     @property
     def refused(self) -> bool:
-        """A 4xx: the API refused the request, and changed nothing. (A 5xx may come after
-        a change: whether it happened is not known.)"""
-        return 400 <= self.status < 500
+        """A 4xx, or a 503 `over_capacity` (the gateway is draining or full and turned the
+        request away before reading it): the API refused the request, and changed nothing.
+        (Another 5xx may come after a change: whether it happened is not known.)"""
+        return 400 <= self.status < 500 or (self.status == 503 and self.code == "over_capacity")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,15 @@
    closed as soon as they are idle; calls in flight go on.
 3. When every connection has closed, or at the end of the window (`shutdown.drain_s` after
    the delay), `cut` cancels what is left: each cancelled call's decision record is
-   already written and its outcome is recorded as `cancelled` (`gateway.audit.call`).
+   already written and its outcome is recorded as `cancelled`. A cut call whose request
+   was out may have run: its idempotency key keeps a final 504 answer, so a retry is
+   answered that and never sent again (`gateway.act.forward`); storing those answers gets
+   `CANCEL_GRACE_S` after the cut even when the window is spent.
+
+From `begin` on, nothing new is set going that the drain might cut: `approve` on the admin
+port is refused (503, `gateway.admin.api`) and the approval sweeper starts and takes over
+no call (`gateway.approvals.sweeper`, told through `Drain.when_draining`); calls already
+being sent finish.
 
 The admin port is drained the same way within the same window, once the agent port's calls
 are done and none of its own requests is in progress (`quiet`): until then it keeps
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -44,9 +53,20 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
+        self._hooks: list[Callable[[], None]] = []
 
     def begin(self) -> None:
+        if self.draining:
+            return
         self.draining = True
+        for hook in self._hooks:
+            hook()
+
+    def when_draining(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when the drain begins — at once if it has begun already."""
+        self._hooks.append(hook)
+        if self.draining:
+            hook()
 
     async def on_response_prepare(self, request: BaseRequest,
                                   response: web.StreamResponse) -> None:
@@ -123,12 +143,15 @@ async def stop_serving(shutdown: ShutdownSettings, draining: Drain, started: lis
         if index:
             await quiet(listener, deadline, hurry)
         await drain(listener, deadline, hurry)
+    cancelled = 0
     if any(listener.open_connections for listener in started):
-        cancelled = 0
         for listener in started:
             cancelled += await cut(listener)
         log.warning("the drain window ended with %d connections still open: their calls "
                     "were cancelled (outcome records: cancelled)", cancelled)
     if background is not None:
-        await background.close(deadline - loop.time())
+        # The cut calls' answers are being stored under their keys: they get a moment even
+        # when the window is spent, or a retry could find its key free and send it again.
+        await background.close(max(deadline - loop.time(),
+                                   CANCEL_GRACE_S if cancelled else 0.0))
     log.info("drained; closing the state store and the audit log")

@@ -54,6 +54,25 @@ _MARK = re.compile(r"\?")
 CLAIM_ATTEMPTS = 3
 
 
+DSN_UNPARSABLE = ("the PostgreSQL DSN cannot be parsed; percent-encode special characters "
+                  "in the password")
+
+
+async def _pool(dsn: str) -> asyncpg.Pool:
+    """The connection pool, or `StoreUnavailable(DSN_UNPARSABLE)`.
+
+    SECURITY: asyncpg's parse errors quote the DSN — an unencoded `/`, `?` or `#` in the
+    password makes it read a piece of the password as the port or a query parameter
+    (`invalid literal for int() with base 10: 'q8Zk'`). Neither the message nor the
+    exception (as a cause or context) goes any further."""
+    try:
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=10, command_timeout=10,
+                                         timeout=5)
+    except (ValueError, asyncpg.ClientConfigurationError):
+        pass
+    raise StoreUnavailable(DSN_UNPARSABLE)
+
+
 class _Vanished(Exception):
     """A key row gone between a conflicting insert and its lock: claim it again."""
 
@@ -88,9 +107,10 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
+        """Connect and migrate. Raises `StoreUnavailable`: `DSN_UNPARSABLE` for a DSN the
+        driver cannot parse."""
         with _unavailable("cannot open the state store"):
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10,
-                                             command_timeout=10, timeout=5)
+            pool = await _pool(dsn)
             store = cls(pool)
             try:
                 await store._migrate()

@@ -3,12 +3,15 @@ can dedup them, never while their sender is alive. Time is the injected clock's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from gateway.approvals.model import ApprovalStatus
+from gateway.approvals.executor import Executor
+from gateway.approvals.model import Approval, ApprovalStatus
 from gateway.approvals.sweeper import Sweeper
 from gateway.devtokens import DevKey
 from gateway.runtime import Runtime
@@ -93,3 +96,70 @@ async def test_pending_calls_expire(quiet: Runtime, agent_token: str,
     await sweeper(quiet, clock).sweep_once()
     assert await status(quiet, approval_id) is ApprovalStatus.EXPIRED
     assert [r["event"] for r in records(quiet) if r.get("event") == "expired"] == ["expired"]
+
+
+
+class Started:
+    """The runtime's executor, noting the tasks the sweeper starts (to wait for them)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, approval_id: str) -> asyncio.Task[None]:
+        self.tasks.append(self.executor.start(approval_id))
+        return self.tasks[-1]
+
+    def resend(self, approval: Approval) -> asyncio.Task[None]:
+        self.tasks.append(self.executor.resend(approval))
+        return self.tasks[-1]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.executor, name)
+
+
+async def test_once_draining_it_starts_and_takes_over_no_call_but_still_expires(
+        quiet: Runtime, agent_token: str, clock: FakeClock,
+        recorder: tuple[Recorder, str]) -> None:
+    """The gateway is stopping (`gateway.listener.drain`): a call it started now could be
+    cut mid-send, so an approved call and an abandoned one are left for another replica or
+    the next start. Expiry sends nothing: it goes on. The same sweep, not draining, sends
+    both (the control)."""
+    # Only the sweepers under test act: the runtime's own makes its first pass at start,
+    # and could start the approved call below before they do.
+    await quiet.sweeper.close()
+    approved = await held_call(quiet, agent_token, "k-4")
+    assert await quiet.store.transition(approved, frozenset({ApprovalStatus.PENDING}),
+                                        ApprovalStatus.APPROVED, clock.now) is not None
+    abandoned = await left_executing(quiet, agent_token, "/echo/slow-refunds", "k-5",
+                                     "gw-dead")
+    clock.advance(TAKEOVER_S + 1)
+    pending = await held_call(quiet, agent_token, "k-6")
+    started = Started(quiet.approvals.executor)
+
+    def sweeper_of(executor: Started) -> Sweeper:
+        return Sweeper(store=quiet.store, service=quiet.approvals,
+                       executor=cast(Executor, executor), interval_s=1.0,
+                       takeover_after_s=TAKEOVER_S, clock=clock)
+
+    stopping = sweeper_of(started)
+    stopping.drain()
+    assert stopping.draining
+    clock.advance(3601)
+    await stopping.recover()
+    await stopping.sweep_once()
+    assert started.tasks == []
+    assert await status(quiet, approved) is ApprovalStatus.APPROVED
+    assert await status(quiet, abandoned) is ApprovalStatus.EXECUTING
+    assert await status(quiet, pending) is ApprovalStatus.EXPIRED, "expiry goes on"
+    assert recorder[0].seen == []
+
+    running = sweeper_of(started)
+    assert not running.draining
+    await running.recover()
+    await running.sweep_once()
+    await asyncio.gather(*started.tasks)
+    assert len(started.tasks) == 2
+    for approval_id in (approved, abandoned):
+        assert await status(quiet, approval_id) is ApprovalStatus.EXECUTED
+    assert len(recorder[0].seen) == 2

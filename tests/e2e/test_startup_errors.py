@@ -124,6 +124,24 @@ def test_a_postgresql_server_that_refuses_the_connection(tmp_path: Path, dev_key
                     "the host and port in `store`")
 
 
+def test_a_dsn_whose_password_breaks_its_parsing_is_never_quoted(
+        tmp_path: Path, dev_key: DevKey, upstream: Upstream) -> None:
+    """An unencoded `/` in the password: asyncpg's error would quote a piece of it. Nothing
+    on stderr does — neither the `error:` line nor a log line."""
+    gw = configured(tmp_path / "gw", dev_key, upstream,
+                    store="postgresql://toolgate:q8Zk/3v+Lm==@127.0.0.1/tg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLGATE_")}
+    env.update({"UPSTREAM_TOKEN": "x", "TMPDIR": str(gw.directory)})
+    done = subprocess.run([*toolgate_command(), "serve", "--config",
+                           str(gw.directory / "toolgate.yaml")],
+                          capture_output=True, text=True, env=env, timeout=90, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "error: store: the PostgreSQL DSN cannot be parsed; percent-encode special "
+        "characters in the password"), done.stderr
+    assert "q8Zk" not in done.stderr and "3v+Lm" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_state_directory_that_cannot_be_written(tmp_path: Path, dev_key: DevKey,
                                                   upstream: Upstream,

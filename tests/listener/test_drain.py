@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.config import Address, ShutdownSettings
 from gateway.listener import Listener
-from gateway.listener.drain import Drain, cut, drain, quiet, stop_serving
+from gateway.listener.drain import CANCEL_GRACE_S, Drain, cut, drain, quiet, stop_serving
 from gateway.tasks import Background
 from tests.listener.test_listener import LIMITS, WAIT_S, closed, refused, response
 
@@ -205,3 +205,40 @@ async def test_stop_serving_gives_background_work_the_rest_of_the_window() -> No
         await asyncio.wait_for(stop_serving(ShutdownSettings(delay_s=0, drain_s=0), Drain(),
                                             [], asyncio.Event(), stuck), WAIT_S)
         assert not stuck._tasks
+
+
+async def test_after_a_cut_background_work_gets_the_grace_even_when_the_window_is_spent(
+        ) -> None:
+    """The calls the cut cancelled store their final answers under their keys as
+    background work (`gateway.act.forward`): it gets `CANCEL_GRACE_S`, though the window is
+    over. Without a cut, the window is all there is."""
+    class Given(Background):
+        def __init__(self) -> None:
+            super().__init__()
+            self.given: list[float] = []
+
+        async def close(self, timeout_s: float = 0.0) -> None:
+            self.given.append(timeout_s)
+            await super().close(timeout_s)
+
+    async with site() as s:
+        _, writer = await s.hold()
+        after_cut = Given()
+        await asyncio.wait_for(stop_serving(ShutdownSettings(delay_s=0, drain_s=0), Drain(),
+                                            [s.listener], asyncio.Event(), after_cut), WAIT_S)
+        assert s.events.cancelled.is_set()
+        assert after_cut.given == [CANCEL_GRACE_S]
+        writer.close()
+    nothing_cut = Given()
+    await asyncio.wait_for(stop_serving(ShutdownSettings(delay_s=0, drain_s=0), Drain(), [],
+                                        asyncio.Event(), nothing_cut), WAIT_S)
+    assert nothing_cut.given == [0.0]
+
+
+def test_when_draining_runs_each_hook_once_at_the_start_or_at_once() -> None:
+    draining, told = Drain(), []
+    draining.when_draining(lambda: told.append("early"))
+    draining.begin()
+    draining.begin()   # the signal and the stop both begin it: the hooks run once
+    draining.when_draining(lambda: told.append("late"))
+    assert draining.draining and told == ["early", "late"]
