@@ -102,7 +102,7 @@ async def clear_killswitch(request: web.Request) -> web.StreamResponse:
     who = operator(request, rt)
     given = request.match_info["scope"]
     async with _refusals(rt, who, lambda: given):
-        scope = check_scope(given)
+        scope = check_scope(given, set_before=True)  # one an earlier version took too
         actor = records.actor(who)
         switch = await rt.store.kill_clear(scope, rt.clock.time(), lambda cleared: rt.audit.write(
             "killswitch", records.killswitch("cleared", cleared, actor)))

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         if args.command == "revive":
             body = api.call("DELETE", f"/v1/killswitch/{urllib.parse.quote(args.scope, safe='')}")
-            text = f"revived {body['scope']} (set by {_who(body)} {ago(body['since'])})"
+            text = (f"revived {shown(body['scope'])} (set by {_who(body)} "
+                    f"{ago(body['since'])})")
         elif args.list:
             body = api.call("GET", "/v1/killswitch")
             text = table(body["killswitches"])
@@ -68,10 +69,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if args.force:
                 payload["force"] = True
             body = api.call("POST", "/v1/killswitch", payload)
-            text = f"killed {body['scope']}: {body['reason']} (since {body['since']})"
+            text = (f"killed {shown(body['scope'])}: {shown(body['reason'])} "
+                    f"(since {shown(body['since'])})")
     except ApiError as exc:
         refused(exc, args.json)
-        if exc.code == "unknown_scope":
+        if exc.code == "unknown_scope" and _forceable(exc):
             print("hint: check the name (`toolgate kill --list` shows the switches in "
                   "force); --force sets it anyway", file=sys.stderr)
         return Exit.REFUSED if exc.refused else Exit.ERROR
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return Exit.ERROR
     print(json.dumps(body, indent=2) if args.json else text)
     if body.get("warning"):
-        print(f"warning: {body['warning']}", file=sys.stderr)
+        print(f"warning: {shown(body['warning'])}", file=sys.stderr)
     return Exit.OK
 
 
@@ -93,9 +95,25 @@ def _usage(args: argparse.Namespace) -> str | None:
     return f"{' and '.join(missing)} required (or --list)" if missing else None
 
 
+def shown(value: Any) -> str:
+    """Text from the API as a terminal line: anything not printable escaped.
+
+    SECURITY: a scope, a reason or a token's `sub` may hold terminal escapes or line breaks
+    (a switch set by an earlier version, which took any name without whitespace); printed
+    escaped, it cannot move the cursor, rewrite the screen or pass for another line."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)[1:-1]
+
+
+def _forceable(exc: ApiError) -> bool:
+    """Whether --force would set it: not for a name no token can carry."""
+    error = exc.body.get("error") if isinstance(exc.body, dict) else None
+    return not (isinstance(error, dict) and error.get("forceable") is False)
+
+
 def _who(switch: Mapping[str, Any]) -> str:
     actor = switch.get("actor") or {}
-    return str(actor.get("sub") or "-")
+    return shown(actor.get("sub") or "-")
 
 
 def table(switches: list[dict[str, Any]]) -> str:
@@ -103,7 +121,7 @@ def table(switches: list[dict[str, Any]]) -> str:
     if not switches:
         return "no kill switches are set"
     rows = [("SCOPE", "SINCE", "AGE", "SET BY", "REASON")]
-    rows += [(k["scope"], k["since"], ago(k["since"]), _who(k),
+    rows += [(shown(k["scope"]), shown(k["since"]), ago(k["since"]), _who(k),
               # SECURITY: escaped, so a reason cannot move the cursor or fake a line.
               json.dumps(k["reason"])[1:-1]) for k in switches]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -7,6 +7,9 @@ calls on all of them within one poll. A switch set through this replica applies 
 If the store cannot be read, the last known set stays in force. `refusal` is the one rule
 both the pipeline's `killswitch` stage and the approval executor apply.
 
+A scope's tenant or agent is a name a token could carry — printable, no whitespace, at
+most `MAX_NAME` characters (`check_scope`): nothing else could be stopped, and a scope is
+shown on terminals and in logs.
 A switch must name something that exists, or a typo stops nothing (`check_target`): a tool
 must be a loaded one and a tenant one the gateway knows, unless the operator forces it; an
 agent the gateway has no trace of is set with a warning, since the gateway keeps no list of
@@ -30,6 +33,8 @@ from gateway.core.errors import GatewayError, InvalidArguments, Killed, UnknownS
 log = logging.getLogger("toolgate")
 MAX_SCOPE = 2000
 SCOPE = re.compile(r"global|tenant:\S+|agent:\S+|tool:[a-z0-9_.-]+")
+# The longest tenant or agent name a token can carry (`gateway.auth.MAX_NAME`).
+MAX_NAME = 1024
 MAX_NAMED = 50   # known names an answer lists at most
 
 
@@ -45,12 +50,28 @@ class KillSwitch:
                 "since": rfc3339(self.created_at)}
 
 
-def check_scope(scope: object) -> str:
+def check_scope(scope: object, *, set_before: bool = False) -> str:
     """A scope exactly as given: it is a name, not text, so it is not stripped, and it must
-    match whole (`fullmatch`: a `$` would let a final newline through)."""
+    match whole (`fullmatch`: a `$` would let a final newline through); else 400.
+
+    A tenant or agent must also be a name a token can carry — printable (no control
+    character, terminal escape, invisible format character or lone surrogate) and at most
+    `MAX_NAME` long, as `gateway.auth` requires of a token's claims — else `UnknownScope`
+    (422): a switch for it could stop nothing, so not even `force` sets it. (The shape is
+    what the admin API's OpenAPI document spells as a pattern; printable is not expressible
+    there, hence a refusal of its own.) `set_before`: to revive a switch, which an earlier
+    version may have set with such a name."""
     if not (isinstance(scope, str) and len(scope) <= MAX_SCOPE and SCOPE.fullmatch(scope)):
         raise InvalidArguments("scope must be global, tenant:<tenant>, agent:<agent> or "
                                "tool:<tool name>")
+    kind, _, name = scope.partition(":")
+    # SECURITY: `\S` lets ESC and other controls through, which would reach the terminals
+    # and logs a scope is shown on.
+    if (kind in ("tenant", "agent") and not set_before
+            and not (len(name) <= MAX_NAME and name.isprintable())):
+        raise UnknownScope(f"no token can carry the {kind} {quote(name)}: names are printable "
+                           f"and at most {MAX_NAME} characters, so a switch for it would stop "
+                           "nothing, and force does not set it", forceable=False)
     return scope
 
 

@@ -152,13 +152,30 @@ def approval_row(a: Approval) -> tuple[Any, ...]:
             a.sub, a.tenant, a.run_id)
 
 
+def approval_status(stored: str, reason: str | None) -> tuple[ApprovalStatus, str | None]:
+    """A stored status, and the reason to show with it. A status this version does not know
+    (a newer one's, during a rolling update or after a downgrade) reads as
+    `outcome_unknown`, its reason saying so: a final state, so no rule of this version acts
+    on the call, and its agent is told nobody here knows whether it ran."""
+    try:
+        return ApprovalStatus(stored), reason
+    except ValueError:
+        # SECURITY: never executable. Besides the status being final, every write is
+        # conditional on the stored status (`transition_sql`, `MARK_APPROVED`, `EXPIRE_DUE`),
+        # which is not one this version ever names, so none can move the row.
+        told = (f"stored as {stored!r} by a newer gateway version: this one shows it as "
+                "outcome_unknown and never acts on it")
+        return ApprovalStatus.OUTCOME_UNKNOWN, f"{told}; {reason}" if reason else told
+
+
 def approval_from_row(row: Sequence[Any], votes: Sequence[Vote] = ()) -> Approval:
     (id_, status, decision_id, tool, args, chash, principal, reasons, required, roles,
      created, expires, updated, call, body, digest, key, resend_safe, reason, rstatus,
      rtype, rbody, attempts, owner, error) = row
     c = orjson.loads(call)
+    known, reason = approval_status(status, reason)
     return Approval(
-        id=id_, status=ApprovalStatus(status), decision_id=decision_id, tool=tool,
+        id=id_, status=known, decision_id=decision_id, tool=tool,
         args=orjson.loads(args), call_hash=chash, principal=orjson.loads(principal),
         reasons=tuple(orjson.loads(reasons)), approvals_required=required,
         approver_roles=tuple(orjson.loads(roles)), created_at=created, expires_at=expires,

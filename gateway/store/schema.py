@@ -137,7 +137,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # `failed` keeps "sent, and no answer came". Earlier versions ended both `failed`; the
     # ones that were not sent said so in their reason (every such reason starts "not sent",
     # but for the integrity check's). `error` becomes the code the agent is answered with.
-    ("""UPDATE approvals SET status = 'not_sent' WHERE status = 'failed'
+    # SECURITY: only a call claimed at most once (`attempts`: each claim, the first and
+    # every takeover, counts one): those versions also wrote "not sent" when a takeover's
+    # resend was stopped (a kill switch, the budget, an unreachable upstream), though the
+    # instance that stopped may have sent it the first time. `not_sent` tells its agent
+    # `sent: false`, so those stay `failed` ("it may have run"), as does a call handed
+    # back and claimed again, which the rows cannot tell from a takeover: fail closed.
+    ("""UPDATE approvals SET status = 'not_sent' WHERE status = 'failed' AND attempts <= 1
         AND (reason LIKE 'not sent%' OR reason LIKE '%integrity check; not sent')""",
      """UPDATE approvals SET error = 'tool_not_allowed'
         WHERE status = 'not_sent' AND error IS NULL AND reason LIKE 'not sent: the tool%'""",

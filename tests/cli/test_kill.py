@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +126,42 @@ def test_without_a_token(gw: Gateway) -> None:
     result = toolgate(gw, "", "kill", "--list")
     assert result.returncode == 2
     assert "TOOLGATE_APPROVER_TOKEN" in result.stderr
+
+
+def test_a_scope_that_is_not_printable_is_refused_even_forced(gw: Gateway, ops: str) -> None:
+    result = toolgate(gw, ops, "kill", "--scope", "tenant:acme\x1b[2J", "--reason", "x",
+                      "--force")
+    assert result.returncode == 1, result.stderr
+    assert "unknown_scope: no token can carry the tenant 'acme\\x1b[2J': names are printable" \
+        in result.stderr
+    assert "--force sets it anyway" not in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+    listed = toolgate(gw, ops, "kill", "--list")
+    assert listed.stdout.strip() == "no kill switches are set"
+
+
+def test_a_switch_an_earlier_version_set_is_listed_escaped_and_revived(gw: Gateway,
+                                                                        ops: str) -> None:
+    """Earlier versions took any scope without whitespace, terminal escapes included: the
+    list shows such a switch escaped, and `revive` still clears it."""
+    scope = "tenant:evil\x1b[2J\x1b]0;owned\x07"
+    with sqlite3.connect(gw.directory / "state" / "toolgate.db", timeout=30) as conn:
+        conn.execute("INSERT INTO kill_switches (scope, reason, actor, created_at) "
+                     "VALUES (?, ?, ?, ?)", (scope, "drill", json.dumps({"sub": "old\x1b[1A"}),
+                                             time.time()))
+    try:
+        listed = toolgate(gw, ops, "kill", "--list")
+        assert listed.returncode == 0, listed.stderr
+        assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+        [row] = listed.stdout.splitlines()[1:]
+        assert row.startswith("tenant:evil\\u001b[2J\\u001b]0;owned\\u0007 ")
+        assert "old\\u001b[1A" in row
+        as_json = toolgate(gw, ops, "kill", "--list", "--json")
+        assert "\x1b" not in as_json.stdout
+        assert json.loads(as_json.stdout)["killswitches"][0]["scope"] == scope
+    finally:
+        revived = toolgate(gw, ops, "revive", "--scope", scope)
+    assert revived.returncode == 0, revived.stderr
+    assert revived.stdout.startswith("revived tenant:evil\\u001b[2J\\u001b]0;owned\\u0007 "
+                                     "(set by old\\u001b[1A ")
+    assert toolgate(gw, ops, "kill", "--list").stdout.strip() == "no kill switches are set"

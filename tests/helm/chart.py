@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +167,7 @@ class Manifests:
 
 
 def render_values(values: Mapping[str, Any], *, kube: str = NEWEST,
-                  api_versions: tuple[str, ...] = ()) -> Manifests:
+                  api_versions: tuple[str, ...] = (), chart_dir: Path = CHART) -> Manifests:
     """Render the chart with Helm as `helm template --kube-version` would.
 
     `Chart.render` of helm-python-sdk 0.2.2 has no Kubernetes version argument, but the C
@@ -175,7 +177,7 @@ def render_values(values: Mapping[str, Any], *, kube: str = NEWEST,
     """
     options = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": f"v{kube}",
                "api_versions": list(api_versions)}
-    with helm_python.Chart.load(CHART) as chart:
+    with helm_python.Chart.load(chart_dir) as chart:
         try:
             rendered = _native.call_string("helm_render", chart._raw(), json.dumps(values),
                                            json.dumps(options))
@@ -185,6 +187,15 @@ def render_values(values: Mapping[str, Any], *, kube: str = NEWEST,
     objects = tuple(doc for path, text in sorted(files.items()) if not path.endswith(".txt")
                     for doc in yaml.safe_load_all(text) if doc)
     return Manifests(objects, files.get("toolgate/templates/NOTES.txt", ""))
+
+
+def render_unchecked(values: Mapping[str, Any]) -> Manifests:
+    """As `helm template --skip-schema-validation` would: the chart without its
+    values.schema.json, so a test reaches the templates' own checks behind the schema's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / CHART.name
+        shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("values.schema.json"))
+        return render_values(values, chart_dir=copy)
 
 
 @functools.cache

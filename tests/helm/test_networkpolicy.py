@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.helm.chart import FULLNAME, MODES, Manifests, render_mode, render_values
+from tests.helm.chart import (
+    FULLNAME,
+    MODES,
+    Manifests,
+    RenderError,
+    render_mode,
+    render_unchecked,
+    render_values,
+)
 
 ALL = list(MODES)
 ADMIN, HTTP = 8081, 8080
@@ -137,3 +145,33 @@ def test_no_agent_egress_policy_unless_asked(mode: str) -> None:
 def test_policies_can_be_turned_off() -> None:
     rendered = render_values(MODES["standalone"].values({"networkPolicy": {"enabled": False}}))
     assert rendered.all("NetworkPolicy") == []
+
+
+NO_PEER = [
+    ("egress", [{}], r"networkPolicy.egress.to\[0\] names no peer"),
+    ("egress", [{"ports": [{"port": 443, "protocol": "TCP"}]}],
+     r"networkPolicy.egress.to\[0\] names no peer .* allow egress to every destination"),
+    ("agentEgress", [{"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]}, {"to": []}],
+     r"networkPolicy.agentEgress.to\[1\] names no peer"),
+    ("agentEgress", [{"to": [{}]}], r"networkPolicy.agentEgress.to\[0\].to\[0\] is no peer"),
+    ("egress", [{"to": [{"podSelector": {}}, {"ipBlock": {}}]}],
+     r"networkPolicy.egress.to\[0\].to\[1\] is no peer"),
+]
+
+
+@pytest.mark.parametrize(("key", "rules", "message"), NO_PEER)
+def test_an_egress_rule_with_no_peer_is_refused_behind_the_schema(key: str,
+                                                                   rules: list[Any],
+                                                                   message: str) -> None:
+    """SECURITY: rendered, such a rule would allow egress to everywhere. The schema refuses
+    it (tests/helm/test_values_schema.py); so do the templates, for a release installed
+    with --skip-schema-validation."""
+    values = MODES["standalone"].values({"networkPolicy": {key: {"enabled": True}}})
+    values["networkPolicy"][key]["to"] = rules
+    with pytest.raises(RenderError, match=message):
+        render_unchecked(values)
+
+
+def test_without_the_schema_the_documented_egress_still_renders() -> None:
+    rendered = render_unchecked(MODES["standalone"].values())
+    assert len(rendered.all("NetworkPolicy")) == 2

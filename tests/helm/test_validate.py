@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helm.chart import MODES, NEWEST, OLDEST, RenderError, render_values
+from tests.helm.chart import MODES, NEWEST, OLDEST, RenderError, render_unchecked, render_values
 
 SIDECAR = MODES["sidecar"]
 STANDALONE = MODES["standalone"]
@@ -135,3 +135,18 @@ def test_native_sidecar_renders_from_1_29_whatever_the_vendor_suffix(kube: str) 
 def test_native_sidecar_refused_below_1_29_whatever_the_vendor_suffix(kube: str) -> None:
     with pytest.raises(RenderError, match=r"gateway.nativeSidecar needs Kubernetes >= 1.29"):
         render_values(SIDECAR.values({"gateway": {"nativeSidecar": True}}), kube=kube)
+
+
+@pytest.mark.parametrize("store", [
+    "postgresql://toolgate:s3cret@postgres.db.svc:5432/toolgate",
+    "postgres://:s3cret@postgres.db.svc/toolgate",
+    "postgresql://toolgate@postgres.db.svc/toolgate?password=s3cret"])
+def test_a_password_in_the_configmap_is_refused_behind_the_schema(store: str) -> None:
+    """SECURITY: the schema refuses it (tests/helm/test_values_schema.py); so do the
+    templates, for a release installed with --skip-schema-validation."""
+    with pytest.raises(RenderError, match=r"config.store holds a password, .* put the whole "
+                                          r"DSN in a Secret and set postgresql.dsnSecret.name"):
+        render_unchecked(SIDECAR.values({"config": {"store": store}}))
+    rendered = render_unchecked(SIDECAR.values({"config": {
+        "store": "postgresql://toolgate@postgres.db.svc:5432/toolgate"}}))
+    assert rendered.config()["store"] == "postgresql://toolgate@postgres.db.svc:5432/toolgate"

@@ -12,7 +12,12 @@ import helm_python
 import pytest
 
 from tests.helm.chart import CHART, MODES, RenderError, render_values
-from tests.helm.values_schema import SCHEMA_FILE, chart_config_schema, render
+from tests.helm.values_schema import (
+    SCHEMA_FILE,
+    STORE_PASSWORD_REFUSED,
+    chart_config_schema,
+    render,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +127,71 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
      "/opa/image/digest", "does not match pattern"),
     ("a scrape interval in words", {"monitoring": {"interval": "30 seconds"}},
      "/monitoring/interval", "does not match pattern"),
+    # Egress rules that would allow every destination, and peers that name nothing.
+    ("an empty egress rule", {"networkPolicy": {"egress": {"to": [{}]}}},
+     "/networkPolicy/egress/to/0", "missing property 'to'"),
+    ("an egress rule with ports and no peer",
+     {"networkPolicy": {"egress": {"to": [{"ports": [{"port": 443, "protocol": "TCP"}]}]}}},
+     "/networkPolicy/egress/to/0", "missing property 'to'"),
+    ("an egress rule with an empty peer list",
+     {"networkPolicy": {"egress": {"to": [{"to": [], "ports": [{"port": 443}]}]}}},
+     "/networkPolicy/egress/to/0/to", "minItems: got 0, want 1"),
+    ("an empty egress peer", {"networkPolicy": {"egress": {"to": [{"to": [{}]}]}}},
+     "/networkPolicy/egress/to/0/to/0", "minProperties: got 0, want 1"),
+    ("an empty agent egress rule", {"networkPolicy": {"agentEgress": {"to": [{}]}}},
+     "/networkPolicy/agentEgress/to/0", "missing property 'to'"),
+    ("an agent egress rule with ports and no peer",
+     {"networkPolicy": {"agentEgress": {"to": [{"ports": [{"port": 443}]}]}}},
+     "/networkPolicy/agentEgress/to/0", "missing property 'to'"),
+    ("an empty agent egress peer",
+     {"networkPolicy": {"agentEgress": {"to": [{"to": [{}]}]}}},
+     "/networkPolicy/agentEgress/to/0/to/0", "minProperties: got 0, want 1"),
+    ("a peer with a typo", {"networkPolicy": {"egress": {"to": [{"to": [
+        {"namespaceSelecter": {"matchLabels": {"team": "payments"}}}]}]}}},
+     "/networkPolicy/egress/to/0/to/0", "additional properties 'namespaceSelecter'"),
+    ("an empty admin peer", {"networkPolicy": {"adminFrom": [{}]}},
+     "/networkPolicy/adminFrom/0", "minProperties: got 0, want 1"),
+    ("an empty DNS peer", {"networkPolicy": {"dns": {"to": [{}]}}},
+     "/networkPolicy/dns/to/0", "minProperties: got 0, want 1"),
+    # A password in the ConfigMap.
+    ("a DSN with a password",
+     {"config": {"store": "postgresql://toolgate:s3cret@postgres.db.svc:5432/toolgate"}},
+     "/config/store", f"value must be '{STORE_PASSWORD_REFUSED}'"),
+    ("a DSN with an empty user and a password",
+     {"config": {"store": "postgres://:s3cret@postgres.db.svc/toolgate"}},
+     "/config/store", "value must be 'a DSN without a password"),
+    ("a DSN with a password parameter",
+     {"config": {"store": "postgresql://toolgate@postgres.db.svc/toolgate?sslmode=require&"
+                          "password=s3cret"}},
+     "/config/store", "value must be 'a DSN without a password"),
+    # SELinux and AppArmor that lift the confinement.
+    ("a super-privileged SELinux type",
+     {"podSecurityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+     "/podSecurityContext/seLinuxOptions/type", "value must be one of 'container_t'"),
+    ("an unconfined SELinux type",
+     {"podSecurityContext": {"seLinuxOptions": {"type": "unconfined_t"}}},
+     "/podSecurityContext/seLinuxOptions/type", "value must be one of"),
+    ("an SELinux user", {"podSecurityContext": {"seLinuxOptions": {"user": "system_u"}}},
+     "/podSecurityContext/seLinuxOptions", "additional properties 'user'"),
+    ("an SELinux role", {"podSecurityContext": {"seLinuxOptions": {"role": "sysadm_r"}}},
+     "/podSecurityContext/seLinuxOptions", "additional properties 'role'"),
+    ("AppArmor unconfined",
+     {"podSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+     "/podSecurityContext/appArmorProfile/type", "value must be one of"),
+    ("an AppArmor profile with no type",
+     {"podSecurityContext": {"appArmorProfile": {"localhostProfile": "x"}}},
+     "/podSecurityContext/appArmorProfile", "missing property 'type'"),
+    ("an SELinux change policy that is not one",
+     {"podSecurityContext": {"seLinuxChangePolicy": "Never"}},
+     "/podSecurityContext/seLinuxChangePolicy", "value must be one of"),
+    ("a super-privileged agent",
+     {"agent": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}},
+     "/agent/securityContext/seLinuxOptions/type", "value must be one of"),
+    ("an unconfined agent",
+     {"agent": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}},
+     "/agent/securityContext/appArmorProfile/type", "value must be one of"),
+    ("an agent with /proc unmasked", {"agent": {"securityContext": {"procMount": "Unmasked"}}},
+     "/agent/securityContext/procMount", "value must be 'Default'"),
 ]
 
 
@@ -142,3 +212,29 @@ def test_a_render_is_refused_the_same_way() -> None:
     values = MODES["sidecar"].values({"replicaCount": "three"})
     with pytest.raises(RenderError, match=r"at '/replicaCount': got string, want integer"):
         render_values(values)
+
+
+# What the rules above still let through: the confined settings, explicit wide peers, a
+# DSN with no password (a host's port is no password; the user alone is no password).
+ALLOWED: list[tuple[str, dict[str, Any]]] = [
+    ("an SELinux level and the container type", {"podSecurityContext": {
+        "seLinuxOptions": {"type": "container_t", "level": "s0:c123,c456"},
+        "seLinuxChangePolicy": "MountOption"}}),
+    ("the runtime's AppArmor profile", {"podSecurityContext": {
+        "appArmorProfile": {"type": "RuntimeDefault"}}}),
+    ("a local AppArmor profile for the agent", {"agent": {"securityContext": {
+        "appArmorProfile": {"type": "Localhost", "localhostProfile": "agent"}}}}),
+    ("egress to the Internet, said so", {"networkPolicy": {"egress": {"enabled": True, "to": [
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
+         "ports": [{"port": 443, "protocol": "TCP"}]}]}}}),
+    ("egress to every pod of a namespace", {"networkPolicy": {"agentEgress": {"to": [
+        {"to": [{"namespaceSelector": {"matchLabels": {"team": "llm"}}, "podSelector": {}}]}]}}}),
+    ("a DSN with a user, a port and options", {"config": {
+        "store": "postgresql://toolgate@postgres.db.svc:5432/toolgate?sslmode=verify-full"}}),
+    ("several hosts", {"config": {"store": "postgresql://toolgate@db-1:5432,db-2:5432/toolgate"}}),
+]
+
+
+@pytest.mark.parametrize("values", [v for _, v in ALLOWED], ids=[c[0] for c in ALLOWED])
+def test_what_the_rules_still_allow(chart: helm_python.Chart, values: dict[str, Any]) -> None:
+    chart.validate_schema(values)

@@ -7,7 +7,8 @@ closed (`additionalProperties: false`); Kubernetes objects passed through as the
 (resources, affinity, probes, env, NetworkPolicy peers) stay open.
 
 `config` is the gateway's own config schema (`gateway.config_schema.CONFIG_SCHEMA`) less what
-the chart sets itself, so the chart refuses what the gateway would refuse at start.
+the chart sets itself, so the chart refuses what the gateway would refuse at start; and a
+`store` DSN with a password, which belongs in a Secret rather than the ConfigMap.
 
     python -m tests.helm.values_schema     # rewrite helm/toolgate/values.schema.json
 
@@ -39,6 +40,25 @@ _BOOL: dict[str, Any] = {"type": "boolean"}
 _PORT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 65535}
 _LABELS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
 _NULLABLE_SELECTOR: dict[str, Any] = {"type": ["object", "null"]}
+# SECURITY: a NetworkPolicyPeer names something: {} is no peer (the API refuses it).
+_PEER: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {"ipBlock": {"type": "object", "required": ["cidr"],
+                               "properties": {"cidr": {"type": "string", "minLength": 1}}},
+                   "namespaceSelector": _OBJ, "podSelector": _OBJ}}
+_PEERS: dict[str, Any] = {"type": "array", "items": _PEER}
+# SECURITY: an egress rule with no `to` (`{}`, or only `ports`) allows every destination:
+# each rule names at least one peer. (To open egress wide, say so: an ipBlock 0.0.0.0/0.)
+_EGRESS_RULE: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["to"],
+    "properties": {"to": {**_PEERS, "minItems": 1}, "ports": _OBJ_LIST},
+    "description": "a NetworkPolicyEgressRule with at least one peer in `to`"}
+# SECURITY: config.store is rendered into a ConfigMap, readable by whoever may read the
+# namespace's ConfigMaps: a DSN with a password (in its user info or as ?password=) goes
+# in a Secret instead (postgresql.dsnSecret). Helm shows the `const` as the error.
+STORE_WITH_PASSWORD = r"^postgres(ql)?://[^/?#@]*:[^/?#]*@|[?&]password="
+STORE_PASSWORD_REFUSED = ("a DSN without a password: the ConfigMap would show it; put the "
+                          "whole DSN in a Secret and set postgresql.dsnSecret.name")
 
 
 def _closed(properties: dict[str, Any], *, required: tuple[str, ...] = (),
@@ -65,6 +85,24 @@ def _seccomp(*, required: bool) -> dict[str, Any]:
     # SECURITY: Unconfined is not in the enum.
     return _closed({"type": {"enum": ["RuntimeDefault", "Localhost"]},
                     "localhostProfile": _STR}, required=("type",) if required else ())
+
+
+# SELinux types a container may run as: Pod Security Standards "baseline"'s list (no
+# spc_t, unconfined_t or any other type that lifts the confinement).
+SELINUX_TYPES = ("container_t", "container_init_t", "container_kvm_t")
+
+
+def _selinux() -> dict[str, Any]:
+    # SECURITY: a type from the allow-list (or the runtime's, when unset); no user or role
+    # (the baseline standard refuses them too); the MCS level is the operator's.
+    return _closed({"type": {"enum": list(SELINUX_TYPES)}, "level": _STR},
+                   description="SELinux: type one of " + ", ".join(SELINUX_TYPES))
+
+
+def _apparmor() -> dict[str, Any]:
+    # SECURITY: Unconfined is not in the enum.
+    return _closed({"type": {"enum": ["RuntimeDefault", "Localhost"]},
+                    "localhostProfile": _STR}, required=("type",))
 
 
 def _hardened_container() -> dict[str, Any]:
@@ -100,6 +138,11 @@ def _agent_container() -> dict[str, Any]:
         "readOnlyRootFilesystem": _BOOL,
         "capabilities": _OBJ,
         "seccompProfile": _seccomp(required=True),
+        # A container's own settings override the pod's: held to the same rules.
+        "seLinuxOptions": _selinux(),
+        "appArmorProfile": _apparmor(),
+        "procMount": {"enum": ["Default"]},
+        "windowsOptions": {"type": "object", "properties": {"hostProcess": {"const": False}}},
     }}
 
 
@@ -113,9 +156,9 @@ def _pod_security_context() -> dict[str, Any]:
         "supplementalGroups": {"type": "array", "items": {"type": "integer", "minimum": 1}},
         "supplementalGroupsPolicy": {"enum": ["Merge", "Strict"]},
         "seccompProfile": _seccomp(required=True),
-        "seLinuxOptions": _OBJ,
-        "seLinuxChangePolicy": _STR,
-        "appArmorProfile": _OBJ,
+        "seLinuxOptions": _selinux(),
+        "seLinuxChangePolicy": {"enum": ["MountOption", "Recursive"]},
+        "appArmorProfile": _apparmor(),
         "sysctls": _OBJ_LIST,
     }, required=("runAsNonRoot", "seccompProfile"),
         description="SECURITY: pod-wide; runAsNonRoot stays true")
@@ -132,6 +175,9 @@ def chart_config_schema() -> dict[str, Any]:
     # An empty default, so `helm lint` passes on the chart's defaults; the template
     # refuses an install without upstreams.
     del schema["properties"]["upstreams"]["minProperties"]
+    schema["properties"]["store"].update({
+        "if": {"pattern": STORE_WITH_PASSWORD}, "then": {"const": STORE_PASSWORD_REFUSED},
+        "description": "a DSN without a password (postgresql.dsnSecret for one with)"})
     schema["description"] = ("toolgate.yaml (README, Config reference); listen, admin_listen, "
                              "tool_specs and policies are set by the chart")
     return schema
@@ -195,12 +241,13 @@ def values_schema() -> dict[str, Any]:
     })
     network_policy = _closed({
         "enabled": _BOOL,
-        "adminFrom": _OBJ_LIST,
-        "agentsFrom": _OBJ_LIST,
-        "agentPortsFrom": {"type": ["array", "null"], "items": {"type": "object"}},
-        "egress": _closed({"enabled": _BOOL, "to": _OBJ_LIST}),
-        "agentEgress": _closed({"enabled": _BOOL, "to": _OBJ_LIST}),
-        "dns": _closed({"to": {**_OBJ_LIST, "minItems": 1}}),
+        "adminFrom": _PEERS,
+        "agentsFrom": _PEERS,
+        "agentPortsFrom": {"type": ["array", "null"], "items": _PEER},
+        "egress": _closed({"enabled": _BOOL, "to": {"type": "array", "items": _EGRESS_RULE}}),
+        "agentEgress": _closed({"enabled": _BOOL,
+                                "to": {"type": "array", "items": _EGRESS_RULE}}),
+        "dns": _closed({"to": {**_PEERS, "minItems": 1}}),
     })
     duration = {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"}
     monitoring = _closed({

@@ -8,8 +8,16 @@ import asyncio
 
 import pytest
 
+from gateway import auth
 from gateway.core.errors import InvalidArguments, StoreUnavailable, UnknownScope
-from gateway.state.killswitch import MAX_NAMED, KillSwitch, KillSwitches, check_scope, check_target
+from gateway.state.killswitch import (
+    MAX_NAME,
+    MAX_NAMED,
+    KillSwitch,
+    KillSwitches,
+    check_scope,
+    check_target,
+)
 
 T = 1_800_000_000.0
 
@@ -73,10 +81,45 @@ async def test_a_switch_set_elsewhere_arrives_with_the_next_poll() -> None:
         await kills.close()
 
 
-@pytest.mark.parametrize("scope", ["", "everything", "tool:Bad Name", "tenant:", "tool:"])
+@pytest.mark.parametrize("scope", ["", "everything", "tool:Bad Name", "tenant:", "tool:",
+                                   "tenant:a\u2028b", "global\n"])
 def test_scopes_are_checked(scope: str) -> None:
     with pytest.raises(InvalidArguments):
         check_scope(scope)
+
+
+@pytest.mark.parametrize("scope", [
+    "tenant:acme\x1b[2J", "agent:\x1b]0;pwned\x07", "tenant:a\x00b", "agent:bot\x7f",
+    "agent:bot\x9b", "tenant:\u202eemca", "agent:b\u200bot", "tenant:\ud800",
+    "tenant:acme\U000e0041", "tenant:" + "a" * (MAX_NAME + 1)])
+def test_a_name_no_token_can_carry_is_refused(scope: str) -> None:
+    """Well-formed, but no token can carry the name (`gateway.auth`): the switch could stop
+    nothing, and the name would reach terminals and logs. Not even force sets it."""
+    with pytest.raises(UnknownScope) as info:
+        check_scope(scope)
+    refusal = info.value
+    assert (refusal.status, refusal.extra) == (422, {"forceable": False})
+    assert "names are printable and at most 1024 characters" in refusal.message
+    assert refusal.message.isprintable()  # the name is quoted escaped
+
+
+@pytest.mark.parametrize("scope", ["global", "tenant:acme", "agent:support-bot@acme",
+                                   "tenant:café", "agent:" + "a" * MAX_NAME, "tool:get_order"])
+def test_names_a_token_can_carry_pass(scope: str) -> None:
+    assert check_scope(scope) == scope
+
+
+def test_a_name_is_bounded_like_a_tokens() -> None:
+    assert MAX_NAME == auth.MAX_NAME
+
+
+def test_a_switch_an_earlier_version_set_can_still_be_revived() -> None:
+    """Earlier versions took any name without whitespace: such a switch stops nothing (no
+    token carries that name), and reviving it must stay possible."""
+    assert check_scope("tenant:acme\x1b[2J", set_before=True) == "tenant:acme\x1b[2J"
+    for scope in ("tenant:a b", "tenant:", "everything", "tool:Bad"):
+        with pytest.raises(InvalidArguments):
+            check_scope(scope, set_before=True)
 
 
 async def _list(switches: list[KillSwitch]) -> list[KillSwitch]:

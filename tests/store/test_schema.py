@@ -108,26 +108,37 @@ async def test_postgres_from_0_1() -> None:
         await reopened.close()
 
 
-# Calls version 5 ended `failed`, as its executor wrote them: (id, reason, error, status now).
+# Calls version 5 ended `failed`, as its executor wrote them: (id, reason, error, attempts,
+# status now, error now). `attempts` counts claims: 1 the first, +1 each takeover.
+KILLED = "not sent: calls are stopped by the kill switch global: x"
+OVER = "not sent: run run-1 is over its cap"
+DOWN = "not sent: upstream billing could not be reached: ClientConnectorError"
+GONE = "not sent: the tool or its upstream is no longer configured"
+TAMPERED = "the stored call failed its integrity check; not sent"
+FAILED, NOT_SENT = ApprovalStatus.FAILED, ApprovalStatus.NOT_SENT
 FAILED_IN_5 = [
-    ("apr_killed", "not sent: calls are stopped by the kill switch global: x", "killed",
-     ApprovalStatus.NOT_SENT, "killed"),
-    ("apr_budget", "not sent: run run-1 is over its cap", "budget_exceeded",
-     ApprovalStatus.NOT_SENT, "budget_exceeded"),
-    ("apr_down", "not sent: upstream billing could not be reached: ClientConnectorError",
-     "upstream_error", ApprovalStatus.NOT_SENT, "upstream_error"),
-    ("apr_gone", "not sent: the tool or its upstream is no longer configured", None,
-     ApprovalStatus.NOT_SENT, "tool_not_allowed"),
-    ("apr_tampered", "the stored call failed its integrity check; not sent", None,
-     ApprovalStatus.NOT_SENT, "internal_error"),
+    ("apr_killed", KILLED, "killed", 1, NOT_SENT, "killed"),
+    ("apr_budget", OVER, "budget_exceeded", 1, NOT_SENT, "budget_exceeded"),
+    ("apr_down", DOWN, "upstream_error", 1, NOT_SENT, "upstream_error"),
+    ("apr_gone", GONE, None, 1, NOT_SENT, "tool_not_allowed"),
+    ("apr_tampered", TAMPERED, None, 1, NOT_SENT, "internal_error"),
+    # Failed by migration 3 (approved, never claimed).
     ("apr_legacy", "not sent: held by an earlier gateway version, which did not show every "
-     "header", "not_sent", ApprovalStatus.NOT_SENT, "internal_error"),
-    ("apr_timeout", "upstream billing did not answer within 5000 ms", "upstream_timeout",
-     ApprovalStatus.FAILED, "upstream_timeout"),
-    ("apr_reset", "upstream billing failed: ServerDisconnectedError", "upstream_error",
-     ApprovalStatus.FAILED, "upstream_error"),
+     "header", "not_sent", 0, NOT_SENT, "internal_error"),
+    ("apr_timeout", "upstream billing did not answer within 5000 ms", "upstream_timeout", 1,
+     FAILED, "upstream_timeout"),
+    ("apr_reset", "upstream billing failed: ServerDisconnectedError", "upstream_error", 1,
+     FAILED, "upstream_error"),
+    # Resends by a takeover that a rule stopped: the instance that stopped may have sent
+    # them, so they are not known not to have run; they stay as they were.
+    ("apr_resent_killed", KILLED, "killed", 2, FAILED, "killed"),
+    ("apr_resent_budget", OVER, "budget_exceeded", 2, FAILED, "budget_exceeded"),
+    ("apr_resent_down", DOWN, "upstream_error", 3, FAILED, "upstream_error"),
+    ("apr_resent_gone", GONE, None, 2, FAILED, None),
+    ("apr_resent_tampered", TAMPERED, None, 2, FAILED, None),
 ]
-UPDATE_FAILED = "UPDATE approvals SET status = 'failed', reason = ?, error = ? WHERE id = ?"
+UPDATE_FAILED = ("UPDATE approvals SET status = 'failed', reason = ?, error = ?, attempts = ? "
+                 "WHERE id = ?")
 
 
 def failed_rows() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
@@ -137,13 +148,14 @@ def failed_rows() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
         (approval_id, "pending", args, principal, b'["over_limit"]', b"[]", NOW, NOW + 60, NOW,
          LEGACY_CALL, b"{}", f"k-{approval_id}") for approval_id, *_ in FAILED_IN_5]
     updates: list[tuple[object, ...]] = [
-        (reason, error, approval_id) for approval_id, reason, error, *_ in FAILED_IN_5]
+        (reason, error, attempts, approval_id)
+        for approval_id, reason, error, attempts, *_ in FAILED_IN_5]
     return inserts, updates
 
 
 def check_failed(found: dict[str, tuple[ApprovalStatus, str | None]]) -> None:
     assert found == {approval_id: (status, code)
-                     for approval_id, _, _, status, code in FAILED_IN_5}
+                     for approval_id, _, _, _, status, code in FAILED_IN_5}
 
 
 async def test_sqlite_from_5_not_sent_is_told_from_failed(tmp_path: Path) -> None:

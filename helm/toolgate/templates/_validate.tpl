@@ -102,8 +102,30 @@ container, or the gateway refuses to start. */ -}}
 {{- fail "the store's DSN is given twice: postgresql.dsnSecret and secretEnv.TOOLGATE_STORE; keep one" -}}
 {{- end -}}
 
-{{- /* Writable paths: the root filesystem and /etc/toolgate are read-only. */ -}}
+{{- /* SECURITY: config.store goes into the ConfigMap. The schema refuses a password in it;
+checked again here for a release installed with --skip-schema-validation. */ -}}
 {{- $store := toString $v.config.store -}}
+{{- if regexMatch "^postgres(ql)?://[^/?#@]*:[^/?#]*@|[?&]password=" $store -}}
+{{- fail "config.store holds a password, which the ConfigMap would show to whoever may read it: put the whole DSN in a Secret and set postgresql.dsnSecret.name (and .key)" -}}
+{{- end -}}
+
+{{- /* SECURITY: an egress rule with no peer (`{}`, or only `ports`) allows every destination,
+and an empty peer is none. The schema refuses both; checked again here. */ -}}
+{{- range $list := list "egress" "agentEgress" -}}
+{{- range $i, $rule := (get $v.networkPolicy $list).to -}}
+{{- $peers := and (kindIs "map" $rule) (get $rule "to") -}}
+{{- if not (and (kindIs "slice" $peers) $peers) -}}
+{{- fail (printf "networkPolicy.%s.to[%d] names no peer (`to`), so it would allow egress to every destination: list the peers (namespaceSelector, podSelector, ipBlock); for the whole Internet say so, ipBlock 0.0.0.0/0" $list $i) -}}
+{{- end -}}
+{{- range $j, $peer := $peers -}}
+{{- if not (and (kindIs "map" $peer) (or $peer.ipBlock (hasKey $peer "namespaceSelector") (hasKey $peer "podSelector"))) -}}
+{{- fail (printf "networkPolicy.%s.to[%d].to[%d] is no peer: give a namespaceSelector, podSelector or ipBlock" $list $i $j) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Writable paths: the root filesystem and /etc/toolgate are read-only. */ -}}
 {{- if and (hasPrefix "sqlite:" $store) (not (hasPrefix "sqlite:////" $store)) -}}
 {{- fail (printf "config.store %s is relative to /etc/toolgate, which is read-only: use an absolute path on the state volume, sqlite:////var/lib/toolgate/state/toolgate.db" $store) -}}
 {{- end -}}
