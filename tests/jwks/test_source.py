@@ -6,9 +6,10 @@ event, and the refresh loop's sleep is replaced by one that moves the clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jwt
@@ -72,10 +73,15 @@ class Keys:
         return sample(self.registry, "toolgate_jwks_kid_misses_total", outcome=outcome)
 
 
-async def started(idp: FakeIdp, clock: FakeClock, **changes: Any) -> Keys:
+@contextlib.asynccontextmanager
+async def started(idp: FakeIdp, clock: FakeClock, **changes: Any) -> AsyncIterator[Keys]:
+    """The key source of `idp`, started; closed at the end of the block."""
     keys = Keys(idp, clock, **changes)
     await keys.source.start()
-    return keys
+    try:
+        yield keys
+    finally:
+        await keys.source.close()
 
 
 async def verify(keys: Keys, token: str) -> str:
@@ -89,8 +95,7 @@ async def verify(keys: Keys, token: str) -> str:
 # ---- start -------------------------------------------------------------------------------
 
 async def test_the_set_is_fetched_at_start(key_a: DevKey, clock: FakeClock) -> None:
-    keys = await started(FakeIdp(jwks(key_a)), clock)
-    try:
+    async with started(FakeIdp(jwks(key_a)), clock) as keys:
         assert [k.kid for k in keys.source.current.keys] == ["key-a"]
         assert keys.source.problem() is None
         status = keys.source.status()
@@ -102,15 +107,12 @@ async def test_the_set_is_fetched_at_start(key_a: DevKey, clock: FakeClock) -> N
         assert keys.verifier.verify(key_a.token("svc-a")).sub == "svc-a"
         assert sample(keys.registry, "toolgate_jwks_last_success_timestamp_seconds") \
             == clock.time()
-    finally:
-        await keys.source.close()
 
 
 async def test_no_keys_before_the_first_fetch_refuses_and_is_unready(
         key_a: DevKey, clock: FakeClock) -> None:
     idp = FakeIdp(JwksFetchError("answered 503"))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         assert keys.source.current.keys == ()
         problem = keys.source.problem()
         assert problem is not None
@@ -132,23 +134,18 @@ async def test_no_keys_before_the_first_fetch_refuses_and_is_unready(
         clock.advance(MISS_S)
         assert await verify(keys, token) == "svc-a"
         assert keys.source.problem() is None
-    finally:
-        await keys.source.close()
 
 
 async def test_a_token_must_name_its_key_even_in_a_set_of_one(key_a: DevKey,
                                                               clock: FakeClock) -> None:
     """A file's lone key verifies a token without `kid`; a URL's set changes under the
     gateway, so "the only key" would mean another key tomorrow."""
-    keys = await started(FakeIdp(jwks(key_a)), clock)
-    try:
+    async with started(FakeIdp(jwks(key_a)), clock) as keys:
         token = jwt.encode({"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "svc",
                             "exp": time.time() + 600}, key_a.private_pem, algorithm="RS256")
         with pytest.raises(Unauthenticated, match="token has no key id") as info:
             keys.verifier.verify(token)
         assert not isinstance(info.value, KeyMiss)
-    finally:
-        await keys.source.close()
 
 
 # ---- kid misses --------------------------------------------------------------------------
@@ -156,23 +153,19 @@ async def test_a_token_must_name_its_key_even_in_a_set_of_one(key_a: DevKey,
 async def test_a_new_kid_is_fetched_and_verified(key_a: DevKey, key_b: DevKey,
                                                  clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.document = jwks(key_a, key_b)   # the IdP rotates
         assert await verify(keys, key_b.token("svc-b")) == "svc-b"
         assert idp.calls == 2
         assert keys.fetches("kid_miss") == 1
         assert keys.misses("fetched") == 1
         assert keys.verifier.verify(key_a.token("svc-a")).sub == "svc-a"
-    finally:
-        await keys.source.close()
 
 
 async def test_concurrent_misses_share_one_fetch(key_a: DevKey, key_b: DevKey,
                                                  clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.document = jwks(key_a, key_b)
         idp.gate = asyncio.Event()
         idp.arrived.clear()
@@ -184,14 +177,11 @@ async def test_concurrent_misses_share_one_fetch(key_a: DevKey, key_b: DevKey,
         assert idp.calls == 2             # the start, and one fetch for twenty tokens
         assert keys.misses("fetched") == 1
         assert keys.misses("joined") == 19
-    finally:
-        await keys.source.close()
 
 
 async def test_misses_are_rate_limited(key_a: DevKey, clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         strangers = [DevKey.generate(kid=f"made-up-{i}") for i in range(3)]
         for stranger in strangers:
             with pytest.raises(Unauthenticated, match="unknown key id") as info:
@@ -208,15 +198,12 @@ async def test_misses_are_rate_limited(key_a: DevKey, clock: FakeClock) -> None:
         with pytest.raises(Unauthenticated, match="unknown key id"):
             await verify(keys, strangers[0].token("mallory"))
         assert idp.calls == 3
-    finally:
-        await keys.source.close()
 
 
 async def test_a_miss_joins_a_background_fetch_in_flight(key_a: DevKey, key_b: DevKey,
                                                          clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.document = jwks(key_b)
         idp.gate = asyncio.Event()
         idp.arrived.clear()
@@ -231,15 +218,12 @@ async def test_a_miss_joins_a_background_fetch_in_flight(key_a: DevKey, key_b: D
         assert idp.calls == 2
         assert keys.misses("joined") == 1
         assert keys.misses("fetched") == 0   # its budget is left for a real rotation
-    finally:
-        await keys.source.close()
 
 
 async def test_tokens_that_would_fail_anyway_cause_no_fetch(key_a: DevKey,
                                                             clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         stranger = DevKey.generate(kid="made-up")
         for token in (stranger.token("m", issuer="https://evil.example.com"),
                       stranger.token("m", ttl_s=-3600)):
@@ -247,15 +231,12 @@ async def test_tokens_that_would_fail_anyway_cause_no_fetch(key_a: DevKey,
                 keys.verifier.verify(token)
             assert not isinstance(info.value, KeyMiss)
         assert idp.calls == 1
-    finally:
-        await keys.source.close()
 
 
 async def test_a_waiter_that_goes_away_does_not_cancel_the_fetch(
         key_a: DevKey, key_b: DevKey, clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.document = jwks(key_a, key_b)
         idp.gate = asyncio.Event()
         idp.arrived.clear()
@@ -267,8 +248,6 @@ async def test_a_waiter_that_goes_away_does_not_cancel_the_fetch(
         idp.gate.set()
         assert await verify(keys, key_b.token("svc-b2")) == "svc-b2"
         assert idp.calls == 2
-    finally:
-        await keys.source.close()
 
 
 # ---- the last good set -------------------------------------------------------------------
@@ -281,8 +260,7 @@ async def test_a_failed_refresh_keeps_the_last_good_set(
         key_a: DevKey, clock: FakeClock, answer: Exception | bytes,
         caplog: pytest.LogCaptureFixture) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         before = keys.source.current
         token = key_a.token("svc-a")
         idp.document = answer
@@ -297,15 +275,12 @@ async def test_a_failed_refresh_keeps_the_last_good_set(
         assert status["last_error"]
         assert keys.fetches("refresh", "error") == 1
         assert "keeping the last good keys (1, revision" in caplog.text
-    finally:
-        await keys.source.close()
 
 
 async def test_a_removed_key_stops_its_cached_tokens(key_a: DevKey, key_b: DevKey,
                                                      clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a, key_b))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         token = key_a.token("svc-a")
         assert keys.verifier.verify(token).sub == "svc-a"        # now cached
         idp.document = jwks(key_b)                                # key A retired
@@ -314,20 +289,15 @@ async def test_a_removed_key_stops_its_cached_tokens(key_a: DevKey, key_b: DevKe
         with pytest.raises(Unauthenticated, match="unknown key id"):
             await verify(keys, token)
         assert keys.verifier.verify(key_b.token("svc-b")).sub == "svc-b"
-    finally:
-        await keys.source.close()
 
 
 async def test_an_unchanged_set_keeps_the_token_cache(key_a: DevKey,
                                                       clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         before = keys.source.current
         await keys.source.refresh("refresh")
         assert keys.source.current is before    # same revision: the same object
-    finally:
-        await keys.source.close()
 
 
 # ---- when the background fetches --------------------------------------------------------
@@ -335,8 +305,7 @@ async def test_an_unchanged_set_keeps_the_token_cache(key_a: DevKey,
 async def test_next_delay_after_success_failures_and_a_miss(key_a: DevKey, key_b: DevKey,
                                                             clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         assert keys.source.next_delay() == REFRESH_S
         clock.advance(100)
         assert keys.source.next_delay() == REFRESH_S - 100
@@ -354,8 +323,6 @@ async def test_next_delay_after_success_failures_and_a_miss(key_a: DevKey, key_b
         await keys.source.refresh("refresh")
         assert keys.source.next_delay() == REFRESH_S
         assert keys.source.status()["failures"] == 0
-    finally:
-        await keys.source.close()
 
 
 async def test_the_loop_fetches_when_due(key_a: DevKey, key_b: DevKey,
@@ -388,14 +355,14 @@ async def test_the_loop_fetches_when_due(key_a: DevKey, key_b: DevKey,
 async def test_close_stops_the_loop_and_a_fetch_in_flight(key_a: DevKey,
                                                           clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    idp.gate = asyncio.Event()
-    idp.arrived.clear()
-    pending = asyncio.create_task(keys.source.refresh("refresh"))
-    await idp.arrived.wait()
-    await keys.source.close()
-    with pytest.raises(asyncio.CancelledError):
-        await pending
+    async with started(idp, clock) as keys:
+        idp.gate = asyncio.Event()
+        idp.arrived.clear()
+        pending = asyncio.create_task(keys.source.refresh("refresh"))
+        await idp.arrived.wait()
+        await keys.source.close()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
     assert [t.get_name() for t in asyncio.all_tasks()
             if t.get_name().startswith("jwks-")] == []
 
@@ -406,8 +373,8 @@ async def test_failures_are_logged_without_the_document(key_a: DevKey, clock: Fa
     canary = "jwks-canary-7f3a"
     idp = FakeIdp(f'{{"keys": [{{"kty": "RSA", "kid": "{canary}", "n": 5}}]}}'.encode())
     with caplog.at_level(logging.INFO, logger="toolgate"):
-        keys = await started(idp, clock)
-        await keys.source.close()
+        async with started(idp, clock) as keys:
+            pass
     assert "no keys yet" in caplog.text
     assert canary not in caplog.text
     assert canary not in str(keys.source.problem())
@@ -466,15 +433,12 @@ async def test_the_retry_delay_stays_capped_after_thousands_of_failures(
         key_a: DevKey, clock: FakeClock) -> None:
     """2.0 ** (failures - 1) overflowed after ~1,025 failures in a row."""
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.down()
         for _ in range(2_000):
             await keys.source.refresh("refresh")
         assert keys.source.status()["failures"] == 2_000
         assert keys.source.next_delay() == MISS_S
-    finally:
-        await keys.source.close()
 
 
 async def test_the_loop_survives_thousands_of_failures(key_a: DevKey, key_b: DevKey,
@@ -530,15 +494,12 @@ async def test_a_fetch_that_raises_unexpectedly_is_a_failed_fetch(
 async def test_a_fetch_that_raises_cancelled_does_not_cancel_its_waiters(
         key_a: DevKey, key_b: DevKey, clock: FakeClock) -> None:
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         idp.document = asyncio.CancelledError()
         # The agent's request gets its 401, not a cancel of its handler.
         with pytest.raises(Unauthenticated, match="unknown key id"):
             await verify(keys, key_b.token("svc-b"))
         assert keys.fetches("kid_miss", "error") == 1
-    finally:
-        await keys.source.close()
 
 
 async def test_close_never_raises_and_always_closes_the_session(
@@ -581,8 +542,7 @@ async def test_a_stale_set_is_kept_and_logged_once_per_interval(
     """The last good keys keep serving (an IdP outage must not take every agent down), but
     once the last success is older than 3 intervals an ERROR says so, once per interval."""
     idp = FakeIdp(jwks(key_a))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         token = key_a.token("svc-a")
         idp.down()
         caplog.set_level(logging.WARNING, logger="toolgate")
@@ -621,15 +581,12 @@ async def test_a_stale_set_is_kept_and_logged_once_per_interval(
         idp.down()
         await retry_after(REFRESH_S)
         assert len(stale_errors(caplog)) == 2
-    finally:
-        await keys.source.close()
 
 
 async def test_no_set_for_three_intervals_since_start_is_an_error(
         key_a: DevKey, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     idp = FakeIdp(JwksFetchError("answered 503"))
-    keys = await started(idp, clock)
-    try:
+    async with started(idp, clock) as keys:
         caplog.set_level(logging.WARNING, logger="toolgate")
         clock.advance(3 * REFRESH_S)
         await keys.source.refresh("refresh")
@@ -639,5 +596,3 @@ async def test_no_set_for_three_intervals_since_start_is_an_error(
         assert stale_errors(caplog) == [
             f"auth.jwks_url {URL}: no usable key set for 901 s since start (more than 3 x "
             "auth.jwks_refresh_s); every token is refused (401)"]
-    finally:
-        await keys.source.close()
