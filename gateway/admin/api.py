@@ -10,18 +10,16 @@ probes and scrapers call them, and they reveal no call data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from gateway.admin.openapi import ADMIN_OPENAPI
 from gateway.approvals.model import Approval, ApprovalStatus
-from gateway.auth import Principal, authenticate_bearer, bearer_principal
+from gateway.auth import Principal, authenticate_bearer
 from gateway.core.errors import (
     GatewayError,
     InsufficientScope,
@@ -56,25 +54,14 @@ def runtime_of(request: web.Request) -> Runtime:
     return rt
 
 
-@web.middleware
-async def token_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A token naming a key the gateway may yet fetch (`auth.jwks_url` after an IdP
-    rotation) waits here for that fetch, so `approver`, which verifies synchronously as the
-    agent port does, finds the key. Refusals are left to `approver` (counted there)."""
-    rt = request.app[RUNTIME_OF]()
-    authorization = request.headers.get("Authorization")
-    if rt is not None and authorization is not None and rt.verifier.keys.refreshable:
-        with contextlib.suppress(GatewayError):
-            await authenticate_bearer(authorization, rt.verifier)
-    return await handler(request)
-
-
-def approver(request: web.Request, rt: Runtime) -> Principal:
+async def approver(request: web.Request, rt: Runtime) -> Principal:
     """The caller's principal, which must hold the approver scope. A caller who does not
     (no valid token, or a token without the scope, such as the agent's own) is counted and
-    rate-limited (`gateway.admin.refusals`), not audited one record each."""
+    rate-limited (`gateway.admin.refusals`), not audited one record each. A token naming a
+    key `auth.jwks_url` may yet fetch (an IdP rotation) waits for that fetch."""
     try:
-        principal = bearer_principal(request.headers.get("Authorization"), rt.verifier)
+        principal = await authenticate_bearer(request.headers.get("Authorization"),
+                                              rt.verifier)
     except GatewayError as exc:
         _refused(request, rt, exc, None)
         raise
@@ -137,7 +124,7 @@ def json_answer(value: Any) -> web.Response:
 
 async def list_approvals(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
-    approver(request, rt)
+    await approver(request, rt)
     q = request.query
     status = q.get("status")
     if status is not None and status not in {s.value for s in ApprovalStatus}:
@@ -156,7 +143,7 @@ async def list_approvals(request: web.Request) -> web.StreamResponse:
 
 async def show_approval(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
-    approver(request, rt)
+    await approver(request, rt)
     approval = await rt.store.get_approval(request.match_info["approval_id"])
     if approval is None:
         raise NotFound("no such approval")
@@ -166,7 +153,7 @@ async def show_approval(request: web.Request) -> web.StreamResponse:
 async def approve(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
-    principal = approver(request, rt)
+    principal = await approver(request, rt)
     body = await read_body(request, rt)
     draining = request.app.get(DRAIN)
     if draining is not None and draining.draining:
@@ -186,7 +173,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
 async def reject(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
     approval_id = request.match_info["approval_id"]
-    principal = approver(request, rt)
+    principal = await approver(request, rt)
     body = await read_body(request, rt)
     reason = text_field(body, "reason", required=True)
     assert reason is not None
@@ -194,10 +181,10 @@ async def reject(request: web.Request) -> web.StreamResponse:
     return json_answer(_public(rt, approval))
 
 
-def operator(request: web.Request, rt: Runtime) -> Principal:
+async def operator(request: web.Request, rt: Runtime) -> Principal:
     """Kill switches (`gateway.admin.killswitch`) and reloads need the approver scope too:
     the people who may let a held call run are the people who may stop calls."""
-    return approver(request, rt)
+    return await approver(request, rt)
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -251,7 +238,7 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 async def reload_policy(request: web.Request) -> web.StreamResponse:
     """Read the tool specs, policies and data again and serve them, if they load."""
     rt = runtime_of(request)
-    who = operator(request, rt)
+    who = await operator(request, rt)
     answer = await rt.reloader.reload("api", who)
     others = request.app.get(RELOAD_OTHERS)
     if others is not None:   # `--workers N`: every other worker reloads too
@@ -263,7 +250,6 @@ def add_routes(admin: web.Application) -> None:
     # Imported here: the kill switch handlers use this module's request helpers.
     from gateway.admin import killswitch  # noqa: PLC0415
 
-    admin.middlewares.append(token_keys)
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)

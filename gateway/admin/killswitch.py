@@ -63,7 +63,7 @@ async def _known(rt: Runtime, scope: str) -> tuple[bool, list[str]]:
 async def list_killswitches(request: web.Request) -> web.StreamResponse:
     """The switches in force: scope, reason, who set it and since when."""
     rt = runtime_of(request)
-    who = operator(request, rt)
+    who = await operator(request, rt)
     async with _refusals(rt, who, lambda: None):
         switches = await rt.store.kill_list()
     return json_answer({"killswitches": [k.public() for k in switches]})
@@ -71,7 +71,7 @@ async def list_killswitches(request: web.Request) -> web.StreamResponse:
 
 async def set_killswitch(request: web.Request) -> web.StreamResponse:
     rt = runtime_of(request)
-    who = operator(request, rt)
+    who = await operator(request, rt)
     body: dict[str, Any] = {}
     async with _refusals(rt, who, lambda: body.get("scope")):
         body = await read_body(request, rt)
@@ -99,7 +99,7 @@ async def set_killswitch(request: web.Request) -> web.StreamResponse:
 async def clear_killswitch(request: web.Request) -> web.StreamResponse:
     """Revive: any well-formed scope, known or not (a tool removed since can be revived)."""
     rt = runtime_of(request)
-    who = operator(request, rt)
+    who = await operator(request, rt)
     given = request.match_info["scope"]
     async with _refusals(rt, who, lambda: given):
         scope = check_scope(given, set_before=True)  # one an earlier version took too
